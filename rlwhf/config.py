@@ -1,0 +1,279 @@
+"""Recipes: one pydantic model per section, loaded from YAML, overridden from the command line.
+
+A recipe is a YAML file whose top-level keys are the sections below. ``base: other.yaml`` (a path
+relative to the recipe) inherits another recipe and overrides it key by key. Every field has a
+default that works on a laptop CPU, so an empty recipe runs the tiny demo.
+
+Errors name the key, the value and what was expected::
+
+    recipes/x.yaml: train.steps = 'ten': expected an integer
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlwhf.models.tiny import TinyMoEConfig
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("tiny", description="Run name; the run directory is <output_dir>/<name>.")
+    output_dir: str = Field("runs", description="Directory that holds run directories.")
+    seed: int = Field(0, description="Seed for data order, initialisation and sampling.")
+    overwrite: bool = Field(False, description="Replace an existing run directory instead of refusing.")
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        "tiny",
+        description="'tiny' builds a small Qwen3-MoE and tokenizer locally; otherwise a local "
+        "directory or a Hub id (downloaded, so only where a network is available).",
+    )
+    tiny: TinyMoEConfig = Field(default_factory=TinyMoEConfig, description="Shape of the 'tiny' model.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights and compute dtype.")
+
+
+class DataConfig(Section):
+    task: Literal["arithmetic", "coding", "dataset"] = Field(
+        "arithmetic", description="Prompt source: a procedural task, or 'dataset' (HF datasets)."
+    )
+    num_train: int = Field(4000, ge=1, description="Training prompts (procedural tasks).")
+    num_test: int = Field(200, ge=1, description="Held-out prompts for accuracy.")
+    min_digits: int = Field(2, ge=1, description="Arithmetic: fewest digits per operand.")
+    max_digits: int = Field(3, ge=1, description="Arithmetic: most digits per operand.")
+    dataset: str | None = Field(None, description="task=dataset: a local data file or HF dataset name.")
+    split: str = Field("train", description="task=dataset: training split.")
+    test_split: str | None = Field(None, description="task=dataset: held-out split (else num_test rows split off).")
+    prompt_column: str = Field("prompt", description="task=dataset: column holding the prompt.")
+    answer_column: str = Field("answer", description="task=dataset: column holding the gold answer.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.min_digits > self.max_digits:
+            raise ValueError(f"min_digits ({self.min_digits}) must be <= max_digits ({self.max_digits})")
+        if self.task == "dataset" and not self.dataset:
+            raise ValueError("task 'dataset' needs data.dataset (a file path or HF dataset name)")
+        return self
+
+
+class SFTConfig(Section):
+    enabled: bool = Field(True, description="Run a cold-start SFT on solver traces before RL.")
+    steps: int = Field(150, ge=1, description="SFT optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="SFT examples per step.")
+    learning_rate: float = Field(3e-3, gt=0, description="SFT peak learning rate (cosine schedule).")
+    num_examples: int = Field(2000, ge=1, description="Solver traces used for SFT (taken from the training split).")
+
+
+class RolloutConfig(Section):
+    engine: Literal["vllm", "hf"] = Field(
+        "vllm", description="'vllm' (vLLM's LLM engine) or 'hf' (transformers generate)."
+    )
+    group_size: int = Field(8, ge=2, description="Completions sampled per prompt (G).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature for rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest completion; longer ones are truncated.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV-cache size (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM on GPU: memory fraction.")
+
+
+class RewardSpec(Section):
+    name: str = Field(..., description="Registered name, entry-point name or 'package.module:function'.")
+    weight: float = Field(1.0, description="Weight in the total reward.")
+    on_error: float = Field(0.0, description="Score given when the reward raises or times out.")
+
+
+class RewardsConfig(Section):
+    funcs: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="math_accuracy"), RewardSpec(name="format", weight=0.1)],
+        description="Rewards scored for every completion; the total is their weighted sum.",
+    )
+    accuracy: str = Field("math_accuracy", description="Reward whose mean is reported as held-out accuracy.")
+    timeout_s: float = Field(10.0, gt=0, description="Time limit for one reward call (one prompt group).")
+    num_workers: int = Field(2, ge=1, description="Reward worker processes.")
+
+
+class AlgoConfig(Section):
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = Field("grpo", description="Group baseline (GRPO, Dr. GRPO, RLOO).")
+    eps: float = Field(1e-6, gt=0, description="Added to the group std before dividing.")
+    batch_std_norm: bool = Field(False, description="Also divide advantages by the batch std (REINFORCE++).")
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field(
+        "token_mean", description="Loss aggregation: DAPO token-mean, GRPO seq-mean, Dr. GRPO constant norm."
+    )
+    clip_low: float = Field(0.2, ge=0, description="Lower clip epsilon of the ratio (1 - clip_low).")
+    clip_high: float = Field(0.2, ge=0, description="Upper clip epsilon (DAPO clip-higher uses 0.28).")
+    dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c for negative advantages.")
+    ratio_level: Literal["token", "sequence"] = Field("token", description="'sequence' is GSPO.")
+    kl_coef: float = Field(0.0, ge=0, description="KL-to-reference coefficient; 0 loads no reference model.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman 2020).")
+    kl_in_reward: bool = Field(False, description="Fold the KL penalty into the reward instead of the loss.")
+    ref_refresh_every: int = Field(0, ge=0, description="Copy the policy into the reference every N steps (0: frozen).")
+    entropy_coef: float = Field(0.0, description="Entropy bonus coefficient.")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop zero-variance groups and sample more.")
+    max_sampling_rounds: int = Field(3, ge=1, description="Most sampling rounds per step with dynamic sampling.")
+    overlong_mask: bool = Field(False, description="Mask the loss of truncated completions.")
+    overlong_penalty: bool = Field(False, description="DAPO soft length penalty near max_new_tokens.")
+    overlong_cache: int = Field(16, ge=1, description="Length of the soft penalty zone, in tokens.")
+    tis_cap: float | None = Field(None, gt=0, description="Truncated importance sampling cap (rollout vs trainer).")
+
+
+class TrainConfig(Section):
+    steps: int = Field(40, ge=0, description="GRPO steps.")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per step (B); B * group_size completions.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
+    minibatch_size: int = Field(64, ge=1, description="Completions per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
+    save_every: int = Field(10, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    eval_every: int = Field(0, ge=0, description="Held-out accuracy every N steps (0: before and after only).")
+    threads: int = Field(0, ge=0, description="torch threads in the policy worker (0: all cores).")
+
+
+class EvalConfig(Section):
+    num_prompts: int = Field(200, ge=1, description="Held-out prompts scored (greedy decoding).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest completion at evaluation.")
+
+
+class TrackingConfig(Section):
+    wandb: bool = Field(False, description="Log to Weights & Biases (offline unless WANDB_MODE says otherwise).")
+    wandb_project: str = Field("rlwhf", description="wandb project.")
+    traces: bool = Field(True, description="Write every completion to traces/ (Parquet).")
+    console_every: int = Field(1, ge=1, description="Print a metrics line every N steps.")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Ray cluster to join; default: RAY_ADDRESS, else a local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all).")
+
+
+class Recipe(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Recipe":
+        completions = self.train.prompts_per_step * self.rollout.group_size
+        if self.train.minibatch_size > completions:
+            raise ValueError(
+                f"train.minibatch_size ({self.train.minibatch_size}) is larger than the completions per "
+                f"step (train.prompts_per_step * rollout.group_size = {completions})"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot be used; the message says where and why."""
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} not found")
+    if path.resolve() in chain:
+        raise ConfigError(f"recipe {path}: 'base' chain loops back on itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path}: expected a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _merge(_read_yaml(path.parent / base, chain + (path.resolve(),)), data)
+    return data
+
+
+def apply_override(data: dict, override: str) -> dict:
+    """Apply one ``dotted.key=value`` override; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. train.steps=5")
+    try:
+        value: Any = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+    return data
+
+
+def _describe(error: dict) -> str:
+    kind, msg = error["type"], error["msg"]
+    expected = {
+        "int_parsing": "an integer",
+        "int_type": "an integer",
+        "float_parsing": "a number",
+        "float_type": "a number",
+        "bool_parsing": "true or false",
+        "bool_type": "true or false",
+        "extra_forbidden": "no such key",
+        "missing": "a value (required)",
+    }.get(kind)
+    if kind == "literal_error":
+        return "expected " + msg.removeprefix("Input should be ")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    msg = msg.removeprefix("Value error, ")
+    return f"expected {expected}" if expected else msg[0].lower() + msg[1:]
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "(recipe)"
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) or error["type"] == "missing" else f" = {value!r}"
+        lines.append(f"{source}: {key}{shown}: {_describe(error)}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe (or the defaults when ``path`` is None), apply overrides, validate."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    for override in overrides:
+        data = apply_override(data, override)
+    source = str(path) if path is not None else "defaults"
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

@@ -1,0 +1,60 @@
+"""Procedural multi-digit arithmetic with a short, checkable chain of thought.
+
+Each example has a ``prompt``, the gold ``answer`` and a solver-written ``solution`` (the
+reasoning a cold-start SFT imitates)::
+
+    prompt:   "Q: 347+586=?\n"
+    solution: "<think>7+6=13\n4+8+1=13\n3+5+1=9\n</think><answer>933</answer>"
+
+The chain of thought adds column by column from the right, carrying explicitly, so a correct
+trace is a correct answer and the answer can be checked by ``rewards.math``.
+"""
+
+from __future__ import annotations
+
+import random
+
+
+def addition_trace(a: int, b: int) -> str:
+    """Column-wise addition, least significant digit first, with explicit carries."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    carry, lines = 0, []
+    for i in range(max(len(da), len(db))):
+        x = int(da[i]) if i < len(da) else 0
+        y = int(db[i]) if i < len(db) else 0
+        terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
+        total = x + y + carry
+        lines.append(f"{terms}={total}")
+        carry = total // 10
+    return "\n".join(lines)
+
+
+def make_example(a: int, b: int) -> dict:
+    return {
+        "prompt": f"Q: {a}+{b}=?\n",
+        "answer": str(a + b),
+        "solution": f"<think>{addition_trace(a, b)}\n</think><answer>{a + b}</answer>",
+    }
+
+
+def _operand(rng: random.Random, min_digits: int, max_digits: int) -> int:
+    digits = rng.randint(min_digits, max_digits)
+    return rng.randint(10 ** (digits - 1), 10**digits - 1)
+
+
+def make_arithmetic(n: int, seed: int, min_digits: int = 2, max_digits: int = 3) -> list[dict]:
+    """``n`` distinct addition problems with operands of ``min_digits``..``max_digits`` digits."""
+    if not 1 <= min_digits <= max_digits:
+        raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits} and {max_digits}")
+    rng = random.Random(seed)
+    seen: set[tuple[int, int]] = set()
+    examples = []
+    capacity = sum(9 * 10 ** (d - 1) for d in range(min_digits, max_digits + 1)) ** 2
+    if n > capacity:
+        raise ValueError(f"asked for {n} distinct problems, but only {capacity} exist at these digit counts")
+    while len(examples) < n:
+        a, b = _operand(rng, min_digits, max_digits), _operand(rng, min_digits, max_digits)
+        if (a, b) not in seen:
+            seen.add((a, b))
+            examples.append(make_example(a, b))
+    return examples

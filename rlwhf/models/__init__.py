@@ -1,0 +1,1 @@
+"""Policies: building tiny local MoE models and tokenizers, loading HF models, MoE hooks."""

@@ -1,0 +1,59 @@
+"""The rollout protocol: sample ``n`` completions per prompt with their tokens' log-probs.
+
+Engines take weights as the trainer holds them (transformers' in-memory parameter names) and
+apply them in place, without a restart. Which engine runs is chosen in the recipe
+(``rollout.engine``), never by a silent fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class SamplingSettings:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]  # log-prob of each sampled token under the engine's sampling distribution
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (truncated)
+
+
+@dataclass
+class Group:
+    prompt: str
+    prompt_ids: list[int]
+    completions: list[Completion] = field(default_factory=list)
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Group]: ...
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
+
+
+def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int = 0,
+                max_model_len: int = 512, kv_cache_gib: float = 1.0,
+                gpu_memory_utilization: float = 0.5) -> RolloutEngine:
+    """Build the engine the recipe names: ``vllm`` or ``hf``."""
+    if kind == "vllm":
+        from rlwhf.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                          kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization)
+    if kind == "hf":
+        from rlwhf.rollout.hf_engine import HFEngine
+
+        return HFEngine(model_path, dtype=dtype, seed=seed)
+    raise ValueError(f"rollout.engine {kind!r}: expected 'vllm' or 'hf'")

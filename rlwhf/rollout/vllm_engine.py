@@ -1,0 +1,91 @@
+"""vLLM rollout engine, with in-place weight updates.
+
+Weight sync: vLLM 0.32's workers expose ``reload_weights(weights_iterator, is_checkpoint_format)``
+(reached through ``LLM.collective_rpc``). Given weights in *checkpoint* layout it re-runs each
+layer's post-load processing, which is what the CPU MoE backend needs: it repacks expert weights
+into its own kernel layout at load time, so loading a plain ``load_weights`` over the live model
+writes into tensors that no longer have the checkpoint's shapes. The trainer holds transformers'
+fused in-memory layout (``experts.gate_up_proj``), so we first turn its state dict back into
+checkpoint layout with transformers' ``revert_weight_conversion`` on a meta-device twin of the
+model (no memory, no copy of the weights).
+
+The engine runs in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that weights
+pass by reference, not through a pipe.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rlwhf.rollout.base import Completion, Group, SamplingSettings
+
+
+def _prepare_environment(kv_cache_gib: float) -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0, max_model_len: int = 512,
+                 kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.5):
+        _prepare_environment(kv_cache_gib)
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from vllm import LLM
+
+        kwargs = {}
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(
+            model=str(model_path),
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            enforce_eager=not torch.cuda.is_available(),
+            # Log-probs of the distribution actually sampled from (after temperature), as the
+            # trainer computes them.
+            logprobs_mode="processed_logprobs",
+            **kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        with torch.device("meta"):
+            self._layout_twin = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+
+    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Group]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
+            logprobs=0,
+        )
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        groups = []
+        for prompt, out in zip(prompts, outputs):
+            group = Group(prompt=prompt, prompt_ids=list(out.prompt_token_ids))
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                logprobs = [entry[tok].logprob for tok, entry in zip(ids, c.logprobs)]
+                group.completions.append(Completion(c.text, ids, logprobs, _finish(c.finish_reason)))
+            groups.append(group)
+        return groups
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        checkpoint_layout = revert_weight_conversion(self._layout_twin, dict(state_dict))
+        self.llm.collective_rpc(
+            "reload_weights",
+            kwargs={"weights_iterator": list(checkpoint_layout.items()), "is_checkpoint_format": True},
+        )
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"

@@ -1,0 +1,1 @@
+"""Training: the GRPO policy worker and the cold-start SFT."""
