@@ -1,0 +1,1 @@
+"""Prompt sources: procedural tasks and HF datasets, with a deterministic resumable cursor."""

@@ -1,0 +1,78 @@
+"""Ray actors: thin adapters from Ray to the plain classes that do the work.
+
+Each class here only forwards to a plain, Ray-free class (``RolloutEngine``, ``PolicyTrainer``,
+``RewardRunner``), so the work itself is testable without Ray.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``), else start a local Ray for this process."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+
+
+class RolloutWorker:
+    def __init__(self, kind: str, model_path: str, **engine_kwargs):
+        from rlwhf.rollout import make_engine
+
+        self.engine = make_engine(kind, model_path, **engine_kwargs)
+
+    def generate(self, prompts, sampling):
+        return self.engine.generate(prompts, sampling)
+
+    def update_weights(self, state_dict) -> None:
+        self.engine.update_weights(state_dict)
+
+
+class PolicyWorker:
+    def __init__(self, model_path: str, algo, train, *, temperature: float, seed: int, dtype: str,
+                 resume_from: str | None = None):
+        from rlwhf.train.policy import PolicyTrainer
+
+        self.trainer = PolicyTrainer(model_path, algo, train, temperature=temperature, seed=seed, dtype=dtype)
+        if resume_from:
+            self.trainer.load_trainer_state(resume_from)
+
+    def train_on(self, batch):
+        return self.trainer.train_on(batch)
+
+    def sequence_kl(self, batch):
+        return self.trainer.sequence_kl(batch)
+
+    def state_dict(self):
+        return self.trainer.state_dict()
+
+    def save(self, path: str, extra_state: dict) -> str:
+        return str(self.trainer.save(path, extra_state))
+
+
+class RewardWorker:
+    def __init__(self, specs, timeout_s: float, num_workers: int):
+        from rlwhf.reward_runner import RewardRunner
+
+        self.runner = RewardRunner(specs, timeout_s=timeout_s, num_workers=num_workers)
+
+    def score(self, groups):
+        return self.runner.score(groups)
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def remote(cls, num_gpus: float = 0):
+    # num_cpus=0: the three actors take turns on the same cores in the synchronous loop, and a
+    # laptop with two cores must be able to host all of them.
+    return ray.remote(num_cpus=0, num_gpus=num_gpus)(cls)

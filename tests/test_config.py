@@ -1,0 +1,58 @@
+import pytest
+
+from rlwhf.config import ConfigError, load_recipe
+
+
+def test_defaults_validate_and_overrides_apply_with_yaml_types():
+    recipe = load_recipe(None, ["train.steps=5", "run.name=foo", "algo.dual_clip=3.0", "rollout.engine=hf"])
+    assert recipe.train.steps == 5
+    assert recipe.run.dir.name == "foo"
+    assert recipe.algo.dual_clip == 3.0
+    assert recipe.rollout.engine == "hf"
+
+
+def test_shipped_recipes_validate():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml"))
+    assert recipes, "no recipes shipped"
+    for path in recipes:
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.steps=ten", "train.steps = 'ten': expected an integer"),
+    ("train.stepz=3", "train.stepz = 3: unknown key"),
+    ("rollout.engine=tgi", "rollout.engine = 'tgi': expected 'vllm' or 'hf'"),
+    ("algo.clip_low=-1", "algo.clip_low = -1: input should be greater than or equal to 0"),
+    ("algo.advantage=ppo", "algo.advantage = 'ppo': expected 'grpo', 'dr_grpo' or 'rloo'"),
+    ("train.minibatch_size=100000", "train.minibatch_size (100000) is larger than the completions per step"),
+    ("data.min_digits=5", "min_digits (5) must be <= max_digits (3)"),
+])
+def test_bad_values_are_rejected_naming_key_value_and_expectation(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_recipe(None, [override])
+    assert expected in str(info.value)
+
+
+def test_override_without_equals_sign_is_rejected():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_recipe(None, ["train.steps"])
+
+
+def test_recipe_inherits_base_and_reports_its_own_path(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  steps: 7\n  learning_rate: 0.5\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain:\n  steps: 9\n")
+    recipe = load_recipe(tmp_path / "child.yaml")
+    assert (recipe.train.steps, recipe.train.learning_rate) == (9, 0.5)
+    (tmp_path / "bad.yaml").write_text("base: base.yaml\nmodel:\n  dtype: float8\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: model.dtype = 'float8': expected 'float32' or 'bfloat16'"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_missing_recipe_and_non_mapping_yaml_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping of sections, got list"):
+        load_recipe(tmp_path / "list.yaml")

@@ -1,0 +1,68 @@
+import time
+
+import pytest
+
+import rewards
+from rlwhf.config import RewardSpec
+from rlwhf.reward_runner import GroupToScore, RewardRunner
+
+
+def test_registry_finds_builtins_module_paths_and_rejects_unknown_names():
+    assert "format" in rewards.available()
+    assert rewards.get("misbehaving_rewards:length")(["abc"], prompts=["p"]) == [3.0]
+    with pytest.raises(KeyError, match="unknown reward 'nope'.*known rewards:"):
+        rewards.get("nope")
+    with pytest.raises(KeyError, match="cannot import module"):
+        rewards.get("no_such_module_xyz:fn")
+
+
+def test_decorator_refuses_a_second_function_under_the_same_name():
+    @rewards.reward("test_unique_name")
+    def first(completions, **_):
+        return [0.0] * len(completions)
+
+    with pytest.raises(ValueError, match="already registered"):
+        @rewards.reward("test_unique_name")
+        def second(completions, **_):
+            return [1.0] * len(completions)
+
+
+def test_scores_are_weighted_per_reward_and_columns_reach_the_function():
+    specs = [RewardSpec(name="misbehaving_rewards:echo_answer", weight=2.0),
+             RewardSpec(name="misbehaving_rewards:length", weight=0.5)]
+    with RewardRunner(specs, timeout_s=30, num_workers=2) as runner:
+        scores = runner.score([GroupToScore("p", ["42", "7"], {"answer": "42"}),
+                               GroupToScore("q", ["x"], {"answer": "y"})])
+    assert scores.per_reward["misbehaving_rewards:echo_answer"] == [1.0, 0.0, 0.0]
+    assert scores.total == [2.0 * 1 + 0.5 * 2, 0.5 * 1, 0.5 * 1]
+    assert scores.errors == {"misbehaving_rewards:echo_answer": 0, "misbehaving_rewards:length": 0}
+
+
+@pytest.mark.parametrize("fn", ["raises", "exits", "wrong_length"])
+def test_a_failing_reward_scores_on_error_is_counted_and_the_next_call_works(fn):
+    specs = [RewardSpec(name=f"misbehaving_rewards:{fn}", on_error=-1.0)]
+    with RewardRunner(specs, timeout_s=30, num_workers=1) as runner:
+        scores = runner.score([GroupToScore("p", ["a", "b"])])
+        assert scores.per_reward[specs[0].name] == [-1.0, -1.0]
+        assert scores.errors[specs[0].name] == 2
+        assert len(scores.messages) == 1 and "group 0: error" in scores.messages[0]
+        again = runner.score([GroupToScore("p", ["c", "d", "e"])])
+        assert again.errors[specs[0].name] == 3  # the worker process still answers after the failure
+
+
+def test_a_hanging_reward_costs_its_time_limit_and_does_not_block_other_rewards():
+    specs = [RewardSpec(name="misbehaving_rewards:hangs", on_error=0.25),
+             RewardSpec(name="misbehaving_rewards:length")]
+    with RewardRunner(specs, timeout_s=1.5, num_workers=2) as runner:
+        start = time.perf_counter()
+        scores = runner.score([GroupToScore("p", ["abcd"])])
+        elapsed = time.perf_counter() - start
+    assert scores.per_reward["misbehaving_rewards:hangs"] == [0.25]
+    assert scores.timeouts["misbehaving_rewards:hangs"] == 1
+    assert scores.per_reward["misbehaving_rewards:length"] == [4.0]
+    assert elapsed < 15  # the limit plus process start-up, never the hour the reward asked for
+
+
+def test_unknown_reward_fails_at_start_up_not_mid_run():
+    with pytest.raises(KeyError, match="unknown reward"):
+        RewardRunner([RewardSpec(name="definitely_not_registered")])
