@@ -4,7 +4,9 @@ Weight sync: vLLM 0.32's workers expose ``reload_weights(weights_iterator, is_ch
 (reached through ``LLM.collective_rpc``). Given weights in *checkpoint* layout it re-runs each
 layer's post-load processing, which is what the CPU MoE backend needs: it repacks expert weights
 into its own kernel layout at load time, so loading a plain ``load_weights`` over the live model
-writes into tensors that no longer have the checkpoint's shapes. The trainer holds transformers'
+writes into tensors that no longer have the checkpoint's shapes. ``reload_weights`` alone is not
+enough on CPU either: it leaves the experts unpacked and the LM head's packed copy stale, so after
+it we re-run those layers' packing (``_repack_cpu_weights``). The trainer holds transformers'
 fused in-memory layout (``experts.gate_up_proj``), so we first turn its state dict back into
 checkpoint layout with transformers' ``revert_weight_conversion`` on a meta-device twin of the
 model (no memory, no copy of the weights).
@@ -84,7 +86,34 @@ class VLLMEngine:
             "reload_weights",
             kwargs={"weights_iterator": list(checkpoint_layout.items()), "is_checkpoint_format": True},
         )
+        if not torch.cuda.is_available():
+            self.llm.collective_rpc(_repack_cpu_weights)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+
+
+def _repack_cpu_weights(worker) -> int:
+    """Re-pack what the CPU backend packs at load time and ``reload_weights`` leaves stale (vLLM 0.32).
+
+    * MoE experts: on a weight update vLLM copies the new checkpoint-layout tensors in but keeps
+      the kernel it built at start-up, whose ``process_weights_after_loading`` (the CPU prepack)
+      only ran then; the kernel would read unpacked weights as packed. We run that prepack again.
+    * LM head: its oneDNN handle holds a packed copy of the old weights; rebuilding it re-packs.
+    """
+    from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    repacked = 0
+    for module in worker.model_runner.get_model().modules():
+        method = getattr(module, "quant_method", None)
+        if isinstance(method, UnquantizedFusedMoEMethod) and method.moe_kernel is not None:
+            experts = getattr(method.moe_kernel.impl, "fused_experts", None)
+            if experts is not None and type(experts).__name__.startswith("CPU"):
+                experts.process_weights_after_loading(module)
+                repacked += 1
+        elif isinstance(method, UnquantizedEmbeddingMethod) and hasattr(module, "cpu_linear"):
+            method.process_weights_after_loading(module)
+            repacked += 1
+    return repacked
 
 
 def _finish(reason: str | None) -> str:

@@ -1,0 +1,65 @@
+"""Rollout engines on a real tiny MoE: vLLM's log-probs match the trainer's, before and after a weight sync."""
+
+import pytest
+import torch
+
+from rlwhf.rollout import SamplingSettings, make_engine
+
+PROMPTS = ["Q: 12+34=?\n", "Q: 905+77=?\n"]
+
+
+def hf_logprobs(model, prompt_ids, completion_ids):
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+    start = len(prompt_ids) - 1
+    return [logp[start + i, t].item() for i, t in enumerate(completion_ids)]
+
+
+@pytest.fixture(scope="module")
+def trainer_model(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    model.config.output_router_logits = False
+    return model
+
+
+@pytest.mark.slow
+def test_vllm_weight_sync_makes_rollout_logprobs_follow_the_trainer(tiny_model, trainer_model):
+    engine = make_engine("vllm", tiny_model, seed=0, max_model_len=256)
+    greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=12, seed=0)
+
+    before = engine.generate(PROMPTS, greedy)
+    c = before[0].completions[0]
+    assert c.logprobs == pytest.approx(hf_logprobs(trainer_model, before[0].prompt_ids, c.token_ids), abs=2e-3)
+
+    # A real optimizer step on the trainer's copy, so every parameter moves (experts included).
+    optimizer = torch.optim.SGD(trainer_model.parameters(), lr=0.5)
+    for name, p in trainer_model.named_parameters():
+        p.grad = torch.randn_like(p) * (1.0 if "experts" in name or "lm_head" in name else 0.1)
+    optimizer.step()
+    engine.update_weights(trainer_model.state_dict())
+
+    after = engine.generate(PROMPTS, greedy)
+    for group in after:
+        c = group.completions[0]
+        assert c.logprobs == pytest.approx(hf_logprobs(trainer_model, group.prompt_ids, c.token_ids), abs=2e-3)
+    assert [g.completions[0].token_ids for g in after] != [g.completions[0].token_ids for g in before]
+
+    # Sampling: n completions per prompt, each with one log-prob per token and a finish reason.
+    groups = engine.generate(PROMPTS, SamplingSettings(n=4, temperature=1.0, max_new_tokens=8, seed=1))
+    assert [len(g.completions) for g in groups] == [4, 4]
+    for c in groups[1].completions:
+        assert len(c.logprobs) == len(c.token_ids) and c.finish_reason in {"stop", "length"}
+        assert c.logprobs == pytest.approx(hf_logprobs(trainer_model, groups[1].prompt_ids, c.token_ids), abs=2e-3)
+
+
+def test_hf_engine_samples_groups_with_logprobs_and_takes_new_weights(tiny_model, trainer_model):
+    engine = make_engine("hf", tiny_model, seed=0)
+    engine.update_weights(trainer_model.state_dict())
+    groups = engine.generate(PROMPTS, SamplingSettings(n=3, temperature=1.0, max_new_tokens=6, seed=0))
+    assert [len(g.completions) for g in groups] == [3, 3]
+    c = groups[0].completions[0]
+    assert c.logprobs == pytest.approx(hf_logprobs(trainer_model, groups[0].prompt_ids, c.token_ids), abs=1e-4)
+    assert c.text == engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
