@@ -1,0 +1,1 @@
+"""Internals of rewards.code: the worker interpreter and its pool."""

@@ -1,0 +1,502 @@
+"""Sandbox worker: a pre-imported Python interpreter that forks one isolated process per program.
+
+Started by ``rewards._sandbox.pool`` as ``python -I -S -B worker.py <fd> <level> <uid>`` with an
+empty environment and one inherited socket (file descriptor ``<fd>``) to its host. Standard
+library only: this file imports nothing from the project.
+
+At start the worker enters a private mount namespace (``namespaces-user``: first its own user
+namespace, mapping its uid to 0) and builds a read-only *template root* there: a tmpfs holding
+read-only binds of ``/usr``, ``/lib*``, ``/bin``, ``/sbin``, the standard library and four
+``/dev`` nodes, plus empty mount points ``/work`` and ``/tmp``. The host's mounts are untouched.
+
+Per program the worker forks a *program process* that is pid 1 of a new pid namespace
+(``namespaces-root``: directly, by unsharing the pid namespace for one fork and setting it back;
+``namespaces-user``: through a short-lived launcher). The program process unshares the mount,
+network, IPC and UTS namespaces, mounts fresh size-limited tmpfs on ``/work`` and ``/tmp``, pivots
+into the template, drops every privilege, sets rlimits, and only then reads and runs the
+untrusted code. The worker never reads the code or stdin (they arrive as memfds that only the
+program process reads), so nothing of one run stays in the worker for a later run to find.
+
+``rlimits-unsafe`` skips every namespace: a process group, rlimits and a temporary directory.
+"""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import gc
+import io
+import json
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+# Modules programs commonly import, so that importing them costs nothing in the forked process.
+PREIMPORT = (
+    "array bisect collections copy dataclasses decimal enum fractions functools heapq itertools "
+    "math operator random re statistics string textwrap typing unicodedata"
+)
+for _name in PREIMPORT.split():
+    __import__(_name)
+del _name
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 1, 24, 36
+PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
+SYSCALLS = {"x86_64": {"pivot_root": 155, "capset": 126}, "aarch64": {"pivot_root": 41, "capset": 91}}
+SYS = SYSCALLS.get(platform.machine(), {})
+
+EXIT_MEMORY = 213  # the program process ends with this code when the program dies of MemoryError
+EXIT_SETUP = 214  # isolation could not be set up; the code was never run
+ROOT = "/tmp"  # the template root is mounted over /tmp inside the worker's private mount namespace only
+READ_ONLY_PATHS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/sbin")
+DEVICES = ("null", "zero", "urandom", "random")
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def _mount(source, target, fstype, flags, data=None) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    _check(libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker start: its own mount namespace (and user namespace when not root) with the template root
+# ----------------------------------------------------------------------------------------------
+
+
+def enter(level: str, python_paths: list[str]) -> None:
+    if level == "namespaces-user":
+        uid, gid = os.geteuid(), os.getegid()
+        _check(libc.unshare(CLONE_NEWUSER), "unshare(user namespace)")
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"0 {uid} 1")
+        _write("/proc/self/gid_map", f"0 {gid} 1")
+    _check(libc.unshare(CLONE_NEWNS), "unshare(mount namespace)")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("tmpfs", ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    for path in [*READ_ONLY_PATHS, *python_paths]:
+        if not os.path.lexists(path):
+            continue
+        dest = ROOT + path
+        if os.path.islink(path):
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            if not os.path.lexists(dest):
+                os.symlink(os.readlink(path), dest)
+            continue
+        os.makedirs(dest, exist_ok=True)
+        _mount(path, dest, None, MS_BIND)
+        _mount(None, dest, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    os.makedirs(ROOT + "/dev")
+    for dev in DEVICES:
+        dest = f"{ROOT}/dev/{dev}"
+        open(dest, "w").close()
+        _mount(f"/dev/{dev}", dest, None, MS_BIND)
+        _mount(None, dest, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
+    for d in ("/work", "/tmp", "/.old"):
+        os.makedirs(ROOT + d)
+    _mount(None, ROOT, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    if level == "namespaces-user":
+        try:  # no nested user namespaces for programs (defence in depth; fine if refused)
+            _write("/proc/sys/user/max_user_namespaces", "0")
+        except OSError:
+            pass
+
+
+# ----------------------------------------------------------------------------------------------
+# The program process: pid 1 of its own pid namespace (or a plain child at level rlimits-unsafe)
+# ----------------------------------------------------------------------------------------------
+
+
+def _pivot(req: dict) -> None:
+    """Fresh tmpfs on /work and /tmp, then make the template the root and drop the host's tree."""
+    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
+    opts = f"size={req['file_mb']}m,mode=1777"
+    _mount("tmpfs", ROOT + "/work", "tmpfs", MS_NOSUID | MS_NODEV, opts)
+    _mount("tmpfs", ROOT + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts)
+    _check(libc.syscall(SYS["pivot_root"], ROOT.encode(), (ROOT + "/.old").encode()), "pivot_root")
+    os.chdir("/")
+    _check(libc.umount2(b"/.old", MNT_DETACH), "umount old root")
+    libc.sethostname(b"sandbox", 7)
+
+
+def _drop_privileges(req: dict) -> None:
+    if req["level"] == "namespaces-root":
+        uid = req["uid"]
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # from root to non-root: the kernel clears every capability
+    else:  # uid 0 of the worker's user namespace: drop its capabilities too
+        for cap in range(64):
+            libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+        libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable (x2): all zero
+        _check(libc.syscall(SYS["capset"], header, data), "capset")
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+def _vm_size_bytes() -> int:
+    with open("/proc/self/statm") as f:  # before the pivot: /proc is not in the sandbox
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _program_process(req: dict, fds: dict) -> None:
+    """Never returns. Isolate, then run the program with ``exec`` in a fresh ``__main__``."""
+    try:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        for stream in (sys.stdout, sys.stderr):  # the worker's buffers go to its fds, not the program's
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        vm_base = _vm_size_bytes()
+        code = os.pread(fds["code"], os.fstat(fds["code"]).st_size, 0)
+        namespaces = req["level"].startswith("namespaces")
+        if namespaces:
+            _pivot(req)
+        else:
+            os.setsid()
+            os.chdir(req["workdir"])
+        os.dup2(fds["stdin"], 0)
+        os.lseek(0, 0, os.SEEK_SET)
+        os.dup2(fds["out_w"], 1)
+        os.dup2(fds["err_w"], 2)
+        ctl_w = fds["ctl_w"]
+        if namespaces:
+            _drop_privileges(req)
+            os.chdir("/work")
+        limits = {
+            resource.RLIMIT_CPU: int(req["timeout_s"]) + 1,
+            resource.RLIMIT_NPROC: req["max_procs"],
+            resource.RLIMIT_FSIZE: req["file_mb"] << 20,
+            resource.RLIMIT_NOFILE: 256,
+            resource.RLIMIT_CORE: 0,
+            resource.RLIMIT_MSGQUEUE: 0,
+            resource.RLIMIT_MEMLOCK: 0,
+        }
+        for which, value in limits.items():
+            resource.setrlimit(which, (value, value + 1 if which == resource.RLIMIT_CPU else value))
+        home = "/work" if namespaces else req["workdir"]
+        os.environ.clear()
+        os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"})
+        sys.argv = ["solution.py"]
+        sys.path[:] = [p for p in sys.path if os.path.isdir(p)]
+    except BaseException as exc:  # isolation failed: never run the code
+        try:
+            os.write(fds["ctl_w"], b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
+        finally:
+            os._exit(EXIT_SETUP)
+    os.closerange(3, 1 << 16)  # the host socket, the pipes, the memfds: nothing but 0, 1, 2 stays
+    del ctl_w, fds
+    resource.setrlimit(resource.RLIMIT_AS, (vm_base + (req["memory_mb"] << 20),) * 2)
+    _exec_program(code)
+
+
+def _exec_program(code: bytes) -> None:
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        stream = io.open(fd, mode + "b", closefd=False, buffering=-1)
+        text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace" if fd else "strict",
+                                line_buffering=False, write_through=fd == 2)
+        setattr(sys, name, text)
+        setattr(sys, f"__{name}__", text)
+    main = type(sys)("__main__")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    gc.unfreeze()
+    status = 0
+    try:
+        exec(compile(code, "solution.py", "exec"), main.__dict__)
+    except SystemExit as exc:
+        if exc.code is None:
+            status = 0
+        elif isinstance(exc.code, int):
+            status = exc.code & 0xFF
+        else:
+            print(exc.code, file=sys.stderr)
+            status = 1
+    except MemoryError:
+        status = EXIT_MEMORY
+        try:
+            sys.stderr.write("MemoryError: the program exceeded its memory limit\n")
+        except BaseException:
+            pass
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+        status = 1
+    try:
+        threading._shutdown()  # join non-daemon threads, as the interpreter would at exit
+    except BaseException:
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    os._exit(status)
+
+
+# ----------------------------------------------------------------------------------------------
+# Starting the program process in a new pid namespace
+# ----------------------------------------------------------------------------------------------
+
+_ORIGINAL_PIDNS = -1  # fd of the worker's own pid namespace (namespaces-root)
+
+
+def _spawn(req: dict, fds: dict) -> tuple[int, int | None]:
+    """Fork the program process. Returns (pid to wait for, program pid if known)."""
+    level = req["level"]
+    if level == "namespaces-root":
+        _check(libc.unshare(CLONE_NEWPID), "unshare(pid namespace)")
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:  # the next fork of the worker goes back to the worker's own pid namespace
+                _check(libc.setns(_ORIGINAL_PIDNS, CLONE_NEWPID), "setns(pid namespace)")
+        if pid == 0:
+            _program_process(req, fds)
+        return pid, pid
+    if level == "namespaces-user":  # a launcher: the worker cannot re-enter its pid namespace
+        launcher = os.fork()
+        if launcher == 0:
+            try:
+                libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                _check(libc.unshare(CLONE_NEWPID), "unshare(pid namespace)")
+                pid = os.fork()
+                if pid == 0:
+                    _program_process(req, fds)
+                os.write(fds["ctl_w"], b"P" + struct.pack("<i", pid))
+                _, status = os.waitpid(pid, 0)
+                os.write(fds["ctl_w"], b"S" + struct.pack("<i", status))
+                os._exit(0)
+            except BaseException as exc:
+                try:
+                    os.write(fds["ctl_w"], b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
+                finally:
+                    os._exit(EXIT_SETUP)
+        return launcher, None
+    pid = os.fork()
+    if pid == 0:
+        _program_process(req, fds)
+    return pid, pid
+
+
+# ----------------------------------------------------------------------------------------------
+# The worker: one request at a time; enforces time and output caps from outside the sandbox
+# ----------------------------------------------------------------------------------------------
+
+
+def _parse_ctl(buf: bytes) -> tuple[int | None, int | None, str | None]:
+    pid = status = error = None
+    i = 0
+    while i < len(buf):
+        tag = buf[i : i + 1]
+        if tag in (b"P", b"S") and len(buf) >= i + 5:
+            value = struct.unpack("<i", buf[i + 1 : i + 5])[0]
+            pid, status = (value, status) if tag == b"P" else (pid, value)
+            i += 5
+        elif tag == b"E":
+            error = buf[i + 1 :].decode(errors="replace")
+            break
+        else:
+            break
+    return pid, status, error
+
+
+def execute(req: dict, code_fd: int, stdin_fd: int, host_fd: int) -> tuple[dict, bytes]:
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    ctl_r, ctl_w = os.pipe()
+    start = time.monotonic()
+    workdir = None
+    if req["level"] == "rlimits-unsafe":
+        workdir = req["workdir"] = tempfile.mkdtemp(prefix="rlwhf-sandbox-")
+    fds = {"code": code_fd, "stdin": stdin_fd, "out_w": out_w, "err_w": err_w, "ctl_w": ctl_w}
+    child, program_pid = _spawn(req, fds)
+    for fd in (out_w, err_w, ctl_w, code_fd, stdin_fd):
+        os.close(fd)
+    child_fd = os.pidfd_open(child)
+    deadline = start + req["timeout_s"]
+    cap = req["output_bytes"]
+    bufs = {out_r: bytearray(), err_r: bytearray()}
+    ctl = bytearray()
+    poller = select.poll()
+    for fd in (out_r, err_r, ctl_r, host_fd, child_fd):
+        poller.register(fd, select.POLLIN)
+    reason = None  # why the worker ended the program: timeout, output, host
+    child_done = False
+    open_pipes = {out_r, err_r}
+    while not (child_done and not open_pipes):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            reason = "timeout"
+            break
+        for fd, _ in poller.poll(max(1, min(int(remaining * 1000) + 1, 1000))):
+            if fd == host_fd:
+                reason = "host"
+            elif fd == child_fd:
+                child_done = True
+                poller.unregister(child_fd)
+            else:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    poller.unregister(fd)
+                    open_pipes.discard(fd)
+                elif fd == ctl_r:
+                    ctl += chunk
+                else:
+                    buf = bufs[fd]
+                    if len(buf) + len(chunk) > cap:
+                        buf += chunk[: cap - len(buf)]
+                        reason = "output"
+                    else:
+                        buf += chunk
+        if reason:
+            break
+    # the program process is pid 1 of its namespace: killing it kills every process the program made
+    if not child_done:
+        if program_pid is None:
+            program_pid = _parse_ctl(bytes(ctl))[0]
+        for pid in (program_pid, child):
+            if pid is not None:
+                _kill(pid)
+        if req["level"] == "rlimits-unsafe":
+            _kill(-child)
+    _, status = os.waitpid(child, 0)
+    os.close(child_fd)
+    while True:  # whatever the launcher wrote last
+        try:
+            chunk = os.read(ctl_r, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        ctl += chunk
+    if req["level"] == "namespaces-user":
+        launcher_pid, status, setup_error = _parse_ctl(bytes(ctl))
+    else:
+        setup_error = _parse_ctl(bytes(ctl))[2]
+    if req["level"] == "rlimits-unsafe":
+        _kill(-child)
+    _reap_orphans()
+    for fd in (out_r, err_r, ctl_r):
+        os.close(fd)
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    reply = {"wall_s": time.monotonic() - start, "reason": reason, "setup_error": setup_error,
+             "exit_code": None, "signal": None}
+    if reason is None and status is not None:
+        if os.WIFEXITED(status):
+            reply["exit_code"] = os.WEXITSTATUS(status)
+        elif os.WIFSIGNALED(status):
+            reply["signal"] = os.WTERMSIG(status)
+    reply["stdout_len"] = len(bufs[out_r])
+    reply["stderr_len"] = len(bufs[err_r])
+    return reply, bytes(bufs[out_r]) + bytes(bufs[err_r])
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _reap_orphans() -> None:
+    """The worker is a subreaper: reap (already killed) processes reparented to it."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _recv_request(sock: socket.socket) -> tuple[dict, list[int]] | None:
+    header, fds, _, _ = socket.recv_fds(sock, 4, 4)
+    while header and len(header) < 4:
+        more = sock.recv(4 - len(header))
+        if not more:
+            return None
+        header += more
+    if not header:
+        return None
+    (size,) = struct.unpack("<I", header)
+    body = bytearray()
+    while len(body) < size:
+        more = sock.recv(size - len(body))
+        if not more:
+            return None
+        body += more
+    return json.loads(body), list(fds)
+
+
+def main() -> None:
+    global _ORIGINAL_PIDNS
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    level, python_paths = sys.argv[2], sys.argv[3:]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if not SYS:
+            raise OSError(f"unsupported machine {platform.machine()!r} (supported: x86_64, aarch64)")
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        if level.startswith("namespaces"):
+            enter(level, python_paths)
+        _ORIGINAL_PIDNS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except BaseException as exc:
+        sock.sendall(b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
+        return
+    gc.freeze()  # keep the collector off the pre-imported objects, so forked children share their pages
+    sock.sendall(b"R")
+    while True:
+        got = _recv_request(sock)
+        if got is None:
+            return
+        req, fds = got
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            return
+        req["level"] = level
+        reply, payload = execute(req, fds[0], fds[1], sock.fileno())
+        if reply["reason"] == "host":
+            return
+        head = json.dumps(reply).encode()
+        sock.sendall(struct.pack("<II", len(head), len(payload)) + head + payload)
+
+
+if __name__ == "__main__":
+    main()
