@@ -1,0 +1,426 @@
+"""Hostile programs against rewards.code.run.
+
+Every attack is bounded so that it cannot harm this machine even if the sandbox failed: small
+time and memory limits, fork loops capped by RLIMIT_NPROC, signals sent only as signal 0 (a probe
+that delivers nothing), files written only under pytest's tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rewards import code
+
+REPO = Path(__file__).resolve().parents[1]
+NAMESPACES = ("namespaces-root", "namespaces-user")
+
+
+@pytest.fixture(scope="module")
+def level() -> str:
+    lvl = code.isolation_level()
+    if lvl not in NAMESPACES:
+        pytest.skip(f"no namespace isolation on this machine (level {lvl}); see test_refuses_when_no_isolation")
+    return lvl
+
+
+def run(src: str, **kw) -> code.ExecResult:
+    return code.run(textwrap.dedent(src), **kw)
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+# ------------------------------------------------------------------------------------------ basics
+
+
+def test_program_output_and_exit_code_are_returned(level):
+    res = run("import sys\nprint('hi')\nprint('err', file=sys.stderr)\nsys.exit(3)")
+    assert (res.status, res.stdout, res.stderr.strip(), res.exit_code) == ("error", "hi\n", "err", 3)
+    assert res.level == level and res.wall_s > 0
+
+
+def test_stdin_reaches_the_program_and_ok_means_exit_zero(level):
+    res = run("a, b = map(int, input().split())\nprint(a + b)", stdin="2 40\n")
+    assert (res.status, res.stdout, res.exit_code) == ("ok", "42\n", 0)
+
+
+def test_uncaught_exception_is_an_error_with_its_traceback(level):
+    res = run("def f():\n    raise ValueError('boom')\nf()")
+    assert res.status == "error" and res.exit_code == 1
+    assert "ValueError: boom" in res.stderr
+
+
+def test_syntax_error_is_an_error(level):
+    assert run("def (:").status == "error"
+
+
+# -------------------------------------------------------------------------------------------- time
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        "while True: pass",
+        "import time\ntime.sleep(60)",
+        "import os\nr, w = os.pipe()\nos.read(r, 1)",  # blocks forever on a pipe nobody writes
+        "import threading\nthreading.Event().wait()",
+        "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True: pass",
+    ],
+    ids=["busy-loop", "sleep", "blocking-read", "thread-wait", "ignores-SIGXCPU"],
+)
+def test_programs_that_never_end_stop_at_the_time_limit(level, src):
+    start = time.monotonic()
+    res = run(src, timeout_s=0.5)
+    assert res.status == "timeout" and res.exit_code is None
+    assert time.monotonic() - start < 3
+
+
+def test_reading_stdin_past_its_end_does_not_block(level):
+    res = run("import sys\nprint(repr(sys.stdin.read()))", stdin="", timeout_s=2)
+    assert (res.status, res.stdout) == ("ok", "''\n")
+
+
+def test_busy_threads_stop_at_the_time_limit(level):
+    src = "import threading\nfor _ in range(4):\n    threading.Thread(target=lambda: [0 for _ in iter(int, 1)]).start()"
+    assert run(src, timeout_s=0.5).status == "timeout"
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        "x = bytearray(512 << 20)",
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 20))",
+        "s = 'x' * (1 << 30)",
+    ],
+    ids=["one-big-block", "many-blocks", "huge-string"],
+)
+def test_allocation_past_memory_mb_ends_with_status_memory(level, src):
+    res = run(src, memory_mb=64, timeout_s=5)
+    assert res.status == "memory", res
+
+
+def test_memory_within_the_limit_is_usable(level):
+    res = run("x = bytearray(32 << 20)\nprint(len(x))", memory_mb=64)
+    assert (res.status, res.stdout) == ("ok", f"{32 << 20}\n")
+
+
+# --------------------------------------------------------------------------------------- processes
+
+
+def test_fork_loop_is_capped_and_ends_at_the_time_limit(level):
+    src = """
+        import os
+        n = 0
+        while True:
+            try:
+                if os.fork() == 0:
+                    while True: pass
+                n += 1
+            except OSError:
+                print("capped at", n, flush=True)
+                while True: pass
+    """
+    res = run(src, timeout_s=1, max_procs=8)
+    assert res.status == "timeout"
+    assert "capped at" in res.stdout
+    assert int(res.stdout.split()[-1]) < 8
+
+
+def test_no_child_grandchild_or_daemon_survives_run(level):
+    marker = f"4242.{os.getpid()}{time.monotonic_ns() % 100000}"
+    src = f"""
+        import os, subprocess
+        subprocess.Popen(["/bin/sleep", "{marker}"])               # a child
+        if os.fork() == 0:                                           # a double-forked, setsid daemon
+            os.setsid()
+            if os.fork() == 0:
+                os.execv("/bin/sleep", ["sleep", "{marker}"])
+            os._exit(0)
+        print("spawned", flush=True)
+    """
+    res = run(src, timeout_s=3)
+    assert res.status == "ok" and "spawned" in res.stdout, res
+    time.sleep(0.2)
+    assert _processes_with(marker) == []
+
+
+def test_program_cannot_see_or_signal_the_host_or_the_workers(level):
+    code.run("pass")
+    workers = [w.proc.pid for w in code._state["pool"]._all]
+    targets = [os.getpid(), os.getppid(), *workers]  # pid 1 would be the program itself
+    src = f"""
+        import os
+        for pid in {targets!r}:
+            try:
+                os.kill(pid, 0)          # signal 0 only probes; it delivers nothing
+                print("visible", pid)
+            except ProcessLookupError:
+                pass
+        try:
+            os.kill(-1, 0)
+            print("visible -1")
+        except ProcessLookupError:
+            pass
+        print("pid", os.getpid())
+    """
+    res = run(src)
+    assert res.status == "ok", res
+    assert "visible" not in res.stdout
+    assert res.stdout.strip() == "pid 1"
+
+
+# ------------------------------------------------------------------------------------------- files
+
+
+def test_starts_in_an_empty_private_directory_that_is_gone_afterwards(level):
+    first = run("import os\nprint(os.getcwd(), os.listdir('.'))\nopen('left.txt', 'w').write('x')\nopen('/tmp/t', 'w')")
+    assert (first.status, first.stdout) == ("ok", "/work []\n"), first
+    second = run("import os\nprint(os.listdir('.'), os.listdir('/tmp'))")
+    assert second.stdout == "[] []\n"
+
+
+def test_host_files_are_invisible_and_unwritable(level, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    victim = tmp_path / "pwned"
+    paths = [str(secret), str(tmp_path), str(REPO / "pyproject.toml"), str(REPO), "/etc/passwd", "/etc",
+             "/proc/self/environ", str(REPO / "rewards" / "_sandbox" / "worker.py"), "/home", "/var", "/sys"]
+    src = f"""
+        import os
+        for p in {paths!r}:
+            try:
+                print("read", p, open(p).read()[:20] if os.path.isfile(p) else os.listdir(p))
+            except OSError:
+                pass
+        for p in [{str(victim)!r}, "/usr/pwned", "/pwned", "/dev/pwned"]:
+            try:
+                open(p, "w").write("x")
+                print("wrote", p)
+            except OSError:
+                pass
+    """
+    res = run(src)
+    assert res.status == "ok", res
+    assert "TOPSECRET" not in res.stdout and "read" not in res.stdout and "wrote" not in res.stdout, res.stdout
+    assert not victim.exists()
+
+
+def test_home_shows_at_most_the_path_to_the_standard_library(level):
+    from rewards._sandbox.pool import python_paths
+
+    home = Path.home()
+    on_stdlib_path = {Path(p).relative_to(home).parts[0] for p in python_paths() if Path(p).is_relative_to(home)}
+    res = run(f"import os\ntry:\n    print(sorted(os.listdir({str(home)!r})))\nexcept OSError:\n    print([])")
+    assert res.status == "ok"
+    assert set(eval(res.stdout)) <= on_stdlib_path, res.stdout
+
+
+def test_file_size_is_capped(level):
+    res = run("open('big', 'wb').write(b'x' * (8 << 20))", file_mb=2)
+    assert res.status == "error"
+
+
+def test_interpreter_and_standard_library_stay_read_only(level):
+    src = "import os, json\nd = os.path.dirname(json.__file__)\nopen(os.path.join(d, '__init__.py'), 'a').write('#')"
+    res = run(src)
+    assert res.status == "error" and ("Read-only" in res.stderr or "Permission" in res.stderr), res
+
+
+# ----------------------------------------------------------------------------------------- network
+
+
+def test_no_network_not_even_to_a_listener_on_host_loopback(level):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    try:
+        src = f"""
+            import socket
+            for addr in [("127.0.0.1", {port}), ("8.8.8.8", 53), ("1.1.1.1", 443)]:
+                try:
+                    socket.create_connection(addr, timeout=1).close()
+                    print("connected", addr)
+                except OSError as e:
+                    print("refused", type(e).__name__)
+            try:
+                socket.getaddrinfo("pypi.org", 443)
+                print("resolved")
+            except OSError:
+                pass
+        """
+        res = run(src, timeout_s=5)
+        server.settimeout(0.1)
+        with pytest.raises(OSError):
+            server.accept()
+    finally:
+        server.close()
+    assert res.status == "ok", res
+    assert "connected" not in res.stdout and "resolved" not in res.stdout
+
+
+# ----------------------------------------------------------------------------------------- secrets
+
+
+def test_host_environment_is_not_visible(level):
+    os.environ["RLWHF_TEST_SECRET"] = "hunter2"
+    try:
+        res = run("import os\nprint(sorted(os.environ))\nprint(dict(os.environ))")
+    finally:
+        del os.environ["RLWHF_TEST_SECRET"]
+    assert res.status == "ok"
+    assert "hunter2" not in res.stdout and "RLWHF_TEST_SECRET" not in res.stdout
+    assert res.stdout.splitlines()[0] == "['HOME', 'LANG', 'PATH', 'TMPDIR']"
+
+
+def test_program_runs_without_privileges(level):
+    res = run("import os\nprint(os.getuid() != 0 or open('/proc/self/status').read())")
+    # /proc is not mounted: the status check itself fails unless the uid is non-zero at the root level
+    if level == "namespaces-root":
+        assert res.stdout == "True\n"
+    res = run("import os\nos.setuid(0)")
+    assert res.status == "error" and "PermissionError" in res.stderr
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def test_output_past_the_cap_is_truncated_and_the_program_stopped(level):
+    res = run("while True:\n    print('x' * 1000)", output_bytes=100_000, timeout_s=5)
+    assert res.status == "error" and res.truncated
+    assert len(res.stdout) == 100_000 and res.wall_s < 5
+
+
+def test_stderr_flood_is_capped_too(level):
+    res = run("import sys\nsys.stderr.write('e' * (5 << 20))", output_bytes=1 << 16)
+    assert res.truncated and len(res.stderr) < (1 << 16) + 200
+
+
+def test_invalid_utf8_output_does_not_break_the_host(level):
+    res = run("import sys\nsys.stdout.buffer.write(bytes(range(256)))")
+    assert res.status == "ok" and len(res.stdout) == 256
+
+
+# -------------------------------------------------------------------------------- concurrency, pool
+
+
+def test_run_is_thread_safe_under_concurrent_calls(level):
+    results: dict[int, code.ExecResult] = {}
+
+    def work(i):
+        results[i] = code.run(f"print({i} * 2)")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {i: r.stdout for i, r in results.items()} == {i: f"{i * 2}\n" for i in range(12)}
+
+
+def _in_subprocess(src: str, env: dict | None = None, python: str = sys.executable, user: list | None = None):
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})}
+    return subprocess.run([*(user or []), python, "-c", textwrap.dedent(src)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_workers_end_with_their_host_at_exit_and_when_killed(level):
+    src = """
+        import os, signal
+        from rewards import code
+        from rewards.code import _state
+        assert code.run("print(1)").stdout == "1\\n"
+        print(" ".join(str(w.proc.pid) for w in _state["pool"]._all), flush=True)
+        if os.environ.get("DIE"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    """
+    for die in ("", "1"):
+        proc = _in_subprocess(src, env={"DIE": die} if die else {})
+        pids = [int(p) for p in proc.stdout.split()]
+        assert pids, proc.stderr
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(Path(f"/proc/{p}").exists() for p in pids), f"workers {pids} outlived their host"
+
+
+def test_a_forked_host_gets_its_own_workers(level):
+    assert code.run("print('parent')").stdout == "parent\n"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child must never return into pytest
+        try:
+            out = code.run("print('child')").stdout
+            os.write(w, out.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    assert os.read(r, 100) == b"child\n"
+    os.close(r)
+    assert code.run("print('parent again')").stdout == "parent again\n"
+
+
+# -------------------------------------------------------------------------------- isolation levels
+
+
+def test_refuses_when_no_isolation_is_allowed():
+    proc = _in_subprocess(
+        "from rewards import code\nr = code.run('print(1)')\nprint(r.status, code.isolation_level())",
+        env={"RLWHF_SANDBOX": "none"},
+    )
+    assert proc.stdout.split() == ["blocked", "none"], proc.stderr
+
+
+def test_rlimits_unsafe_level_still_limits_time_and_memory():
+    src = """
+        from rewards import code
+        print(code.run("while True: pass", timeout_s=0.5).status)
+        print(code.run("x = bytearray(512 << 20)", memory_mb=64).status)
+        print(code.run("print(input())", stdin="ok").stdout.strip(), code.isolation_level())
+    """
+    proc = _in_subprocess(src, env={"RLWHF_SANDBOX": "rlimits-unsafe"})
+    assert proc.stdout.split() == ["timeout", "memory", "ok", "rlimits-unsafe"], proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to become an unprivileged user), setpriv and /usr/bin/python3")
+def test_unprivileged_host_gets_user_namespace_isolation():
+    src = """
+        import os, socket
+        from rewards import code
+        print(code.isolation_level())
+        r = code.run("import os, socket\\nprint(os.getpid(), os.listdir('/'))\\n"
+                     "socket.create_connection(('127.0.0.1', 22), timeout=1)")
+        print(r.stdout.split()[0], r.status, "ConnectionRefused" not in r.stderr)
+        print(code.run("import os\\nos.unshare(0)" if hasattr(os, "unshare") else "x = bytearray(512 << 20)",
+                       memory_mb=64).status)
+    """
+    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proc = _in_subprocess(src, python="/usr/bin/python3", user=user, env={"PYTHONPATH": str(REPO)})
+    if "none" in proc.stdout.split()[:1]:
+        pytest.skip(f"unprivileged user namespaces are disabled here: {proc.stdout}")
+    assert proc.stdout.split()[:4] == ["namespaces-user", "1", "error", "True"], (proc.stdout, proc.stderr)
