@@ -60,7 +60,11 @@ def _load_builtins() -> None:
     global _builtins_loaded
     if not _builtins_loaded:
         for module in BUILTIN_MODULES:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:  # a dependency of the module is missing: say so
+                    raise
         _builtins_loaded = True
 
 

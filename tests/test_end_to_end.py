@@ -1,0 +1,72 @@
+"""A short real run through the CLI: Ray actors, vLLM rollouts, rewards in processes, GRPO updates."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHORT = ["data.num_train=200", "data.num_test=8", "eval.num_prompts=8", "sft.steps=20",
+         "train.prompts_per_step=4", "rollout.group_size=4", "train.minibatch_size=8",
+         "rollout.max_new_tokens=32", "eval.max_new_tokens=32", "train.save_every=1"]
+
+
+def rlwhf(*args, cwd):
+    env = {**os.environ, "WANDB_MODE": "offline", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_train_writes_the_run_directory_contract_and_resumes(tmp_path):
+    run_dir = tmp_path / "runs" / "e2e"
+    rlwhf("train", str(ROOT / "recipes" / "tiny.yaml"), *SHORT, "train.steps=2", "run.name=e2e",
+          f"run.output_dir={tmp_path / 'runs'}", "tracking.wandb=true", cwd=tmp_path)
+
+    assert (run_dir / "config.yaml").is_file()
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for key in ("reward/mean", "reward/math_accuracy/mean", "reward/format/mean", "response_length/mean",
+                "loss", "kl", "clip_fraction", "entropy", "time/rollout", "time/train", "time/sync"):
+        assert key in steps[0], key
+    assert "accuracy" in metrics[-1]
+
+    from rlwhf.traces import load
+
+    traces = load(run_dir)
+    assert len(traces) == 2 * 4 * 4
+    for column in ("step", "prompt", "completion", "reward_math_accuracy", "reward_format", "reward",
+                   "advantage", "num_tokens", "finish_reason"):
+        assert column in traces.columns, column
+    # GRPO advantages are zero-mean within each prompt group.
+    group_means = traces.groupby(["step", "prompt_index"])["advantage"].mean()
+    assert group_means.abs().max() < 1e-4
+
+    ckpt = run_dir / "checkpoints" / "step_2"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt", "loop_state.json"):
+        assert (ckpt / name).is_file(), name
+    assert json.loads((ckpt / "loop_state.json").read_text())["cursor"] == 2 * 4
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 2 and 0.0 <= summary["accuracy_after_rl"] <= 1.0
+    assert "accuracy_before_rl" in summary and summary["wall_seconds"] > 0
+    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+
+    # Resume: continues from step 2 to step 3, appending to the same metrics.
+    rlwhf("train", "--resume", str(run_dir), "train.steps=3", cwd=tmp_path)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "reward/mean" in m] == [1, 2, 3]
+    assert json.loads((run_dir / "checkpoints" / "step_3" / "loop_state.json").read_text())["cursor"] == 3 * 4
+
+
+def test_train_refuses_a_bad_recipe_with_a_readable_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / "tiny.yaml"),
+                           "train.steps=many"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "train.steps = 'many': expected an integer" in proc.stderr
