@@ -100,7 +100,8 @@ def enter(level: str, python_paths: list[str]) -> None:
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"0 {uid} 1")
         _write("/proc/self/gid_map", f"0 {gid} 1")
-    _check(libc.unshare(CLONE_NEWNS), "unshare(mount namespace)")
+    # one empty network namespace per worker: its programs run one at a time and leave nothing in it
+    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare(mount and network namespaces)")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
     for path in [*READ_ONLY_PATHS, *python_paths]:
@@ -129,6 +130,11 @@ def enter(level: str, python_paths: list[str]) -> None:
             _write("/proc/sys/user/max_user_namespaces", "0")
         except OSError:
             pass
+    # the worker itself moves into the template: from here on no host file is reachable from it,
+    # and every program it forks starts there
+    _check(libc.syscall(SYS["pivot_root"], ROOT.encode(), (ROOT + "/.old").encode()), "pivot_root")
+    os.chdir("/")
+    _check(libc.umount2(b"/.old", MNT_DETACH), "umount old root")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,15 +142,12 @@ def enter(level: str, python_paths: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _pivot(req: dict) -> None:
-    """Fresh tmpfs on /work and /tmp, then make the template the root and drop the host's tree."""
-    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
+def _fresh_namespaces(req: dict) -> None:
+    """New mount, IPC and UTS namespaces, with fresh size-limited tmpfs on /work and /tmp."""
+    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
     opts = f"size={req['file_mb']}m,mode=1777"
-    _mount("tmpfs", ROOT + "/work", "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    _mount("tmpfs", ROOT + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    _check(libc.syscall(SYS["pivot_root"], ROOT.encode(), (ROOT + "/.old").encode()), "pivot_root")
-    os.chdir("/")
-    _check(libc.umount2(b"/.old", MNT_DETACH), "umount old root")
+    _mount("tmpfs", "/work", "tmpfs", MS_NOSUID | MS_NODEV, opts)
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts)
     libc.sethostname(b"sandbox", 7)
 
 
@@ -164,9 +167,12 @@ def _drop_privileges(req: dict) -> None:
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
 
+_STATM = -1  # the worker's /proc/self/statm, opened before it left the host's file system
+
+
 def _vm_size_bytes() -> int:
-    with open("/proc/self/statm") as f:  # before the pivot: /proc is not in the sandbox
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    """Address space of the worker, which a freshly forked program process shares."""
+    return int(os.pread(_STATM, 64, 0).split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _program_process(req: dict, fds: dict) -> None:
@@ -182,7 +188,7 @@ def _program_process(req: dict, fds: dict) -> None:
         code = os.pread(fds["code"], os.fstat(fds["code"]).st_size, 0)
         namespaces = req["level"].startswith("namespaces")
         if namespaces:
-            _pivot(req)
+            _fresh_namespaces(req)
         else:
             os.setsid()
             os.chdir(req["workdir"])
@@ -465,7 +471,7 @@ def _recv_request(sock: socket.socket) -> tuple[dict, list[int]] | None:
 
 
 def main() -> None:
-    global _ORIGINAL_PIDNS
+    global _ORIGINAL_PIDNS, _STATM
     sock = socket.socket(fileno=int(sys.argv[1]))
     level, python_paths = sys.argv[2], sys.argv[3:]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -473,9 +479,10 @@ def main() -> None:
         if not SYS:
             raise OSError(f"unsupported machine {platform.machine()!r} (supported: x86_64, aarch64)")
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _ORIGINAL_PIDNS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        _STATM = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
         if level.startswith("namespaces"):
             enter(level, python_paths)
-        _ORIGINAL_PIDNS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     except BaseException as exc:
         sock.sendall(b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
         return
