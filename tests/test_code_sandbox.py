@@ -305,6 +305,26 @@ def test_program_runs_without_privileges(level):
     assert res.status == "error" and "PermissionError" in res.stderr
 
 
+def test_seccomp_denies_namespaces_mounts_and_tracing_but_not_threads_or_subprocesses(level):
+    src = """
+        import ctypes, subprocess, threading
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name, call in [("unshare", lambda: libc.unshare(0x10000000)),          # CLONE_NEWUSER
+                           ("mount", lambda: libc.mount(b"none", b"/work", b"tmpfs", 0, None)),
+                           ("ptrace", lambda: libc.ptrace(16, 1, 0, 0)),             # PTRACE_ATTACH
+                           ("bpf", lambda: libc.syscall(321, 0, 0, 0))]:
+            print(name, call(), ctypes.get_errno())
+        t = threading.Thread(target=print, args=("thread",))
+        t.start(); t.join()
+        print(subprocess.run(["/bin/echo", "child"], capture_output=True, text=True).stdout.strip())
+    """
+    res = run(src)
+    assert res.status == "ok", res
+    lines = res.stdout.splitlines()
+    assert lines[:4] == ["unshare -1 1", "mount -1 1", "ptrace -1 1", "bpf -1 1"]
+    assert lines[4:] == ["thread", "child"]
+
+
 # ------------------------------------------------------------------------------------------ output
 
 
@@ -401,9 +421,10 @@ def test_rlimits_unsafe_level_still_limits_time_and_memory():
         print(code.run("while True: pass", timeout_s=0.5).status)
         print(code.run("x = bytearray(512 << 20)", memory_mb=64).status)
         print(code.run("print(input())", stdin="ok").stdout.strip(), code.isolation_level())
+        print(code.run("import socket\\nsocket.socket()").status)  # seccomp: no inet sockets
     """
     proc = _in_subprocess(src, env={"RLWHF_SANDBOX": "rlimits-unsafe"})
-    assert proc.stdout.split() == ["timeout", "memory", "ok", "rlimits-unsafe"], proc.stderr
+    assert proc.stdout.split() == ["timeout", "memory", "ok", "rlimits-unsafe", "error"], proc.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),

@@ -56,8 +56,21 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 1, 24, 36
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
-SYSCALLS = {"x86_64": {"pivot_root": 155, "capset": 126}, "aarch64": {"pivot_root": 41, "capset": 91}}
+SYSCALLS = {
+    "x86_64": {"pivot_root": 155, "capset": 126, "clone": 56, "clone3": 435, "socket": 41, "audit_arch": 0xC000003E},
+    "aarch64": {"pivot_root": 41, "capset": 91, "clone": 220, "clone3": 435, "socket": 198, "audit_arch": 0xC00000B7},
+}
 SYS = SYSCALLS.get(platform.machine(), {})
+# Denied to programs by the seccomp filter (EPERM): namespaces, mounts, tracing, kernel keyrings,
+# modules, kexec, BPF, perf, userfaultfd, io_uring, file handles, swap, reboot, accounting.
+DENIED_SYSCALLS = {
+    "x86_64": [272, 308, 165, 166, 155, 161, 101, 310, 311, 312, 321, 298, 323, 250, 248, 249, 246, 320, 175,
+               313, 176, 303, 304, 425, 426, 427, 428, 429, 430, 431, 432, 433, 442, 167, 168, 169, 163, 179, 103,
+               153, 172, 173, 134],
+    "aarch64": [97, 268, 40, 39, 41, 51, 117, 270, 271, 272, 280, 241, 282, 219, 217, 218, 104, 294, 105, 273,
+                106, 264, 265, 425, 426, 427, 428, 429, 430, 431, 432, 433, 442, 224, 225, 142, 89, 60, 116, 58],
+}
+NAMESPACE_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | 0x02000000
 
 EXIT_MEMORY = 213  # the program process ends with this code when the program dies of MemoryError
 EXIT_SETUP = 214  # isolation could not be set up; the code was never run
@@ -170,6 +183,43 @@ def _drop_privileges(req: dict) -> None:
 _STATM = -1  # the worker's /proc/self/statm, opened before it left the host's file system
 
 
+def _seccomp_filter(deny_inet: bool) -> bytes:
+    """A classic-BPF seccomp program: allow everything except DENIED_SYSCALLS (EPERM), clone with
+    any namespace flag (EPERM), clone3 (ENOSYS: its flags cannot be inspected, so libc falls back
+    to clone), and, when ``deny_inet``, sockets of any family but AF_UNIX (EPERM). A system call
+    of another architecture kills the process."""
+    LD, JA, JEQ, JGE, JSET, RET = 0x20, 0x05, 0x15, 0x35, 0x45, 0x06
+    ALLOW, KILL, EPERM, ENOSYS = 0x7FFF0000, 0x80000000, 0x00050000 | 1, 0x00050000 | 38
+    NR, ARCH, ARG0 = 0, 4, 16  # offsets in struct seccomp_data (ARG0: low 32 bits, little-endian)
+    machine = platform.machine()
+    denied = DENIED_SYSCALLS[machine]
+    prog = [(LD, 0, 0, ARCH), (JEQ, 1, 0, SYS["audit_arch"]), (RET, 0, 0, KILL), (LD, 0, 0, NR)]
+    if machine == "x86_64":
+        prog += [(JGE, 0, 1, 0x40000000), (RET, 0, 0, EPERM)]  # x32 system calls
+    n = len(denied)
+    prog += [(JEQ, n - i, 0, nr) for i, nr in enumerate(denied)]  # each jumps to the EPERM below
+    prog += [(JA, 0, 0, 1), (RET, 0, 0, EPERM)]
+    prog += [(JEQ, 0, 1, SYS["clone3"]), (RET, 0, 0, ENOSYS)]
+    prog += [(JEQ, 0, 3, SYS["clone"]), (LD, 0, 0, ARG0), (JSET, 0, 1, NAMESPACE_FLAGS), (RET, 0, 0, EPERM)]
+    if deny_inet:
+        prog += [(LD, 0, 0, NR), (JEQ, 0, 4, SYS["socket"]), (LD, 0, 0, ARG0),
+                 (JEQ, 0, 1, socket.AF_UNIX), (RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
+    prog.append((RET, 0, 0, ALLOW))
+    return b"".join(struct.pack("<HBBI", *insn) for insn in prog)
+
+
+def _install_seccomp(deny_inet: bool) -> None:
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    raw = _seccomp_filter(deny_inet)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(raw) // 8, ctypes.addressof(buf))
+    _check(libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "seccomp")  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+
+
 def _vm_size_bytes() -> int:
     """Address space of the worker, which a freshly forked program process shares."""
     return int(os.pread(_STATM, 64, 0).split()[0]) * os.sysconf("SC_PAGE_SIZE")
@@ -216,6 +266,7 @@ def _program_process(req: dict, fds: dict) -> None:
         os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"})
         sys.argv = ["solution.py"]
         sys.path[:] = [p for p in sys.path if os.path.isdir(p)]
+        _install_seccomp(deny_inet=not namespaces)
     except BaseException as exc:  # isolation failed: never run the code
         try:
             os.write(fds["ctl_w"], b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
