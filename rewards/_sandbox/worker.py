@@ -208,6 +208,53 @@ def _seccomp_filter(deny_inet: bool) -> bytes:
     return b"".join(struct.pack("<HBBI", *insn) for insn in prog)
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_FILTERS: dict[bool, tuple] = {}  # built once in the worker, so installing costs two system calls
+
+
+def _prepare_seccomp() -> None:
+    for deny_inet in (False, True):
+        raw = _seccomp_filter(deny_inet)
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        _FILTERS[deny_inet] = (buf, _SockFprog(len(raw) // 8, ctypes.addressof(buf)))
+
+
+def _install_seccomp(deny_inet: bool) -> None:
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(libc.prctl(22, 2, ctypes.byref(_FILTERS[deny_inet][1]), 0, 0), "seccomp")  # PR_SET_SECCOMP, FILTER
+
+
+_STATM = -1  # the worker's /proc/self/statm, opened before it left the host's file system
+
+
+def _seccomp_filter(deny_inet: bool) -> bytes:
+    """A classic-BPF seccomp program: allow everything except DENIED_SYSCALLS (EPERM), clone with
+    any namespace flag (EPERM), clone3 (ENOSYS: its flags cannot be inspected, so libc falls back
+    to clone), and, when ``deny_inet``, sockets of any family but AF_UNIX (EPERM). A system call
+    of another architecture kills the process."""
+    LD, JA, JEQ, JGE, JSET, RET = 0x20, 0x05, 0x15, 0x35, 0x45, 0x06
+    ALLOW, KILL, EPERM, ENOSYS = 0x7FFF0000, 0x80000000, 0x00050000 | 1, 0x00050000 | 38
+    NR, ARCH, ARG0 = 0, 4, 16  # offsets in struct seccomp_data (ARG0: low 32 bits, little-endian)
+    machine = platform.machine()
+    denied = DENIED_SYSCALLS[machine]
+    prog = [(LD, 0, 0, ARCH), (JEQ, 1, 0, SYS["audit_arch"]), (RET, 0, 0, KILL), (LD, 0, 0, NR)]
+    if machine == "x86_64":
+        prog += [(JGE, 0, 1, 0x40000000), (RET, 0, 0, EPERM)]  # x32 system calls
+    n = len(denied)
+    prog += [(JEQ, n - i, 0, nr) for i, nr in enumerate(denied)]  # each jumps to the EPERM below
+    prog += [(JA, 0, 0, 1), (RET, 0, 0, EPERM)]
+    prog += [(JEQ, 0, 1, SYS["clone3"]), (RET, 0, 0, ENOSYS)]
+    prog += [(JEQ, 0, 3, SYS["clone"]), (LD, 0, 0, ARG0), (JSET, 0, 1, NAMESPACE_FLAGS), (RET, 0, 0, EPERM)]
+    if deny_inet:
+        prog += [(LD, 0, 0, NR), (JEQ, 0, 4, SYS["socket"]), (LD, 0, 0, ARG0),
+                 (JEQ, 0, 1, socket.AF_UNIX), (RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
+    prog.append((RET, 0, 0, ALLOW))
+    return b"".join(struct.pack("<HBBI", *insn) for insn in prog)
+
+
 def _install_seccomp(deny_inet: bool) -> None:
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     raw = _seccomp_filter(deny_inet)
@@ -532,6 +579,7 @@ def main() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         _ORIGINAL_PIDNS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         _STATM = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        _prepare_seccomp()
         if level.startswith("namespaces"):
             enter(level, python_paths)
     except BaseException as exc:
