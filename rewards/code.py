@@ -1,41 +1,45 @@
 """Sandboxed execution of untrusted Python programs, and the code rewards built on it.
 
 ``run(code, stdin, timeout_s, memory_mb)`` runs a program in a pre-forked, pre-imported worker
-interpreter and returns an ``ExecResult``. Each program gets, when the kernel allows it (level
-``namespaces-root`` when the host is root, ``namespaces-user`` through an unprivileged user
-namespace otherwise):
+interpreter and returns an ``ExecResult``; ``code_tests`` is the reward that scores completions
+by the tests their last code block passes.
 
-* its own pid, mount, network, IPC and UTS namespaces: it sees no host process, has no network
-  interface but a loopback that is down (no connection to anything, loopback included), and
-  cannot signal or trace the host, the pool's workers or other programs;
-* a new root file system: a size-limited tmpfs holding ``/work`` (the working directory, also
-  ``$HOME`` and ``$TMPDIR``) and ``/tmp``, with ``/usr``, ``/lib*``, ``/bin``, ``/sbin``, the Python
-  standard library and ``/dev/{null,zero,urandom,random}`` bound read-only; nothing else of the host
-  (no project, no home, no ``/etc``, no ``/proc``, no other run's directory). The tmpfs vanishes with
-  the namespace, so the directory is removed afterwards by the kernel;
-* no privileges: an unprivileged uid (root level) or a user namespace whose capabilities are
-  dropped, ``no_new_privs``, and rlimits on CPU time, address space (``memory_mb`` on top of the
-  interpreter), processes (fork loops end at ``max_procs``), file size and open files;
-* an environment of four variables (``PATH``, ``HOME``, ``TMPDIR``, ``LANG``): no host secrets;
-* a wall-clock limit and an output cap enforced by the worker, outside the sandbox; on either,
-  or when the program ends, its pid namespace is killed, so no child, grandchild or daemon
-  survives ``run`` returning.
+What every program gets at the namespace levels (``namespaces-root`` when the host is root;
+``namespaces-user`` through an unprivileged user namespace otherwise):
 
-What it does not cover: it is not a VM. The program makes any system call the kernel offers
-(there is no seccomp filter), so a kernel vulnerability, especially one reachable through user
-namespaces, is an escape. CPU and memory are rlimits per process, not cgroups: a fork loop of
-``max_procs`` processes can each use ``memory_mb``, and the programs of concurrent runs compete
-for the host's cores. ``/usr`` is readable (it is what the interpreter runs from). Only Python is
-supported, with the standard library of the host's interpreter.
+* processes: pid 1 of its own pid namespace. It sees no host process and cannot signal or trace
+  the host, the pool's workers or other programs. When it ends, or is ended, the kernel kills
+  every process it made, so no child, grandchild or daemon survives ``run`` returning.
+  ``RLIMIT_NPROC`` caps processes and threads at ``max_procs``, so fork loops stop there.
+* files: a root file system of its own: read-only binds of ``/usr``, ``/bin``, ``/lib*``,
+  ``/sbin``, the interpreter's standard library and ``/dev/{null,zero,urandom,random}``, and
+  fresh tmpfs on ``/work`` (working directory, ``$HOME``, ``$TMPDIR``) and ``/tmp``, each
+  ``file_mb`` in size, which vanish with the run. No project, home, ``/etc``, ``/proc``, ``/sys``
+  or other run's directory is reachable. ``RLIMIT_FSIZE`` caps any one file.
+* network: a network namespace with only a loopback that is down: no connection to anything,
+  the host's loopback included.
+* privileges: an unprivileged uid (``namespaces-root``) or a user namespace whose capabilities
+  are dropped; ``no_new_privs``; a seccomp filter that refuses namespaces, mounts, ptrace, BPF,
+  perf, keyrings, kernel modules, kexec, userfaultfd and io_uring.
+* secrets: an environment of ``PATH``, ``HOME``, ``TMPDIR`` and ``LANG`` only; the workers start
+  with an empty environment, and never see a program's code or stdin (memfds the program
+  process reads itself), so no run can find another run's data in memory.
+* limits: wall clock ``timeout_s`` and an output cap per stream, enforced by the worker from
+  outside the sandbox; CPU time ``timeout_s + 1`` s and address space ``memory_mb`` (on top of
+  the interpreter) as rlimits. Past the output cap the program is killed and output truncated.
 
-When no namespace can be made (no root, unprivileged user namespaces disabled), ``run`` refuses
-with status ``blocked``, unless ``RLWHF_SANDBOX=rlimits-unsafe`` asks for rlimits, a fresh
-temporary directory and a process group only: that level limits time, memory, processes, output
-and environment, but the program can read the host's world-readable files, use the network and
-signal the host's processes. ``RLWHF_SANDBOX=none`` refuses every program.
+What it does not cover: it is not a virtual machine. The program shares the host's kernel, and
+the system calls the filter allows (most of them) are attack surface: a kernel vulnerability is an
+escape. Limits are rlimits, not cgroups: ``max_procs`` processes may each use ``memory_mb``, and
+concurrent programs share the host's cores. The files under ``/usr`` are readable. Only Python is
+supported, with the host interpreter's standard library (no site-packages).
 
-Rewards: ``code_tests`` (registered as ``"code_tests"``) extracts the last fenced code block of a
-completion and scores the fraction of its tests that pass. See ``code_tests`` for the formats.
+When no namespace can be made (not root and unprivileged user namespaces disabled), ``run``
+refuses every program with status ``blocked``. ``RLWHF_SANDBOX=rlimits-unsafe`` accepts weak
+isolation instead: rlimits, a process group, a fresh temporary directory, a minimal
+environment and a seccomp filter that also refuses internet sockets; but the program can read the
+host's world-readable files and signal the user's other processes. ``RLWHF_SANDBOX=none``
+refuses every program.
 """
 
 from __future__ import annotations

@@ -422,9 +422,14 @@ def test_rlimits_unsafe_level_still_limits_time_and_memory():
         print(code.run("x = bytearray(512 << 20)", memory_mb=64).status)
         print(code.run("print(input())", stdin="ok").stdout.strip(), code.isolation_level())
         print(code.run("import socket\\nsocket.socket()").status)  # seccomp: no inet sockets
+        print(code.run("import os\\nprint(os.getuid() != 0)").stdout.strip())
+        daemon = ("import os\\nif os.fork() == 0:\\n    os.setsid()\\n"
+                  "    os.execv('/bin/sleep', ['sleep', '4243.5'])")
+        print(code.run(daemon).status)
     """
     proc = _in_subprocess(src, env={"RLWHF_SANDBOX": "rlimits-unsafe"})
-    assert proc.stdout.split() == ["timeout", "memory", "ok", "rlimits-unsafe", "error"], proc.stderr
+    assert proc.stdout.split() == ["timeout", "memory", "ok", "rlimits-unsafe", "error", "True", "ok"], proc.stderr
+    assert _processes_with("4243.5") == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),

@@ -297,6 +297,10 @@ def _program_process(req: dict, fds: dict) -> None:
         if namespaces:
             _drop_privileges(req)
             os.chdir("/work")
+        elif os.geteuid() == 0:  # rlimits-unsafe as root: at least not root
+            os.setgroups([])
+            os.setresgid(req["uid"], req["uid"], req["uid"])
+            os.setresuid(req["uid"], req["uid"], req["uid"])
         limits = {
             resource.RLIMIT_CPU: int(req["timeout_s"]) + 1,
             resource.RLIMIT_NPROC: req["max_procs"],
@@ -447,6 +451,8 @@ def execute(req: dict, code_fd: int, stdin_fd: int, host_fd: int) -> tuple[dict,
     workdir = None
     if req["level"] == "rlimits-unsafe":
         workdir = req["workdir"] = tempfile.mkdtemp(prefix="rlwhf-sandbox-")
+        if os.geteuid() == 0:
+            os.chown(workdir, req["uid"], req["uid"])
     fds = {"code": code_fd, "stdin": stdin_fd, "out_w": out_w, "err_w": err_w, "ctl_w": ctl_w}
     child, program_pid = _spawn(req, fds)
     for fd in (out_w, err_w, ctl_w, code_fd, stdin_fd):
@@ -473,6 +479,9 @@ def execute(req: dict, code_fd: int, stdin_fd: int, host_fd: int) -> tuple[dict,
             elif fd == child_fd:
                 child_done = True
                 poller.unregister(child_fd)
+                if req["level"] == "rlimits-unsafe":  # what it left behind would hold the pipes open
+                    _kill(-child)
+                    _kill_reparented(skip=child)
             else:
                 chunk = os.read(fd, 65536)
                 if not chunk:
@@ -514,6 +523,7 @@ def execute(req: dict, code_fd: int, stdin_fd: int, host_fd: int) -> tuple[dict,
         setup_error = _parse_ctl(bytes(ctl))[2]
     if req["level"] == "rlimits-unsafe":
         _kill(-child)
+        _kill_reparented(skip=child)
     _reap_orphans()
     for fd in (out_r, err_r, ctl_r):
         os.close(fd)
@@ -536,6 +546,31 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+def _kill_reparented(skip: int) -> None:
+    """rlimits-unsafe: daemons that left the process group were reparented to us (a subreaper);
+    kill them, and then theirs, until none is left."""
+    me = str(os.getpid()).encode()
+    for _ in range(100):
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in (os.getpid(), skip):
+                try:
+                    with open(f"/proc/{entry}/stat", "rb") as f:
+                        fields = f.read().rsplit(b")", 1)[1].split()
+                except OSError:
+                    continue
+                if fields[1] == me:
+                    found.append(int(entry))
+        if not found:
+            return
+        for pid in found:
+            _kill(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def _reap_orphans() -> None:
