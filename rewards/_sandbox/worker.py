@@ -57,18 +57,21 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 1, 24, 36
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "capset": 126, "clone": 56, "clone3": 435, "socket": 41, "audit_arch": 0xC000003E},
-    "aarch64": {"pivot_root": 41, "capset": 91, "clone": 220, "clone3": 435, "socket": 198, "audit_arch": 0xC00000B7},
+    "x86_64": {"pivot_root": 155, "capset": 126, "clone": 56, "clone3": 435, "socket": 41, "unshare": 272,
+               "audit_arch": 0xC000003E},
+    "aarch64": {"pivot_root": 41, "capset": 91, "clone": 220, "clone3": 435, "socket": 198, "unshare": 97,
+                "audit_arch": 0xC00000B7},
 }
 SYS = SYSCALLS.get(platform.machine(), {})
-# Denied to programs by the seccomp filter (EPERM): namespaces, mounts, tracing, kernel keyrings,
-# modules, kexec, BPF, perf, userfaultfd, io_uring, file handles, swap, reboot, accounting.
+# Denied by the seccomp filter (EPERM): tracing, kernel keyrings, modules, kexec, BPF, perf,
+# userfaultfd, io_uring, the new mount API, file handles, swap, reboot, accounting, syslog. (mount,
+# unshare and setns stay allowed: the worker needs them, and without capabilities, which no
+# program has and, with user namespaces denied, cannot get, the kernel refuses them anyway.)
 DENIED_SYSCALLS = {
-    "x86_64": [272, 308, 165, 166, 155, 161, 101, 310, 311, 312, 321, 298, 323, 250, 248, 249, 246, 320, 175,
-               313, 176, 303, 304, 425, 426, 427, 428, 429, 430, 431, 432, 433, 442, 167, 168, 169, 163, 179, 103,
-               153, 172, 173, 134],
-    "aarch64": [97, 268, 40, 39, 41, 51, 117, 270, 271, 272, 280, 241, 282, 219, 217, 218, 104, 294, 105, 273,
-                106, 264, 265, 425, 426, 427, 428, 429, 430, 431, 432, 433, 442, 224, 225, 142, 89, 60, 116, 58],
+    "x86_64": [101, 310, 311, 312, 321, 298, 323, 250, 248, 249, 246, 320, 175, 313, 176, 303, 304, 425, 426,
+               427, 428, 429, 430, 431, 432, 433, 442, 167, 168, 169, 163, 179, 103, 153, 172, 173, 134],
+    "aarch64": [117, 270, 271, 272, 280, 241, 282, 219, 217, 218, 104, 294, 105, 273, 106, 264, 265, 425, 426,
+                427, 428, 429, 430, 431, 432, 433, 442, 224, 225, 142, 89, 60, 116, 58],
 }
 NAMESPACE_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | 0x02000000
 
@@ -185,9 +188,12 @@ _STATM = -1  # the worker's /proc/self/statm, opened before it left the host's f
 
 def _seccomp_filter(deny_inet: bool) -> bytes:
     """A classic-BPF seccomp program: allow everything except DENIED_SYSCALLS (EPERM), clone with
-    any namespace flag (EPERM), clone3 (ENOSYS: its flags cannot be inspected, so libc falls back
-    to clone), and, when ``deny_inet``, sockets of any family but AF_UNIX (EPERM). A system call
-    of another architecture kills the process."""
+    any namespace flag and unshare of a user namespace (EPERM), clone3 (ENOSYS: its flags cannot
+    be inspected, so libc falls back to clone), and, when ``deny_inet``, sockets of any family but
+    AF_UNIX (EPERM). A system call of another architecture kills the process.
+
+    Installed in the worker once its own namespaces are made, so that every program inherits it
+    (a filter cannot be removed) and no program pays for installing it."""
     LD, JA, JEQ, JGE, JSET, RET = 0x20, 0x05, 0x15, 0x35, 0x45, 0x06
     ALLOW, KILL, EPERM, ENOSYS = 0x7FFF0000, 0x80000000, 0x00050000 | 1, 0x00050000 | 38
     NR, ARCH, ARG0 = 0, 4, 16  # offsets in struct seccomp_data (ARG0: low 32 bits, little-endian)
@@ -201,6 +207,8 @@ def _seccomp_filter(deny_inet: bool) -> bytes:
     prog += [(JA, 0, 0, 1), (RET, 0, 0, EPERM)]
     prog += [(JEQ, 0, 1, SYS["clone3"]), (RET, 0, 0, ENOSYS)]
     prog += [(JEQ, 0, 3, SYS["clone"]), (LD, 0, 0, ARG0), (JSET, 0, 1, NAMESPACE_FLAGS), (RET, 0, 0, EPERM)]
+    prog += [(LD, 0, 0, NR), (JEQ, 0, 3, SYS["unshare"]), (LD, 0, 0, ARG0), (JSET, 0, 1, CLONE_NEWUSER),
+             (RET, 0, 0, EPERM)]
     if deny_inet:
         prog += [(LD, 0, 0, NR), (JEQ, 0, 4, SYS["socket"]), (LD, 0, 0, ARG0),
                  (JEQ, 0, 1, socket.AF_UNIX), (RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
@@ -212,58 +220,11 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-_FILTERS: dict[bool, tuple] = {}  # built once in the worker, so installing costs two system calls
-
-
-def _prepare_seccomp() -> None:
-    for deny_inet in (False, True):
-        raw = _seccomp_filter(deny_inet)
-        buf = ctypes.create_string_buffer(raw, len(raw))
-        _FILTERS[deny_inet] = (buf, _SockFprog(len(raw) // 8, ctypes.addressof(buf)))
-
-
 def _install_seccomp(deny_inet: bool) -> None:
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    _check(libc.prctl(22, 2, ctypes.byref(_FILTERS[deny_inet][1]), 0, 0), "seccomp")  # PR_SET_SECCOMP, FILTER
-
-
-_STATM = -1  # the worker's /proc/self/statm, opened before it left the host's file system
-
-
-def _seccomp_filter(deny_inet: bool) -> bytes:
-    """A classic-BPF seccomp program: allow everything except DENIED_SYSCALLS (EPERM), clone with
-    any namespace flag (EPERM), clone3 (ENOSYS: its flags cannot be inspected, so libc falls back
-    to clone), and, when ``deny_inet``, sockets of any family but AF_UNIX (EPERM). A system call
-    of another architecture kills the process."""
-    LD, JA, JEQ, JGE, JSET, RET = 0x20, 0x05, 0x15, 0x35, 0x45, 0x06
-    ALLOW, KILL, EPERM, ENOSYS = 0x7FFF0000, 0x80000000, 0x00050000 | 1, 0x00050000 | 38
-    NR, ARCH, ARG0 = 0, 4, 16  # offsets in struct seccomp_data (ARG0: low 32 bits, little-endian)
-    machine = platform.machine()
-    denied = DENIED_SYSCALLS[machine]
-    prog = [(LD, 0, 0, ARCH), (JEQ, 1, 0, SYS["audit_arch"]), (RET, 0, 0, KILL), (LD, 0, 0, NR)]
-    if machine == "x86_64":
-        prog += [(JGE, 0, 1, 0x40000000), (RET, 0, 0, EPERM)]  # x32 system calls
-    n = len(denied)
-    prog += [(JEQ, n - i, 0, nr) for i, nr in enumerate(denied)]  # each jumps to the EPERM below
-    prog += [(JA, 0, 0, 1), (RET, 0, 0, EPERM)]
-    prog += [(JEQ, 0, 1, SYS["clone3"]), (RET, 0, 0, ENOSYS)]
-    prog += [(JEQ, 0, 3, SYS["clone"]), (LD, 0, 0, ARG0), (JSET, 0, 1, NAMESPACE_FLAGS), (RET, 0, 0, EPERM)]
-    if deny_inet:
-        prog += [(LD, 0, 0, NR), (JEQ, 0, 4, SYS["socket"]), (LD, 0, 0, ARG0),
-                 (JEQ, 0, 1, socket.AF_UNIX), (RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
-    prog.append((RET, 0, 0, ALLOW))
-    return b"".join(struct.pack("<HBBI", *insn) for insn in prog)
-
-
-def _install_seccomp(deny_inet: bool) -> None:
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     raw = _seccomp_filter(deny_inet)
     buf = ctypes.create_string_buffer(raw, len(raw))
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    fprog = SockFprog(len(raw) // 8, ctypes.addressof(buf))
+    fprog = _SockFprog(len(raw) // 8, ctypes.addressof(buf))
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     _check(libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "seccomp")  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
 
 
@@ -293,7 +254,6 @@ def _program_process(req: dict, fds: dict) -> None:
         os.lseek(0, 0, os.SEEK_SET)
         os.dup2(fds["out_w"], 1)
         os.dup2(fds["err_w"], 2)
-        ctl_w = fds["ctl_w"]
         if namespaces:
             _drop_privileges(req)
             os.chdir("/work")
@@ -316,15 +276,12 @@ def _program_process(req: dict, fds: dict) -> None:
         os.environ.clear()
         os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"})
         sys.argv = ["solution.py"]
-        sys.path[:] = [p for p in sys.path if os.path.isdir(p)]
-        _install_seccomp(deny_inet=not namespaces)
     except BaseException as exc:  # isolation failed: never run the code
         try:
             os.write(fds["ctl_w"], b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
         finally:
             os._exit(EXIT_SETUP)
     os.closerange(3, 1 << 16)  # the host socket, the pipes, the memfds: nothing but 0, 1, 2 stays
-    del ctl_w, fds
     resource.setrlimit(resource.RLIMIT_AS, (vm_base + (req["memory_mb"] << 20),) * 2)
     _exec_program(code)
 
@@ -339,7 +296,6 @@ def _exec_program(code: bytes) -> None:
     main = type(sys)("__main__")
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
-    gc.unfreeze()
     status = 0
     try:
         exec(compile(code, "solution.py", "exec"), main.__dict__)
@@ -614,9 +570,10 @@ def main() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         _ORIGINAL_PIDNS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         _STATM = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
-        _prepare_seccomp()
         if level.startswith("namespaces"):
             enter(level, python_paths)
+            sys.path[:] = [p for p in sys.path if os.path.isdir(p)]  # what the template root holds
+        _install_seccomp(deny_inet=not level.startswith("namespaces"))
     except BaseException as exc:
         sock.sendall(b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
         return
