@@ -17,10 +17,11 @@ def group_advantages(rewards: Tensor, group_size: int, *, estimator: str = "grpo
                      batch_std_norm: bool = False) -> Tensor:
     """Per-group baselines: GRPO (DeepSeekMath eq. 3), Dr. GRPO (no std), RLOO (leave-one-out)."""
     _check("estimator", estimator, ("grpo", "dr_grpo", "rloo"))
-    r = rewards.float().view(-1, group_size)
+    r = rewards.double().view(-1, group_size)  # float64: equal rewards must give exactly zero
     mean = r.mean(-1, keepdim=True)
     if estimator == "grpo":
-        adv = (r - mean) / (r.std(-1, keepdim=True) + eps)
+        std = r.std(-1, keepdim=True)
+        adv = torch.where(std > 1e-9, (r - mean) / (std + eps), torch.zeros_like(r))
     elif estimator == "dr_grpo":
         adv = r - mean
     else:
@@ -28,7 +29,7 @@ def group_advantages(rewards: Tensor, group_size: int, *, estimator: str = "grpo
     adv = adv.reshape(-1)
     if batch_std_norm:
         adv = adv / (adv.std() + eps)
-    return adv
+    return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
 def zero_variance_groups(rewards: Tensor, group_size: int) -> Tensor:

@@ -1,0 +1,58 @@
+import threading
+import time
+
+import pytest
+
+from rewards.math import extract_answer, math_accuracy, verify
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("so \\boxed{\\frac{a}{b+{c}}} done", "\\frac{a}{b+{c}}"),
+    ("<think>1+1=2</think><answer>2</answer>", "2"),
+    ("Thus the answer is 42.", "42"),
+    ("**Answer:** 7", "7"),
+    ("Final answer: $x^2$", "x^2"),
+    ("we get 3 apples and then 12", "12"),
+    ("\\boxed{3} or maybe \\boxed{5}", None),
+    ("no numbers here", None),
+])
+def test_extract_answer_finds_the_final_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("gold, prediction, equal", [
+    ("0.5", "\\boxed{\\frac12}", True),
+    ("1/2", "\\boxed{\\dfrac{1}{2}}", True),
+    ("1/3", "\\boxed{0.33}", False),
+    ("1,000", "\\boxed{1000}", True),
+    ("2", "\\boxed{x=2}", True),
+    ("-7", "<answer>-7</answer>", True),
+    ("7", "<answer>-7</answer>", False),
+    ("x^2+2x+1", "the answer is (x+1)^2", True),
+    ("\\text{5}", "\\boxed{5}", True),
+])
+def test_verify_compares_numbers_and_expressions(gold, prediction, equal):
+    assert verify(gold, prediction) is equal
+
+
+def test_verify_never_raises_or_hangs_on_hazards_from_a_thread():
+    hazards = ["\\boxed{9^{9^{9^9}}}", "\\boxed{" + "{" * 10000 + "}", "\x00" * 1000, "x" * 1_000_000,
+               "\\boxed{(10^{10^{10}})!}", None]
+    results = []
+
+    def run():
+        for h in hazards:
+            start = time.perf_counter()
+            results.append((verify("1", h, timeout_s=1.0), time.perf_counter() - start))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert not t.is_alive()
+    assert all(ok is False and elapsed < 10 for ok, elapsed in results)
+
+
+def test_math_accuracy_reward_scores_each_completion_against_its_gold():
+    scores = math_accuracy(["<answer>12</answer>", "<answer>13</answer>", "nothing"], prompts=["p"] * 3,
+                           answer=["12", "12", "12"])
+    assert scores == [1.0, 0.0, 0.0]
