@@ -277,3 +277,20 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def recipe_keys_markdown() -> str:
+    """The table of recipe keys (README), generated from the models' fields."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section, field in Recipe.model_fields.items():
+        model = field.annotation
+        for name, f in model.model_fields.items():
+            default = f.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                shown = "(nested: " + ", ".join(default.model_fields) + ")"
+            elif isinstance(default, list):
+                shown = ", ".join(getattr(d, "name", str(d)) for d in default)
+            else:
+                shown = "null" if default is None else str(default)
+            lines.append(f"| `{section}.{name}` | `{shown}` | {f.description or ''} |")
+    return "\n".join(lines)

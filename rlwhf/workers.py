@@ -16,7 +16,9 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}}
+    quiet = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error",
+             "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "1"}
+    runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in quiet.items()}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:

@@ -56,3 +56,12 @@ def test_missing_recipe_and_non_mapping_yaml_are_clear_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping of sections, got list"):
         load_recipe(tmp_path / "list.yaml")
+
+
+def test_readme_recipe_key_table_matches_the_config_models():
+    from pathlib import Path
+
+    from rlwhf.config import recipe_keys_markdown
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert recipe_keys_markdown() in readme, "regenerate the README table with rlwhf.config.recipe_keys_markdown()"
