@@ -58,6 +58,20 @@ def test_train_writes_the_run_directory_contract_and_resumes(tmp_path):
     assert "accuracy_before_rl" in summary and summary["wall_seconds"] > 0
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
 
+    # The trace notebook runs headless against this run and draws its figures.
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "notebooks" / "inspect_traces.ipynb", as_version=4)
+    os.environ["RLWHF_RUN_DIR"] = str(run_dir)
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        del os.environ["RLWHF_RUN_DIR"]
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("16 completions over 2 steps" in o.get("text", "") for o in outputs)
+
     # Resume: continues from step 2 to step 3, appending to the same metrics.
     rlwhf("train", "--resume", str(run_dir), "train.steps=3", cwd=tmp_path)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
