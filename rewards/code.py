@@ -227,14 +227,14 @@ def _execute(pool, level, code, stdin, timeout_s, memory_mb, file_mb, max_procs,
     worker = pool.acquire()
     try:
         req["uid"] = _pool.UID_BASE + worker.slot
-        reply, out, err = worker.execute(req, code.encode("utf-8", "surrogatepass"),
-                                         stdin.encode("utf-8", "surrogatepass"), timeout_s + 30)
+        reply, out, err, truncated = worker.execute(req, code.encode("utf-8", "surrogatepass"),
+                                                    stdin.encode("utf-8", "surrogatepass"), timeout_s + 30)
     finally:
         pool.release(worker)
-    return _result(reply, out, err, level)
+    return _result(reply, out, err, truncated, level)
 
 
-def _result(reply: dict, out: bytes, err: bytes, level: str) -> ExecResult:
+def _result(reply: dict, out: bytes, err: bytes, truncated: bool, level: str) -> ExecResult:
     stdout = out.decode("utf-8", "replace")
     stderr = err.decode("utf-8", "replace")
     res = ExecResult("error", stdout, stderr, reply["exit_code"], reply["wall_s"], reply["signal"], level=level)
@@ -244,7 +244,7 @@ def _result(reply: dict, out: bytes, err: bytes, level: str) -> ExecResult:
     elif reply["reason"] == "timeout" or res.signal in (signal.SIGXCPU,):
         res.status = "timeout"
         res.stderr += "\n[sandbox] time limit exceeded"
-    elif reply["reason"] == "output":
+    elif truncated or reply["reason"] == "output":
         res.status, res.truncated = "error", True
         res.stderr += "\n[sandbox] output limit exceeded; output truncated and program killed"
     elif res.exit_code == EXIT_MEMORY:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -73,25 +74,66 @@ class Worker:
             why = hello[1:].decode(errors="replace") if hello[:1] == b"E" else f"no greeting ({hello!r})"
             raise WorkerDied(f"sandbox worker at level {level} could not start: {why}")
 
-    def execute(self, req: dict, code: bytes, stdin: bytes, host_timeout: float) -> tuple[dict, bytes, bytes]:
+    def execute(self, req: dict, code: bytes, stdin: bytes, host_timeout: float) -> tuple[dict, bytes, bytes, bool]:
+        """Send one program; read its stdout and stderr here (the worker hands over the pipes and
+        never reads them), asking the worker to kill it past ``req["output_bytes"]``.
+        Returns (the worker's reply, stdout, stderr, truncated)."""
         code_fd = _memfd("code", code)
         stdin_fd = _memfd("stdin", stdin)
+        pipes: list[int] = []
         try:
             body = json.dumps(req).encode()
             self.sock.settimeout(host_timeout)
-            socket.send_fds(self.sock, [struct.pack("<I", len(body))], [code_fd, stdin_fd])
+            socket.send_fds(self.sock, [b"Q" + struct.pack("<I", len(body))], [code_fd, stdin_fd])
             self.sock.sendall(body)
-            head_len, payload_len = struct.unpack("<II", self._recv_exactly(8))
-            reply = json.loads(self._recv_exactly(head_len))
-            payload = self._recv_exactly(payload_len)
+            tag, pipes, _, _ = socket.recv_fds(self.sock, 1, 2)
+            if tag != b"O" or len(pipes) != 2:
+                raise OSError(f"sandbox worker answered {tag!r} with {len(pipes)} pipes")
+            return self._collect(pipes[0], pipes[1], req["output_bytes"], host_timeout)
         except (OSError, ValueError) as exc:  # socket.timeout is an OSError
             self.kill()
             raise WorkerDied(f"sandbox worker failed: {exc!r}") from exc
         finally:
-            os.close(code_fd)
-            os.close(stdin_fd)
-        out = payload[: reply["stdout_len"]]
-        return reply, out, payload[reply["stdout_len"] :]
+            for fd in (code_fd, stdin_fd, *pipes):
+                os.close(fd)
+
+    def _collect(self, out_r: int, err_r: int, cap: int, host_timeout: float) -> tuple[dict, bytes, bytes, bool]:
+        bufs = {out_r: bytearray(), err_r: bytearray()}
+        sock_fd = self.sock.fileno()
+        poller = select.poll()
+        for fd in (out_r, err_r, sock_fd):
+            poller.register(fd, select.POLLIN)
+        open_pipes, reply, raw, truncated = {out_r, err_r}, None, bytearray(), False
+        deadline = time.monotonic() + host_timeout
+        while open_pipes or reply is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OSError("sandbox worker did not finish in time")
+            for fd, _ in poller.poll(max(1, int(min(remaining, 1.0) * 1000))):
+                if fd == sock_fd:
+                    chunk = self.sock.recv(65536)
+                    if not chunk:
+                        raise OSError("sandbox worker closed its socket")
+                    raw += chunk
+                    if len(raw) >= 4 and len(raw) >= 4 + struct.unpack("<I", raw[:4])[0]:
+                        reply = json.loads(raw[4:])
+                        poller.unregister(sock_fd)
+                        deadline = min(deadline, time.monotonic() + 5)  # every writer is dead now
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    poller.unregister(fd)
+                    open_pipes.discard(fd)
+                    continue
+                buf = bufs[fd]
+                if len(buf) + len(chunk) > cap:
+                    buf += chunk[: cap - len(buf)]
+                    if not truncated and reply is None:
+                        self.sock.sendall(b"K")  # the worker kills the program
+                    truncated = True
+                else:
+                    buf += chunk
+        return reply, bytes(bufs[out_r]), bytes(bufs[err_r]), truncated
 
     def _recv_exactly(self, n: int) -> bytes:
         buf = bytearray()

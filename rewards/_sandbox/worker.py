@@ -399,7 +399,10 @@ def _parse_ctl(buf: bytes) -> tuple[int | None, int | None, str | None]:
     return pid, status, error
 
 
-def execute(req: dict, code_fd: int, stdin_fd: int, host_fd: int) -> tuple[dict, bytes]:
+def execute(req: dict, code_fd: int, stdin_fd: int, sock: socket.socket) -> dict:
+    """Run one program; the host reads its output pipes itself, so no byte of any program's
+    output (which may be another run's expected answer) ever sits in the worker's memory, from
+    which later programs are forked."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     ctl_r, ctl_w = os.pipe()
@@ -413,47 +416,36 @@ def execute(req: dict, code_fd: int, stdin_fd: int, host_fd: int) -> tuple[dict,
     child, program_pid = _spawn(req, fds)
     for fd in (out_w, err_w, ctl_w, code_fd, stdin_fd):
         os.close(fd)
+    socket.send_fds(sock, [b"O"], [out_r, err_r])
+    os.close(out_r)
+    os.close(err_r)
     child_fd = os.pidfd_open(child)
     deadline = start + req["timeout_s"]
-    cap = req["output_bytes"]
-    bufs = {out_r: bytearray(), err_r: bytearray()}
     ctl = bytearray()
     poller = select.poll()
-    for fd in (out_r, err_r, ctl_r, host_fd, child_fd):
+    for fd in (ctl_r, sock.fileno(), child_fd):
         poller.register(fd, select.POLLIN)
-    reason = None  # why the worker ended the program: timeout, output, host
+    reason = None  # why the worker ended the program: timeout, output (the host asked), host (gone)
     child_done = False
-    open_pipes = {out_r, err_r}
-    while not (child_done and not open_pipes):
+    while not child_done and reason is None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             reason = "timeout"
             break
         for fd, _ in poller.poll(max(1, min(int(remaining * 1000) + 1, 1000))):
-            if fd == host_fd:
-                reason = "host"
+            if fd == sock.fileno():
+                reason = "output" if sock.recv(1) == b"K" else "host"
             elif fd == child_fd:
                 child_done = True
-                poller.unregister(child_fd)
                 if req["level"] == "rlimits-unsafe":  # what it left behind would hold the pipes open
                     _kill(-child)
                     _kill_reparented(skip=child)
             else:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    poller.unregister(fd)
-                    open_pipes.discard(fd)
-                elif fd == ctl_r:
+                chunk = os.read(ctl_r, 65536)
+                if chunk:
                     ctl += chunk
                 else:
-                    buf = bufs[fd]
-                    if len(buf) + len(chunk) > cap:
-                        buf += chunk[: cap - len(buf)]
-                        reason = "output"
-                    else:
-                        buf += chunk
-        if reason:
-            break
+                    poller.unregister(ctl_r)
     # the program process is pid 1 of its namespace: killing it kills every process the program made
     if not child_done:
         if program_pid is None:
@@ -466,23 +458,19 @@ def execute(req: dict, code_fd: int, stdin_fd: int, host_fd: int) -> tuple[dict,
     _, status = os.waitpid(child, 0)
     os.close(child_fd)
     while True:  # whatever the launcher wrote last
-        try:
-            chunk = os.read(ctl_r, 65536)
-        except OSError:
-            break
+        chunk = os.read(ctl_r, 65536)
         if not chunk:
             break
         ctl += chunk
+    os.close(ctl_r)
     if req["level"] == "namespaces-user":
-        launcher_pid, status, setup_error = _parse_ctl(bytes(ctl))
+        _, status, setup_error = _parse_ctl(bytes(ctl))
     else:
         setup_error = _parse_ctl(bytes(ctl))[2]
     if req["level"] == "rlimits-unsafe":
         _kill(-child)
         _kill_reparented(skip=child)
     _reap_orphans()
-    for fd in (out_r, err_r, ctl_r):
-        os.close(fd)
     if workdir is not None:
         shutil.rmtree(workdir, ignore_errors=True)
     reply = {"wall_s": time.monotonic() - start, "reason": reason, "setup_error": setup_error,
@@ -492,9 +480,7 @@ def execute(req: dict, code_fd: int, stdin_fd: int, host_fd: int) -> tuple[dict,
             reply["exit_code"] = os.WEXITSTATUS(status)
         elif os.WIFSIGNALED(status):
             reply["signal"] = os.WTERMSIG(status)
-    reply["stdout_len"] = len(bufs[out_r])
-    reply["stderr_len"] = len(bufs[err_r])
-    return reply, bytes(bufs[out_r]) + bytes(bufs[err_r])
+    return reply
 
 
 def _kill(pid: int) -> None:
@@ -541,14 +527,22 @@ def _reap_orphans() -> None:
 
 
 def _recv_request(sock: socket.socket) -> tuple[dict, list[int]] | None:
-    header, fds, _, _ = socket.recv_fds(sock, 4, 4)
-    while header and len(header) < 4:
+    """A request is b"Q", a 4-byte length and JSON, with the code and stdin memfds attached. A
+    b"K" here is a kill request that arrived after its program had already ended: skipped."""
+    while True:
+        tag, fds, _, _ = socket.recv_fds(sock, 1, 4)
+        if not tag:
+            return None
+        if tag == b"Q":
+            break
+        for fd in fds:
+            os.close(fd)
+    header = b""
+    while len(header) < 4:
         more = sock.recv(4 - len(header))
         if not more:
             return None
         header += more
-    if not header:
-        return None
     (size,) = struct.unpack("<I", header)
     body = bytearray()
     while len(body) < size:
@@ -589,11 +583,11 @@ def main() -> None:
                 os.close(fd)
             return
         req["level"] = level
-        reply, payload = execute(req, fds[0], fds[1], sock.fileno())
+        reply = execute(req, fds[0], fds[1], sock)
         if reply["reason"] == "host":
             return
         head = json.dumps(reply).encode()
-        sock.sendall(struct.pack("<II", len(head), len(payload)) + head + payload)
+        sock.sendall(struct.pack("<I", len(head)) + head)
 
 
 if __name__ == "__main__":
