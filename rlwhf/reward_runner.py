@@ -21,8 +21,14 @@ import rewards
 from rlwhf.config import RewardSpec
 
 
-def _worker_main(conn) -> None:
+def _worker_main(conn, preload: tuple[str, ...] = ()) -> None:
     cache: dict[str, object] = {}
+    for name in preload:  # import the rewards before the first timed call
+        try:
+            cache[name] = rewards.get(name)
+        except Exception:  # reported by the call that needs it
+            pass
+    conn.send(("ready", None))
     while True:
         try:
             task = conn.recv()
@@ -47,21 +53,30 @@ def _worker_main(conn) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx):
+    STARTUP_TIMEOUT_S = 120.0  # start-up (interpreter, imports) is not charged to a call's limit
+
+    def __init__(self, ctx, preload: tuple[str, ...] = ()):
         self.ctx = ctx
+        self.preload = preload
         self.process = None
         self.conn = None
 
     def _start(self) -> None:
         parent, child = self.ctx.Pipe()
-        self.process = self.ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        self.process = self.ctx.Process(target=_worker_main, args=(child, self.preload), daemon=True)
         self.process.start()
         child.close()
         self.conn = parent
+        if not (parent.poll(self.STARTUP_TIMEOUT_S) and parent.recv()[0] == "ready"):
+            self.kill()
+            raise RuntimeError(f"reward worker process did not start within {self.STARTUP_TIMEOUT_S:g} s")
 
     def call(self, task, timeout_s: float):
         if self.process is None or not self.process.is_alive():
-            self._start()
+            try:
+                self._start()
+            except (RuntimeError, OSError, EOFError) as exc:
+                return ("error", str(exc))
         self.conn.send(task)
         if self.conn.poll(timeout_s):
             try:
@@ -115,7 +130,7 @@ class RewardRunner:
         self.timeout_s = timeout_s
         ctx = mp.get_context("spawn")
         self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._workers = [_Worker(ctx) for _ in range(num_workers)]
+        self._workers = [_Worker(ctx, tuple(s.name for s in specs)) for _ in range(num_workers)]
         for w in self._workers:
             self._idle.put(w)
         self._pool = ThreadPoolExecutor(num_workers)
