@@ -9,9 +9,9 @@ namespace, mapping its uid to 0) and builds a read-only *template root* there: a
 read-only binds of ``/usr``, ``/lib*``, ``/bin``, ``/sbin``, the standard library and four
 ``/dev`` nodes, plus empty mount points ``/work`` and ``/tmp``. The host's mounts are untouched.
 
-Per program the worker forks a *program process* that is pid 1 of a new pid namespace
-(``namespaces-root``: directly, by unsharing the pid namespace for one fork and setting it back;
-``namespaces-user``: through a short-lived launcher). The program process unshares the mount,
+Per program the worker forks a *program process* that is pid 1 of a new pid namespace (it
+unshares the pid namespace for that one fork and sets it back; at ``namespaces-user`` the worker
+is itself pid 1 of a pid namespace its user namespace owns, so it may). The program process unshares the mount,
 network, IPC and UTS namespaces, mounts fresh size-limited tmpfs on ``/work`` and ``/tmp``, pivots
 into the template, drops every privilege, sets rlimits, and only then reads and runs the
 untrusted code. The worker never reads the code or stdin (they arrive as memfds that only the
@@ -109,13 +109,28 @@ def _write(path: str, text: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def enter_user_namespace(sock: socket.socket) -> None:
+    """namespaces-user: become uid 0 of a new user namespace (mapped to our own uid), then pid 1
+    of a new pid namespace it owns, so that, like a root worker, we can fork each program
+    straight into a pid namespace of its own. The original process stays behind as a relay whose
+    death (the host killing it) takes us, and so every program, with it."""
+    uid, gid = os.geteuid(), os.getegid()
+    _check(libc.unshare(CLONE_NEWUSER), "unshare(user namespace)")
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"0 {uid} 1")
+    _write("/proc/self/gid_map", f"0 {gid} 1")
+    _check(libc.unshare(CLONE_NEWPID), "unshare(pid namespace)")
+    pid = os.fork()
+    if pid != 0:
+        sock.close()
+        try:
+            os.waitpid(pid, 0)
+        finally:
+            os._exit(0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def enter(level: str, python_paths: list[str]) -> None:
-    if level == "namespaces-user":
-        uid, gid = os.geteuid(), os.getegid()
-        _check(libc.unshare(CLONE_NEWUSER), "unshare(user namespace)")
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"0 {uid} 1")
-        _write("/proc/self/gid_map", f"0 {gid} 1")
     # one empty network namespace per worker: its programs run one at a time and leave nothing in it
     _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare(mount and network namespaces)")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -338,10 +353,10 @@ def _exec_program(code: bytes) -> None:
 _ORIGINAL_PIDNS = -1  # fd of the worker's own pid namespace (namespaces-root)
 
 
-def _spawn(req: dict, fds: dict) -> tuple[int, int | None]:
-    """Fork the program process. Returns (pid to wait for, program pid if known)."""
+def _spawn(req: dict, fds: dict) -> int:
+    """Fork the program process: pid 1 of a new pid namespace at the namespace levels."""
     level = req["level"]
-    if level == "namespaces-root":
+    if level.startswith("namespaces"):
         _check(libc.unshare(CLONE_NEWPID), "unshare(pid namespace)")
         pid = -1
         try:
@@ -351,52 +366,16 @@ def _spawn(req: dict, fds: dict) -> tuple[int, int | None]:
                 _check(libc.setns(_ORIGINAL_PIDNS, CLONE_NEWPID), "setns(pid namespace)")
         if pid == 0:
             _program_process(req, fds)
-        return pid, pid
-    if level == "namespaces-user":  # a launcher: the worker cannot re-enter its pid namespace
-        launcher = os.fork()
-        if launcher == 0:
-            try:
-                libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-                _check(libc.unshare(CLONE_NEWPID), "unshare(pid namespace)")
-                pid = os.fork()
-                if pid == 0:
-                    _program_process(req, fds)
-                os.write(fds["ctl_w"], b"P" + struct.pack("<i", pid))
-                _, status = os.waitpid(pid, 0)
-                os.write(fds["ctl_w"], b"S" + struct.pack("<i", status))
-                os._exit(0)
-            except BaseException as exc:
-                try:
-                    os.write(fds["ctl_w"], b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
-                finally:
-                    os._exit(EXIT_SETUP)
-        return launcher, None
+        return pid
     pid = os.fork()
     if pid == 0:
         _program_process(req, fds)
-    return pid, pid
+    return pid
 
 
 # ----------------------------------------------------------------------------------------------
 # The worker: one request at a time; enforces time and output caps from outside the sandbox
 # ----------------------------------------------------------------------------------------------
-
-
-def _parse_ctl(buf: bytes) -> tuple[int | None, int | None, str | None]:
-    pid = status = error = None
-    i = 0
-    while i < len(buf):
-        tag = buf[i : i + 1]
-        if tag in (b"P", b"S") and len(buf) >= i + 5:
-            value = struct.unpack("<i", buf[i + 1 : i + 5])[0]
-            pid, status = (value, status) if tag == b"P" else (pid, value)
-            i += 5
-        elif tag == b"E":
-            error = buf[i + 1 :].decode(errors="replace")
-            break
-        else:
-            break
-    return pid, status, error
 
 
 def execute(req: dict, code_fd: int, stdin_fd: int, sock: socket.socket) -> dict:
@@ -413,7 +392,7 @@ def execute(req: dict, code_fd: int, stdin_fd: int, sock: socket.socket) -> dict
         if os.geteuid() == 0:
             os.chown(workdir, req["uid"], req["uid"])
     fds = {"code": code_fd, "stdin": stdin_fd, "out_w": out_w, "err_w": err_w, "ctl_w": ctl_w}
-    child, program_pid = _spawn(req, fds)
+    child = _spawn(req, fds)
     for fd in (out_w, err_w, ctl_w, code_fd, stdin_fd):
         os.close(fd)
     socket.send_fds(sock, [b"O"], [out_r, err_r])
@@ -448,25 +427,18 @@ def execute(req: dict, code_fd: int, stdin_fd: int, sock: socket.socket) -> dict
                     poller.unregister(ctl_r)
     # the program process is pid 1 of its namespace: killing it kills every process the program made
     if not child_done:
-        if program_pid is None:
-            program_pid = _parse_ctl(bytes(ctl))[0]
-        for pid in (program_pid, child):
-            if pid is not None:
-                _kill(pid)
+        _kill(child)
         if req["level"] == "rlimits-unsafe":
             _kill(-child)
     _, status = os.waitpid(child, 0)
     os.close(child_fd)
-    while True:  # whatever the launcher wrote last
+    while True:  # a setup error, if any
         chunk = os.read(ctl_r, 65536)
         if not chunk:
             break
         ctl += chunk
     os.close(ctl_r)
-    if req["level"] == "namespaces-user":
-        _, status, setup_error = _parse_ctl(bytes(ctl))
-    else:
-        setup_error = _parse_ctl(bytes(ctl))[2]
+    setup_error = ctl[1:].decode(errors="replace") if ctl[:1] == b"E" else None
     if req["level"] == "rlimits-unsafe":
         _kill(-child)
         _kill_reparented(skip=child)
@@ -561,6 +533,8 @@ def main() -> None:
     try:
         if not SYS:
             raise OSError(f"unsupported machine {platform.machine()!r} (supported: x86_64, aarch64)")
+        if level == "namespaces-user":
+            enter_user_namespace(sock)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         _ORIGINAL_PIDNS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         _STATM = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
