@@ -19,14 +19,18 @@ What every program gets at the namespace levels (``namespaces-root`` when the ho
 * network: a network namespace with only a loopback that is down: no connection to anything,
   the host's loopback included.
 * privileges: an unprivileged uid (``namespaces-root``) or a user namespace whose capabilities
-  are dropped; ``no_new_privs``; a seccomp filter that refuses namespaces, mounts, ptrace, BPF,
-  perf, keyrings, kernel modules, kexec, userfaultfd and io_uring.
-* secrets: an environment of ``PATH``, ``HOME``, ``TMPDIR`` and ``LANG`` only; the workers start
-  with an empty environment, and never see a program's code or stdin (memfds the program
-  process reads itself), so no run can find another run's data in memory.
-* limits: wall clock ``timeout_s`` and an output cap per stream, enforced by the worker from
-  outside the sandbox; CPU time ``timeout_s + 1`` s and address space ``memory_mb`` (on top of
-  the interpreter) as rlimits. Past the output cap the program is killed and output truncated.
+  are dropped; ``no_new_privs``; a seccomp filter that refuses new user namespaces (so no
+  capabilities can be regained), ptrace, BPF, perf, keyrings, kernel modules, kexec, userfaultfd,
+  io_uring and the new mount API (mount and other namespaces the kernel refuses for lack of
+  capabilities).
+* secrets: an environment of ``PATH``, ``HOME``, ``TMPDIR`` and ``LANG`` only. The workers start
+  with an empty environment and never hold a program's code, stdin (memfds the program process
+  reads itself) or output (pipes the host reads), so no program, forked from a worker, can find
+  another run's data in its memory.
+* limits: wall clock ``timeout_s`` (enforced by the worker) and an output cap per stream (by the
+  host), both from outside the sandbox; CPU time ``timeout_s + 1`` s and address space
+  ``memory_mb`` (on top of the interpreter) as rlimits. Past the output cap the program is killed
+  and its output truncated.
 
 What it does not cover: it is not a virtual machine. The program shares the host's kernel, and
 the system calls the filter allows (most of them) are attack surface: a kernel vulnerability is an

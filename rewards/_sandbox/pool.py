@@ -1,9 +1,11 @@
 """Host side of the sandbox: a lazily started, fork-safe pool of pre-imported worker interpreters.
 
 Each worker (``worker.py``) is a separate ``python -I -S`` process with an empty environment,
-reached over one Unix socket pair. A request passes the code and the stdin as two memfds, so the
-worker never holds them in its own memory; the reply is a JSON header followed by the captured
-stdout and stderr. One request per worker at a time; ``run`` may be called from many threads.
+reached over one Unix socket pair. A request passes the code and the stdin as two memfds; the
+worker answers with the read ends of the program's stdout and stderr pipes, which the caller's
+thread reads here (asking the worker to kill the program past the output cap), then with a JSON
+reply (exit status, wall time, why it was ended). So the worker never holds any run's code, input
+or output. One request per worker at a time; ``run`` may be called from many threads.
 
 Lifetime: the pool starts on first use; workers are killed at interpreter exit (``atexit``); a
 worker whose host dies sees its socket close and exits, killing its program; a host that forks
@@ -134,15 +136,6 @@ class Worker:
                 else:
                     buf += chunk
         return reply, bytes(bufs[out_r]), bytes(bufs[err_r]), truncated
-
-    def _recv_exactly(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(min(n - len(buf), 1 << 20))
-            if not chunk:
-                raise OSError("sandbox worker closed its socket")
-            buf += chunk
-        return bytes(buf)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
