@@ -249,6 +249,44 @@ def test_interpreter_and_standard_library_stay_read_only(level):
     assert res.status == "error" and ("Read-only" in res.stderr or "Permission" in res.stderr), res
 
 
+def test_no_other_runs_input_or_output_is_left_in_a_programs_memory(level):
+    """Programs are forked from the workers: if a worker held a run's stdin or stdout, a later
+    program could read it from its own memory (say, another completion's correct answer)."""
+    token = "RLWHF-CANARY-" + os.urandom(8).hex()
+    for _ in range(2 * len(code._state["pool"]._all or [0]) + 2):
+        assert code.run("print(input())", stdin=token).stdout.strip() == token
+    scanner = r"""
+import ctypes, os, re
+libc = ctypes.CDLL(None, use_errno=True)
+libc.sbrk.restype = ctypes.c_void_p
+r, w = os.pipe()
+def mapped(addr):  # writing from an unmapped address fails with EFAULT instead of crashing
+    if libc.write(w, ctypes.c_void_p(addr), 1) == 1:
+        os.read(r, 1)
+        return True
+    return False
+pattern = re.compile(rb"RLWHF-CANARY-[0-9a-f]{16}")
+seeds = {libc.sbrk(0), id(object()), id("x" * 5000), id(re), id(ctypes)}
+pages, found = set(), set()
+for seed in seeds:
+    base = seed & ~0xFFF
+    for page in range(base - (96 << 20), base + (32 << 20), 4096):
+        if page > 0 and page not in pages and mapped(page):
+            pages.add(page)
+            found.update(pattern.findall(ctypes.string_at(page, 4096 + 40 if mapped(page + 4096) else 4096)))
+print(len(pages), sorted(f.decode() for f in found))
+"""
+    planted = "RLWHF-CANARY-" + os.urandom(8).hex()  # the scanner does find what is in its memory
+    control = run("import sys\nkeep = sys.stdin.read()\n" + scanner, stdin=planted, timeout_s=20, memory_mb=512)
+    assert planted in control.stdout, control
+    for _ in range(len(code._state["pool"]._all)):
+        res = run(scanner, timeout_s=20, memory_mb=512)
+        assert res.status == "ok", res
+        n_pages, found = res.stdout.split(" ", 1)
+        assert int(n_pages) > 100  # the scan did read memory
+        assert token not in found, "a program found another run's stdin/stdout in its memory"
+
+
 # ----------------------------------------------------------------------------------------- network
 
 
