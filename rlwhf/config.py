@@ -70,7 +70,7 @@ class DataConfig(Section):
 
 class SFTConfig(Section):
     enabled: bool = Field(True, description="Run a cold-start SFT on solver traces before RL.")
-    steps: int = Field(150, ge=1, description="SFT optimizer steps.")
+    steps: int = Field(280, ge=1, description="SFT optimizer steps.")
     batch_size: int = Field(32, ge=1, description="SFT examples per step.")
     learning_rate: float = Field(3e-3, gt=0, description="SFT peak learning rate (cosine schedule).")
     num_examples: int = Field(2000, ge=1, description="Solver traces used for SFT (taken from the training split).")
@@ -129,16 +129,16 @@ class AlgoConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(40, ge=0, description="GRPO steps.")
-    prompts_per_step: int = Field(16, ge=1, description="Prompts per step (B); B * group_size completions.")
+    steps: int = Field(120, ge=0, description="GRPO steps.")
+    prompts_per_step: int = Field(32, ge=1, description="Prompts per step (B); B * group_size completions.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
-    minibatch_size: int = Field(64, ge=1, description="Completions per optimizer step.")
-    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
+    minibatch_size: int = Field(256, ge=1, description="Completions per optimizer step.")
+    learning_rate: float = Field(8e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
-    save_every: int = Field(10, ge=0, description="Checkpoint every N steps (0: only at the end).")
-    eval_every: int = Field(0, ge=0, description="Held-out accuracy every N steps (0: before and after only).")
+    warmup_steps: int = Field(5, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
+    save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    eval_every: int = Field(40, ge=0, description="Held-out accuracy every N steps (0: before and after only).")
     threads: int = Field(0, ge=0, description="torch threads in the policy worker (0: all cores).")
 
 

@@ -84,3 +84,17 @@ def test_train_refuses_a_bad_recipe_with_a_readable_error(tmp_path):
                            "train.steps=many"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "train.steps = 'many': expected an integer" in proc.stderr
+
+
+@pytest.mark.slow
+def test_code_recipe_runs_grpo_with_the_sandboxed_code_reward(tmp_path):
+    rlwhf("train", str(ROOT / "recipes" / "tiny-code.yaml"), "train.steps=1", "sft.steps=10",
+          "data.num_train=64", "data.num_test=4", "eval.num_prompts=4", "train.prompts_per_step=2",
+          "rollout.group_size=4", "train.minibatch_size=8", f"run.output_dir={tmp_path}", cwd=tmp_path)
+    from rlwhf.traces import load
+
+    traces = load(tmp_path / "tiny-code")
+    assert len(traces) == 2 * 4
+    assert traces["reward_code_tests"].between(0.0, 1.0).all()
+    summary = json.loads((tmp_path / "tiny-code" / "summary.json").read_text())
+    assert summary["steps"] == 1
