@@ -365,12 +365,20 @@ def _spawn(req: dict, fds: dict) -> int:
             if pid != 0:  # the next fork of the worker goes back to the worker's own pid namespace
                 _check(libc.setns(_ORIGINAL_PIDNS, CLONE_NEWPID), "setns(pid namespace)")
         if pid == 0:
-            _program_process(req, fds)
+            _child(req, fds)
         return pid
     pid = os.fork()
     if pid == 0:
-        _program_process(req, fds)
+        _child(req, fds)
     return pid
+
+
+def _child(req: dict, fds: dict) -> None:
+    """Whatever happens in the forked child, it never returns into the worker's code."""
+    try:
+        _program_process(req, fds)
+    finally:
+        os._exit(EXIT_SETUP)
 
 
 # ----------------------------------------------------------------------------------------------
