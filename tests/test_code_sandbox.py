@@ -122,6 +122,11 @@ def test_allocation_past_memory_mb_ends_with_status_memory(level, src):
     assert res.status == "memory", res
 
 
+def test_a_limit_too_small_for_the_interpreter_fails_cleanly_and_the_pool_survives(level):
+    assert run("x = [0] * 10**6", memory_mb=1).status == "memory"
+    assert run("print('still here')").stdout == "still here\n"
+
+
 def test_memory_within_the_limit_is_usable(level):
     res = run("x = bytearray(32 << 20)\nprint(len(x))", memory_mb=64)
     assert (res.status, res.stdout) == ("ok", f"{32 << 20}\n")
