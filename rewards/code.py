@@ -264,7 +264,7 @@ def _result(reply: dict, out: bytes, err: bytes, truncated: bool, level: str) ->
 # Rewards
 # ---------------------------------------------------------------------------------------------
 
-TEST_TIMEOUT_S = 4.0  # per stdio case, and per phase of a function-call test set
+TEST_TIMEOUT_S = 2.0  # per stdio case, and per phase of a function-call test set
 TEST_MEMORY_MB = 256
 PYTHON_TAGS = ("", "python", "py", "python3")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.#-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -517,9 +517,19 @@ def code_tests(completions: list[str], *, prompts: list[str] | None = None, test
     cases) or assert statements (a string or list of strings; non-assert lines are setup), or
     either as JSON text. None or empty tests score None (reward does not apply); a completion
     without a code block scores 0.0. Programs run in ``rewards.code.run``'s sandbox.
+
+    Optional columns, one value per completion (None: the default): ``test_timeout_s`` (wall
+    limit per stdio case or per phase of function-call tests, default ``TEST_TIMEOUT_S``) and
+    ``test_memory_mb`` (default ``TEST_MEMORY_MB``). A batch's worst case, every program hanging,
+    takes about cases x ``test_timeout_s`` / workers seconds; keep the reward's time limit above it.
     """
     if len(tests) != len(completions):
         raise ValueError(f"code_tests got {len(completions)} completions but {len(tests)} test specs")
+    n = len(completions)
+    timeouts = columns.get("test_timeout_s") or [None] * n
+    memories = columns.get("test_memory_mb") or [None] * n
+    jobs = [(c, t, to or TEST_TIMEOUT_S, mb or TEST_MEMORY_MB)
+            for c, t, to, mb in zip(completions, tests, timeouts, memories)]
     workers = _max_workers()
     with ThreadPoolExecutor(max_workers=workers) as inner, ThreadPoolExecutor(max_workers=workers) as outer:
-        return list(outer.map(lambda pair: score_code(pair[0], pair[1], executor=inner), zip(completions, tests)))
+        return list(outer.map(lambda job: score_code(job[0], job[1], job[2], job[3], executor=inner), jobs))

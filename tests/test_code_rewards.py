@@ -63,6 +63,16 @@ def test_stdio_hanging_case_fails_alone():
     assert score_code(block(sol), STDIO, timeout_s=0.5) == pytest.approx(2 / 3)
 
 
+def test_per_sample_timeout_column_bounds_a_hanging_batch():
+    import time
+
+    hang = block("while True: pass")
+    start = time.monotonic()
+    scores = code_tests([hang] * 4, prompts=[""] * 4, tests=[STDIO] * 4, test_timeout_s=[0.2] * 4)
+    assert scores == [0.0] * 4
+    assert time.monotonic() - start < 6  # 12 runs x 0.2 s over the pool, not 12 x TEST_TIMEOUT_S
+
+
 def test_stdio_program_sees_only_its_input_not_the_expected_output():
     sol = "import os, sys\ndata = sys.stdin.read()\nprint(repr(data), os.listdir('.'), os.listdir('/tmp'))"
     res = code.run(extract_code(block(sol)), stdin="1 2\n")
