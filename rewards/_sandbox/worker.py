@@ -1,23 +1,25 @@
 """Sandbox worker: a pre-imported Python interpreter that forks one isolated process per program.
 
-Started by ``rewards._sandbox.pool`` as ``python -I -S -B worker.py <fd> <level> <uid>`` with an
-empty environment and one inherited socket (file descriptor ``<fd>``) to its host. Standard
-library only: this file imports nothing from the project.
+Started by ``rewards._sandbox.pool`` as ``python -I -S -B worker.py <fd> <level> <stdlib dirs...>``
+with an empty environment and one inherited socket (file descriptor ``<fd>``) to its host.
+Standard library only: this file imports nothing from the project.
 
-At start the worker enters a private mount namespace (``namespaces-user``: first its own user
-namespace, mapping its uid to 0) and builds a read-only *template root* there: a tmpfs holding
-read-only binds of ``/usr``, ``/lib*``, ``/bin``, ``/sbin``, the standard library and four
-``/dev`` nodes, plus empty mount points ``/work`` and ``/tmp``. The host's mounts are untouched.
+At start, once, the worker (``namespaces-user``: after becoming uid 0 of its own user namespace
+and pid 1 of a pid namespace that namespace owns) enters private mount and network namespaces,
+builds a read-only *template root* (a tmpfs with read-only binds of ``/usr``, ``/lib*``, ``/bin``,
+``/sbin``, the standard library and four ``/dev`` nodes, and empty ``/work`` and ``/tmp``),
+pivots into it, and installs the seccomp filter. The host's mounts are untouched.
 
 Per program the worker forks a *program process* that is pid 1 of a new pid namespace (it
-unshares the pid namespace for that one fork and sets it back; at ``namespaces-user`` the worker
-is itself pid 1 of a pid namespace its user namespace owns, so it may). The program process unshares the mount,
-network, IPC and UTS namespaces, mounts fresh size-limited tmpfs on ``/work`` and ``/tmp``, pivots
-into the template, drops every privilege, sets rlimits, and only then reads and runs the
-untrusted code. The worker never reads the code or stdin (they arrive as memfds that only the
-program process reads), so nothing of one run stays in the worker for a later run to find.
+unshares the pid namespace for that one fork and sets it back). The program process unshares
+mount, IPC and UTS namespaces, mounts fresh size-limited tmpfs on ``/work`` and ``/tmp``, drops
+every privilege, sets rlimits, and only then reads and runs the untrusted code. The code and
+stdin arrive as memfds that only the program process reads, and the output pipes go straight to
+the host, so the worker never holds any run's code, input or output for a later program, forked
+from it, to find in its memory.
 
-``rlimits-unsafe`` skips every namespace: a process group, rlimits and a temporary directory.
+``rlimits-unsafe`` skips every namespace: a process group, rlimits, a temporary directory and a
+seccomp filter that also refuses internet sockets.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def _write(path: str, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Worker start: its own mount namespace (and user namespace when not root) with the template root
+# Worker start: its own namespaces, with the template root
 # ----------------------------------------------------------------------------------------------
 
 
