@@ -477,19 +477,52 @@ def test_rlimits_unsafe_level_still_limits_time_and_memory():
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
                     reason="needs root (to become an unprivileged user), setpriv and /usr/bin/python3")
-def test_unprivileged_host_gets_user_namespace_isolation():
+def test_unprivileged_host_gets_user_namespace_isolation_that_holds(tmp_path):
+    """The same attacks, from a host that is not root (uid nobody, Debian's own interpreter)."""
     src = """
-        import os, socket
+        import os, time
         from rewards import code
-        print(code.isolation_level())
-        r = code.run("import os, socket\\nprint(os.getpid(), os.listdir('/'))\\n"
-                     "socket.create_connection(('127.0.0.1', 22), timeout=1)")
-        print(r.stdout.split()[0], r.status, "ConnectionRefused" not in r.stderr)
-        print(code.run("import os\\nos.unshare(0)" if hasattr(os, "unshare") else "x = bytearray(512 << 20)",
-                       memory_mb=64).status)
+        print("level", code.isolation_level())
+        r = code.run("import os\\nn = 0\\nwhile True:\\n    try:\\n        if os.fork() == 0:\\n"
+                     "            while True: pass\\n        n += 1\\n    except OSError:\\n"
+                     "        print(n, flush=True)\\n        while True: pass", timeout_s=1, max_procs=8)
+        print("forkloop", r.status, int(r.stdout.split()[0]) < 8)
+        r = code.run("import os\\nif os.fork() == 0:\\n    os.setsid()\\n    os.execv('/bin/sleep', ['sleep', '42' + '44.5'])")
+        time.sleep(0.3)
+        marker = ("42" + "44.5").encode()  # built at run time: our own command line must not match
+        alive = [p for p in os.listdir("/proc") if p.isdigit() and marker in open(f"/proc/{p}/cmdline", "rb").read()]
+        print("daemon", r.status, alive == [])
+        print("memory", code.run("x = bytearray(512 << 20)", memory_mb=64).status)
+        r = code.run("import os\\nprint(os.getpid(), os.path.exists('/work/main'), os.path.exists('/etc/passwd'), "
+                     "os.path.exists(%r))" % os.environ["SECRET_DIR"])
+        print("files", r.stdout.strip())
+        r = code.run("import os\\ntry:\\n    os.kill(%d, 0)\\n    print('visible')\\n"
+                     "except ProcessLookupError:\\n    print('hidden')" % os.getpid())
+        print("signal", r.stdout.strip())
+        r = code.run("import socket\\nsocket.create_connection(('127.0.0.1', 22), timeout=1)")
+        print("network", r.status, "ConnectionRefused" not in r.stderr)
+        r = code.run("import ctypes\\nprint(ctypes.CDLL(None, use_errno=True).unshare(0x10000000))")
+        print("userns", r.stdout.strip())
+        print("output", code.run("while True: print('x' * 1000)", output_bytes=10000).truncated)
+        print("env", "RLWHF_SECRET" in code.run("import os\\nprint(dict(os.environ))").stdout)
     """
+    secret_dir = tmp_path / "secret"
+    secret_dir.mkdir()
+    os.chmod(tmp_path, 0o755)
     user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    proc = _in_subprocess(src, python="/usr/bin/python3", user=user, env={"PYTHONPATH": str(REPO)})
-    if "none" in proc.stdout.split()[:1]:
+    env = {"PYTHONPATH": str(REPO), "SECRET_DIR": str(secret_dir), "RLWHF_SECRET": "x"}
+    proc = _in_subprocess(src, python="/usr/bin/python3", user=user, env=env)
+    if "level none" in proc.stdout:
         pytest.skip(f"unprivileged user namespaces are disabled here: {proc.stdout}")
-    assert proc.stdout.split()[:4] == ["namespaces-user", "1", "error", "True"], (proc.stdout, proc.stderr)
+    assert proc.stdout.splitlines() == [
+        "level namespaces-user",
+        "forkloop timeout True",
+        "daemon ok True",
+        "memory memory",
+        "files 1 False False False",
+        "signal hidden",
+        "network error True",
+        "userns -1",
+        "output True",
+        "env False",
+    ], (proc.stdout, proc.stderr)
