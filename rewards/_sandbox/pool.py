@@ -95,6 +95,9 @@ class Worker:
         except (OSError, ValueError) as exc:  # socket.timeout is an OSError
             self.kill()
             raise WorkerDied(f"sandbox worker failed: {exc!r}") from exc
+        except BaseException:  # e.g. KeyboardInterrupt mid-run: the conversation is out of step
+            self.kill()
+            raise
         finally:
             for fd in (code_fd, stdin_fd, *pipes):
                 os.close(fd)
