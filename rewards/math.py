@@ -131,8 +131,11 @@ class _SymbolicWorker:
 
     def _kill(self) -> None:
         if self._proc is not None:
-            self._proc.kill()
-            self._proc.join(timeout=2)
+            try:
+                self._proc.kill()
+                self._proc.join(timeout=2)
+            except (AttributeError, ValueError):  # already reaped by multiprocessing at exit
+                pass
         self._proc = self._conn = None
 
     def equal(self, a: str, b: str, timeout_s: float) -> bool:
