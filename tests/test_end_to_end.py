@@ -70,7 +70,7 @@ def test_train_writes_the_run_directory_contract_and_resumes(tmp_path):
     finally:
         del os.environ["RLWHF_RUN_DIR"]
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert any("16 completions over 2 steps" in o.get("text", "") for o in outputs)
+    assert any("32 completions over 2 steps" in o.get("text", "") for o in outputs)
 
     # Resume: continues from step 2 to step 3, appending to the same metrics.
     rlwhf("train", "--resume", str(run_dir), "train.steps=3", cwd=tmp_path)
