@@ -68,8 +68,9 @@ _PHRASE = re.compile(
     r"(?:final\s+answer(?:\s+is)?|the\s+(?:correct\s+)?answer\s+is|\banswer\s*(?:is)?\s*:|"
     r"\*\*\s*answer\s*:?\s*\*\*|^\s*#{1,4}\s*answer\b|^\s*answer\b|^####)\s*:?\s*",
     re.IGNORECASE | re.MULTILINE)
-_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?")
-_BOX_JOINER = re.compile(r"^(?:[\s,;.$]|\\quad|\\qquad|\\[,;:! ]|\\text\{[^{}]*\band\b[^{}]*\}|\\text\{\s*,?\s*\}|\band\b|&|\\\]|\\\[|\\\(|\\\))*$")
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+,\d\d(?![\d,])|\d+(?:\.\d+)?)(?:\s*/\s*\d+)?")
+_MATH_BLOCK = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<![\\$])\$([^$]+?)(?<!\\)\$", re.DOTALL)
+_BOX_JOINER = re.compile(r"^(?:[\s,;.$]|\\quad|\\qquad|\\[,;:! ]|\\text\{[^{}]*\band\b[^{}]*\}|\\text\{\s*,?\s*\}|\band\b|&|[A-Za-z](?:_\{?\w+\}?)?\s*=|\\\]|\\\[|\\\(|\\\))*$")
 _MATH_OPEN = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
 
 
@@ -110,13 +111,17 @@ def _segment_after(text: str, pos: int) -> str:
     rest = text[pos:pos + 4 * MAX_ANSWER_CHARS].lstrip()
     for opener, closer in _MATH_OPEN.items():
         if rest.startswith(opener):
-            end = rest.find(closer, len(opener))
+            end = len(opener) - 1
+            while True:
+                end = rest.find(closer, end + 1)
+                if end < 0 or rest[end - 1] != "\\" or closer != "$":
+                    break
             if end >= 0 and not rest[end + len(closer):].strip(" .\t")[:1].isalnum():
                 return rest[len(opener):end]
             break
     line = rest.split("\n", 1)[0]
     line = re.split(r"\.\s+I hope|\s+I hope it is correct", line)[0]
-    line = re.sub(r"[.\s]+$", "", line)
+    line = re.sub(r"[.\s]+$", "", line).replace('\\"', "").replace('"', "")
     # "The largest $n$ is 34." -> "34"
     parts = re.split(r"\s(?:is|are|equals|=)\s(?![^$]*\$(?:[^$]*\$[^$]*\$)*[^$]*$)", line)
     return parts[-1] if len(parts) > 1 else line
@@ -171,9 +176,15 @@ def _answer_spans(text: str, options: Options) -> tuple[str, list[str]] | None:
         if seg:
             return "phrase", [seg]
     if options.last_number_fallback:
-        numbers = _NUMBER.findall(text[-20000:])
+        tail = text[-20000:]
+        numbers = list(_NUMBER.finditer(tail))
+        blocks = list(_MATH_BLOCK.finditer(tail))
+        if blocks and (not numbers or numbers[-1].start() < blocks[-1].end()):
+            block = next(g for g in blocks[-1].groups() if g is not None).strip()
+            if block and len(block) <= MAX_ANSWER_CHARS:
+                return "math", [block]
         if numbers:
-            return "number", [numbers[-1]]
+            return "number", [numbers[-1].group(0)]
     return None
 
 
@@ -243,13 +254,13 @@ def _prepare(s: str) -> str:
     s = re.sub(r"\\%|%|\b(?:percent(?:age)?|pct)\b", " % ", s)
     s = re.sub(r"\\\$|\$|€|£|¥|\\euro\b|\\pounds\b", " ", s)
     s = s.replace("²", "^2").replace("³", "^3").replace("−", "-").replace("–", "-")
-    s = re.sub(r"(?<=\d)\{,\}(?=\d)", "", s)
+    s = re.sub(r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)", "", s)
     s = re.sub(r",\\!\s*(?=\d{3})", ",", s)
-    s = re.sub(r"\\(?:[,;:! ]|quad|qquad)|~", " ", s)
-    s = re.sub(r"(?<![\d.])(\d{1,3})((?:,\d{3})+)(?![\d,])", lambda m: m.group(1) + m.group(2).replace(",", ""), s)
+    s = re.sub(r"(?<!\\)\\(?:[,;:! ]|quad|qquad)|~", " ", s)
+    s = re.sub(r"(?<![\d.(\[,])(\d{1,3})((?:,\d{3})+)(?![\d,)\]])", lambda m: m.group(1) + m.group(2).replace(",", ""), s)
     if re.fullmatch(r"\s*-?\d{1,3}(?: \d{3})+(?:\.\d+)?\s*", s):
         s = s.replace(" ", "")
-    if re.fullmatch(r"\s*-?\d+,\d{1,2}\s*", s):  # "1,22": a decimal comma
+    if re.fullmatch(r"\s*\d+,\d{2}\s*", s):  # "1,22": a decimal comma
         s = s.replace(",", ".")
     return s.strip().rstrip(".").strip()
 
@@ -298,7 +309,7 @@ def _tokens(s: str) -> list[tuple[str, str]]:
             if low in _FUNCS or low in _CONST_WORDS:
                 out.append(("word", low))
                 continue
-            if low in _UNITS or len(text) >= 4 and not text.isupper():
+            if (low in _UNITS and len(text) >= 2 and text.islower()) or len(text) >= 4 and not text.isupper():
                 out.append(("text", text))
                 continue
             out.extend(("word", c) for c in text)  # "xy" is x*y, "AB" is A*B
@@ -419,7 +430,13 @@ class _Parser:
                 self.next()
                 factors = [("/", factors[0] if len(factors) == 1 else ("*", factors), self.unary())]
             elif tok is not None and self.starts_atom(tok):
-                factors.append(self.postfix())
+                factor = self.postfix()
+                prev = factors[-1]
+                if (len(factors) == 1 and prev[0] == "n" and prev[2] == -1 and tok[1] == "\\frac"
+                        and factor[0] == "/" and factor[1][0] == factor[2][0] == "n"):
+                    factors[-1] = ("+", [prev, factor])  # 918\frac{1}{2} is a mixed number
+                else:
+                    factors.append(factor)
             else:
                 break
         real = [f for f in factors if f[0] != "text"]
@@ -662,7 +679,12 @@ def _number(text: str):
     return ("n", Fraction(text), decimals)
 
 
+_TIME = re.compile(r"\s*\d{1,2}:\d{2}(?::\d{2})?\s*(?:[ap]\.?m\.?)?\s*", re.IGNORECASE)
+
+
 def _parse_tree(s: str):
+    if _TIME.fullmatch(s):
+        return ("text", s.strip())
     return _Parser(_tokens(_prepare(s))).parse()
 
 
@@ -1014,8 +1036,9 @@ def _sympy_of(node, sp, cache_symbols: dict):
     raise Undecided
 
 
-_PROBES = (("0.5772156649", "1.3247179572", "2.7182818284", "0.3183098861", "1.6180339887", "2.2360679775"),
-           ("1.4142135623", "0.6931471805", "3.1415926535", "1.2020569031", "0.9159655941", "1.7320508075"))
+_PROBES = (("0.5772156649", "2.3247179572", "1.2182818284", "0.3183098861", "2.6180339887", "0.8360679775"),
+           ("2.9142135623", "0.6931471805", "0.3415926535", "1.2020569031", "0.9159655941", "2.4320508075"),
+           ("1.1892071150", "3.3598856662", "0.4342944819", "2.1544346900", "1.8392867552", "0.7071067811"))
 
 
 def _zero(expr, sp) -> bool | None:
@@ -1041,11 +1064,12 @@ def _zero(expr, sp) -> bool | None:
         point = {s: sp.Float(probe[k % len(probe)], 30) for k, s in enumerate(free)}
         try:
             value = complex(sp.N(expr.subs(point), 30))
+            scale = sum(abs(complex(sp.N(t.subs(point), 15))) for t in sp.Add.make_args(expr))
         except (TypeError, ValueError):
             return None
-        if value != value or abs(value) == float("inf"):
+        if value != value or abs(value) == float("inf") or scale != scale:
             return None
-        verdicts.append(abs(value) < 1e-15)
+        verdicts.append(abs(value) <= 1e-12 * max(1.0, scale))
     if not all(verdicts):
         return False
     return True
@@ -1066,6 +1090,8 @@ def _sympy_equal(a, b, options: Options, sp, symbols) -> bool:
         return all(_zero(e, sp) for e in (x - y))
     if x == y:
         return True
+    if x.has(sp.zoo, sp.nan) or y.has(sp.zoo, sp.nan):
+        return False
     verdict = _zero(x - y, sp)
     if verdict is None:
         verdict = sp.simplify(x - y) == 0
@@ -1155,7 +1181,7 @@ def _decide_sympy(gold, pred, options: Options) -> bool:
 # Deciding one item: normalised strings, exact path, then the helper
 # --------------------------------------------------------------------------------------------
 
-_CHOICE_GOLD = re.compile(r"\s*(?:\\text(?:bf)?\{\s*)?\(?([A-E])\)?(?:\s*\})?(?:[\s.:)][^\n]*)?\s*$")
+_CHOICE_GOLD = re.compile(r"\s*(?:\\text(?:bf)?\{\s*)?\(?([A-E])\)?(?:\s*\})?(?:[\s.)]+[A-Za-z][A-Za-z\s]*)?\s*")
 
 
 def _key(s: str) -> str:
@@ -1219,7 +1245,8 @@ def _prediction_trees(prediction: str, gold: _Gold, options: Options):
         trees.append(parse(text))
     except ParseError:
         pass
-    if kind == "phrase" and gold.tree is not None and gold.tree[0] == "n":
+    wordy = re.search(r"[A-Za-z]{2,}\s+[A-Za-z]{2,}", re.sub(r"\$[^$]*\$|\\[A-Za-z]+", " ", text))
+    if kind == "phrase" and (not trees or wordy) and gold.tree is not None and gold.tree[0] == "n":
         numbers = _NUMBER.findall(text)
         if numbers:
             try:
