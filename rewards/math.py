@@ -493,6 +493,9 @@ class _Parser:
                     raise ParseError(f"{digits} is not a base-{radix} numeral")
         if _is(self.peek(), "^", "**"):
             self.next()
+            if base[0] == "text":  # cm^2: a unit's power is part of the unit
+                self.power()
+                return base
             self.enter()
             if _is(self.peek(), "-"):
                 self.next()
@@ -679,7 +682,7 @@ def _number(text: str):
     return ("n", Fraction(text), decimals)
 
 
-_TIME = re.compile(r"\s*\d{1,2}:\d{2}(?::\d{2})?\s*(?:[ap]\.?m\.?)?\s*", re.IGNORECASE)
+_TIME = re.compile(r"\s*\d{1,2}:\d{2}(?::\d{2})?\s*(?:[ap]\.?m\.?)\s*", re.IGNORECASE)  # 10:30 am
 
 
 def _parse_tree(s: str):
@@ -1088,10 +1091,10 @@ def _sympy_equal(a, b, options: Options, sp, symbols) -> bool:
         if not (isinstance(x, sp.MatrixBase) and isinstance(y, sp.MatrixBase)) or x.shape != y.shape:
             return False
         return all(_zero(e, sp) for e in (x - y))
+    if x.has(sp.zoo, sp.nan) or y.has(sp.zoo, sp.nan):
+        return False  # 12:00 is not 1:00 although both divide by zero
     if x == y:
         return True
-    if x.has(sp.zoo, sp.nan) or y.has(sp.zoo, sp.nan):
-        return False
     verdict = _zero(x - y, sp)
     if verdict is None:
         verdict = sp.simplify(x - y) == 0

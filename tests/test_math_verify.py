@@ -1,0 +1,226 @@
+"""Behaviour of rewards.math: extraction, equivalence per answer category, hazards, batch reward."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import rewards
+from rewards.math import Options, extract_answer, math_accuracy, verify, verify_batch
+
+
+def boxed(answer: str) -> str:
+    return f"Let me work through it.\n\nSo the final result is $\\boxed{{{answer}}}$."
+
+
+# --- extraction ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("so \\boxed{\\frac{a}{b+{c}}} done", "\\frac{a}{b+{c}}"),
+    ("\\fbox{12}", "12"),
+    ("first \\boxed{3}. Later, after checking everything again:\n\\boxed{4}", "4"),
+    ("<think>maybe 3</think><answer>17</answer>", "17"),
+    ("<answer>$\\boxed{5}$</answer>", "5"),
+    ("Thus the answer is 42.", "42"),
+    ("**Answer:** 7", "7"),
+    ("Final answer: $x^2$", "x^2"),
+    ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "\\frac{3}{4}"),
+    ("we get 3 apples and then 12 pears", "12"),
+    ("#### 1,234", "1,234"),
+    ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5"),
+    ("The roots are \\boxed{1} and \\boxed{2}", "1, 2"),
+])
+def test_extract_answer_finds_the_final_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "\\boxed{3} or maybe \\boxed{5}",
+    "It is \\boxed{3}, or rather \\boxed{5}",
+    "no numbers here",
+    "\\boxed{unclosed",
+])
+def test_extract_answer_gives_none_without_one_clear_answer(text):
+    assert extract_answer(text) is None
+
+
+def test_last_number_fallback_can_be_switched_off():
+    assert extract_answer("so it is 12", last_number_fallback=False) is None
+    assert verify("12", "so it is 12", options=Options(last_number_fallback=False)) is False
+    assert verify("12", "so it is 12") is True
+
+
+def test_an_answer_phrase_after_intermediate_boxes_wins():
+    text = "first $\\boxed{200}$ then $\\boxed{255}$ so in total. Final Answer: The final answer is $10,455$."
+    assert verify("10455", text)
+    assert not verify("255", text)
+
+
+def test_two_different_boxed_answers_are_not_a_correct_answer():
+    assert not verify("3", "\\boxed{3} or \\boxed{5}")
+    assert not verify("3", "Answer: \\boxed{3}, \\boxed{5}")  # read as two answers: not the one asked for
+
+
+def test_digits_inside_words_are_not_numbers():
+    assert not verify("2", "AZYUK2A")
+
+
+# --- equivalence by category -----------------------------------------------------------------
+
+CASES = {
+    "integer": [("033", "33", True), ("-0", "0", True), ("7", "-7", False), ("12", "12.0", True),
+                ("204_5", "54", True), ("1112112_3", "1112122_3", False)],
+    "decimal_fraction": [("0.5", "\\frac12", True), ("0.5", "1/2", True), ("1/3", "0.33", False),
+                         ("\\frac{1}{12}", "0.0833333", True), ("0.1", ".1", True), ("5", "5.001", False),
+                         ("918.5", "918\\frac{1}{2}", True), ("-10/9", "-\\frac{10}{9}", True)],
+    "percent": [("10\\%", "0.1", True), ("10\\%", "10", True), ("10\\%", "10 percent", True),
+                ("10\\%", "1", False), ("0.25", "25\\%", True)],
+    "thousands": [("1000", "1,000", True), ("14916", "14{,}916", True), ("1000000", "1 000 000", True),
+                  ("1000.99", "1,000.99", True), ("1,22", "1.22", True)],
+    "units_text": [("5", "5 cm", True), ("5", "\\text{5 dollars}", True), ("10", "\\$10", True),
+                   ("15", "15\\mbox{ cm}^2", True), ("\\text{odd}", "odd", True), ("\\text{odd}", "even", False),
+                   ("\\text{Evelyn}", "\\text{Evelyn}", True)],
+    "latex_forms": [("\\frac{1}{2}", "\\dfrac{1}{2}", True), ("\\frac{1}{2}", "\\tfrac12", True),
+                    ("\\frac{1}{3}", "\\left( \\frac{1}{3} \\right)", True), ("\\sqrt{3}", "\\sqrt3", True)],
+    "interval": [("(1,2]", "(1, 2]", True), ("(1,2]", "[1,2]", False), ("(1,2]", "(1,2)", False),
+                 ("[0,1)", "0 \\le x < 1", True), ("x \\geq 5", "[5, \\infty)", True), ("x > 5", "x < 5", False),
+                 ("(-\\infty, -3] \\cup [2, \\infty)", "x \\le -3 \\text{ or } x \\ge 2", False),
+                 ("\\{-1\\} \\cup [0,7)", "\\{-1\\} \\cup [0,7)", True), ("x \\neq 3", "x != 3", True)],
+    "set_tuple": [("\\{1,2,3\\}", "\\{3,1,2\\}", True), ("(1,2,3)", "(3,2,1)", False), ("(1,2,3)", "(1,2,3)", True),
+                  ("(1,\\frac{9}{2})", "(1,4.5)", True), ("(2,1),(1,2)", "(1,2),(2,1)", True),
+                  ("\\{1,2\\}", "\\{1,2,3\\}", False)],
+    "multiple": [("1, 2", "2, 1", True), ("1 \\text{ and } 2", "1, 2", True), ("\\pm 2", "-2, 2", True),
+                 ("\\pm 2", "2", False), ("1, 2, 3", "1, 2", False), ("3 \\pm \\sqrt{2}", "3+\\sqrt2, 3-\\sqrt2", True)],
+    "algebra": [("x^2+2x+1", "(x+1)^2", True), ("(x-2)(x+2)", "x^2-4", True), ("x^2+2x+1", "x^3+2x+1", False),
+                ("\\tan^2(y)+1", "\\sec^2(y)", True), ("\\frac{x+2}{7}", "\\frac{x}{7}+\\frac{2}{7}", True),
+                ("2 \\sin b \\cos a", "\\sin(a+b) - \\sin(a-b)", True), ("x+1", "y+1", False)],
+    "equation": [("2", "x=2", True), ("x=2", "2", True), ("k=\\frac{1}{3}", "1/3", True),
+                 ("y=2x+1", "y=1+2x", True), ("2x+4y-3=0", "y=-\\frac{1}{2}x+\\frac{3}{4}", True),
+                 ("a+3z=0", "0", False), ("x=2", "y=2", False), ("f(x)=1", "1", True)],
+    "matrix": [("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{bmatrix}1 & 2\\\\ 3 & 4\\end{bmatrix}", True),
+               ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}", False),
+               ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix}1&3\\\\2&4\\end{pmatrix}", False),
+               ("\\begin{pmatrix}6&8\\\\10&12\\end{pmatrix}",
+                "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}+\\begin{pmatrix}5&6\\\\7&8\\end{pmatrix}", True),
+               ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1, 2)", True)],
+    "complex": [("\\frac34i", "\\frac{3}{4}i", True), ("1+2i", "2i+1", True), ("1+2i", "1-2i", False),
+                ("i", "\\sqrt{-1}", True)],
+    "pi_surd": [("2\\sqrt{2}", "\\sqrt{8}", True), ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", True),
+                ("\\frac{9}{4}\\pi", "\\frac94\\pi", True), ("2\\pi", "6.28", False), ("\\pi", "3.14159265", True),
+                ("4", "4\\sqrt{2}", False), ("1 - \\frac{1}{e}", "1 + \\frac{1}{e}", False)],
+    "degrees": [("90^\\circ", "90", True), ("90^\\circ", "\\frac{\\pi}{2}", True), ("30^{\\circ}", "60^\\circ", False),
+                ("45", "45°", True)],
+    "scientific": [("3 \\times 10^{8}", "300000000", True), ("1.5 \\times 10^{-3}", "0.0015", True),
+                   ("3e8", "3 \\cdot 10^8", True), ("2 \\times 10^{5}", "2 \\times 10^{6}", False)],
+    "negative": [("-5", "- 5", True), ("-5", "5", False), ("-\\frac{1}{2}", "\\frac{-1}{2}", True),
+                 ("-\\frac{1}{2}", "-0.5", True)],
+    "choice": [("C", "The answer is (C).", True), ("(D) Alina", "\\boxed{D}", True), ("\\text{C}", "\\boxed{\\text{(C)}}", True),
+               ("A", "\\boxed{B}", False), ("B", "It is not A, so I think it is B", True)],
+}
+
+
+@pytest.mark.parametrize("category, gold, answer, equal",
+                         [(c, g, a, e) for c, rows in CASES.items() for g, a, e in rows])
+def test_verify_decides_equivalence_by_category(category, gold, answer, equal):
+    prediction = answer if category == "choice" else boxed(answer)
+    assert verify(gold, prediction) is equal, (category, gold, answer)
+
+
+def test_percent_can_be_strict():
+    strict = Options(percent_lenient=False)
+    assert verify("10\\%", boxed("0.1"), options=strict)
+    assert not verify("10\\%", boxed("10"), options=strict)
+
+
+# --- hazards and time limits -----------------------------------------------------------------
+
+HAZARDS = [
+    "\\boxed{9^{9^{9^9}}}",
+    "\\boxed{(10^{10^{10}})!}",
+    "\\boxed{" + "{" * 10_000 + "1" + "}" * 10_000 + "}",
+    "\\boxed{" + "(" * 5_000 + "1" + ")" * 5_000 + "}",
+    "\x00" * 1000 + "\\boxed{1\x00}",
+    "x" * 1_000_000,
+    "1" * 1_000_000,
+    "\\boxed{\\int_0^1 x^{x^x}\\,dx}",
+    "\\boxed{\\begin{pmatrix}" + "\\\\".join("&".join(["x^{99}+1"] * 30) for _ in range(30)) + "\\end{pmatrix}}",
+    "\\boxed{" + "\\frac{" * 300 + "1" + "}{2}" * 300 + "}",
+    "\\boxed{2^{2^{100000}} - 2^{2^{100000}} + x}",
+    "<answer>" * 10_000,
+]
+
+
+def test_hazards_score_false_within_the_limit_from_a_thread():
+    results = []
+
+    def run():
+        for hazard in HAZARDS:
+            start = time.perf_counter()
+            results.append((verify("x+1", hazard, timeout_s=0.5), time.perf_counter() - start))
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive()
+    assert [ok for ok, _ in results] == [False] * len(HAZARDS)
+    # helper start-up after a kill is not charged to the limit; allow for it on a busy machine
+    assert max(elapsed for _, elapsed in results) < 10
+
+
+def test_a_hung_item_does_not_take_its_neighbours_down():
+    golds = ["x+1", "2", "x^2-1", "3"]
+    predictions = [boxed("9^{9^{9^9}}"), boxed("2"), boxed("(x-1)(x+1)"), boxed("4")]
+    start = time.perf_counter()
+    assert verify_batch(golds, predictions, timeout_s=0.5) == [False, True, True, False]
+    assert time.perf_counter() - start < 15
+
+
+def test_non_string_inputs_score_false():
+    assert verify(None, "1") is False
+    assert verify("1", None) is False
+    assert verify_batch([1, "2"], ["\\boxed{1}", 2]) == [True, False]
+
+
+def test_ordinary_items_are_decided_in_process_and_fast():
+    golds = ["1/2", "1000", "10\\%", "(1,2]", "-7"] * 40
+    predictions = [boxed(a) for a in ("0.5", "1,000", "0.1", "(1, 2]", "-7")] * 40
+    start = time.perf_counter()
+    assert all(verify_batch(golds, predictions))
+    assert (time.perf_counter() - start) / len(golds) < 0.005
+
+
+def test_helper_processes_end_with_the_interpreter():
+    code = ("import rewards.math as m, os; print(m.verify('x^2-1', '\\\\boxed{(x-1)(x+1)}')); "
+            "print(*[h.proc.pid for h in m._pool.all])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lines = out.stdout.split("\n")
+    assert lines[0] == "True", out.stderr
+    pids = [int(p) for p in lines[1].split()]
+    assert pids
+    time.sleep(0.5)
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+# --- the registered reward -------------------------------------------------------------------
+
+def test_math_accuracy_is_registered_and_scores_a_group():
+    fn = rewards.get("math_accuracy")
+    assert fn is math_accuracy
+    completions = [boxed("\\frac{1}{2}"), boxed("0.5"), boxed("1/3"), "no answer", boxed("x")]
+    scores = fn(completions, prompts=["p"] * 5, answer=["0.5"] * 5)
+    assert scores == [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_math_accuracy_works_inside_a_daemonic_process():
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:  # pool workers are daemonic: multiprocessing children are refused there
+        scores = pool.apply(math_accuracy, ([boxed("(x+1)^2"), boxed("x^2+1")],),
+                            {"prompts": ["p", "p"], "answer": ["x^2+2x+1"] * 2})
+    assert scores == [1.0, 0.0]
