@@ -1184,7 +1184,8 @@ def _decide_sympy(gold, pred, options: Options) -> bool:
 # Deciding one item: normalised strings, exact path, then the helper
 # --------------------------------------------------------------------------------------------
 
-_CHOICE_GOLD = re.compile(r"\s*(?:\\text(?:bf)?\{\s*)?\(?([A-E])\)?(?:\s*\})?(?:[\s.)]+[A-Za-z][A-Za-z\s]*)?\s*")
+_CHOICE_GOLD = re.compile(r"\s*(?:\\text(?:bf)?\{\s*)?(?:\(([A-E])\)(?:\s*\})?(?:\s+[^\n=<>]*)?"
+                          r"|([A-E])(?:\s*\})?(?:[\s.)]+[A-Za-z][A-Za-z\s]*)?)\s*")
 
 
 def _key(s: str) -> str:
@@ -1210,7 +1211,7 @@ def _prepare_gold(gold: str) -> _Gold:
     if boxed:
         gold = boxed[-1][2]
     m = _CHOICE_GOLD.fullmatch(gold)
-    choice = m.group(1) if m and not re.fullmatch(r"\s*[A-E]\s*[=<>].*", gold) else None
+    choice = (m.group(1) or m.group(2)) if m and not re.fullmatch(r"\s*[A-E]\s*[=<>].*", gold) else None
     try:
         tree = parse(gold)
     except ParseError:
@@ -1448,6 +1449,7 @@ class _Pool:
 
 
 _pool: _Pool | None = None
+stats = {"helper_items": 0, "timeouts": 0}  # counters for this process (benchmarks, metrics)
 _pool_lock = threading.Lock()
 
 
@@ -1506,6 +1508,7 @@ def _run_jobs(jobs: list[tuple[object, list[list]]], options: Options, timeout_s
     n_items = sum(len(items) for _, items in jobs)
     if n_items == 0:
         return results
+    stats["helper_items"] += n_items
     pool = _get_pool()
     helpers = pool.acquire(min(pool.size, n_items))
     if not helpers:
@@ -1565,6 +1568,7 @@ def _run_jobs(jobs: list[tuple[object, list[list]]], options: Options, timeout_s
             now = time.monotonic()
             for helper, state in list(busy.items()):
                 if state[4] <= now and helper.conn_in not in ready:
+                    stats["timeouts"] += 1
                     _requeue_after(state, pending)
                     del busy[helper]
                     fresh = pool.replace(helper)
