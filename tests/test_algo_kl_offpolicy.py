@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlwhf.algo import kl_estimate
+from rlwhf.algo import kl_estimate, logprob_mismatch, truncated_is_weights
 
 LN2 = math.log(2.0)
 
@@ -42,3 +42,34 @@ def test_k3_gradient_is_one_minus_ref_over_p():
 def test_unknown_kl_estimator_names_the_value_and_the_allowed_ones():
     with pytest.raises(ValueError, match=r"kl estimator 'k4': expected one of 'k1', 'k2', 'k3'"):
         kl_estimate(torch.zeros(1), torch.zeros(1), "k4")
+
+
+# -- off-policy correction between the rollout engine and the trainer ------------------------------
+def test_truncated_is_weights_by_hand():
+    old = torch.log(torch.tensor([[0.5, 0.3, 0.9]]))
+    rollout = torch.log(torch.tensor([[0.25, 0.6, 0.1]]))
+    # ratios old/rollout: 2, .5, 9 -> capped at 2 (and at 5)
+    assert truncated_is_weights(old, rollout).tolist() == [pytest.approx([2.0, 0.5, 2.0])]
+    assert truncated_is_weights(old, rollout, cap=5.0).tolist() == [pytest.approx([2.0, 0.5, 5.0])]
+
+
+def test_truncated_is_weights_are_detached_and_finite_for_huge_mismatches():
+    old = torch.tensor([0.0, -1.0], requires_grad=True)
+    w = truncated_is_weights(old, torch.tensor([-1000.0, -1.0]))
+    assert not w.requires_grad
+    assert w.tolist() == pytest.approx([2.0, 1.0])
+
+
+def test_truncated_is_weights_refuse_a_non_positive_cap():
+    with pytest.raises(ValueError, match=r"cap 0.0: expected a positive truncation level"):
+        truncated_is_weights(torch.zeros(1), torch.zeros(1), cap=0.0)
+
+
+def test_logprob_mismatch_by_hand_ignores_padding():
+    old = torch.log(torch.tensor([[0.5, 0.3, 1.0]]))
+    rollout = torch.log(torch.tensor([[0.25, 0.6, 1e-30]]))      # last token is padding
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    m = logprob_mismatch(old, rollout, mask)
+    assert m["logp_diff_abs_mean"] == pytest.approx(LN2)         # |ln 2| and |ln .5|
+    assert m["is_ratio_max"] == pytest.approx(2.0)
+    assert logprob_mismatch(old, rollout, torch.zeros(1, 3)) == {"logp_diff_abs_mean": 0.0, "is_ratio_max": 1.0}
