@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -101,6 +102,168 @@ def data(
     typer.echo(f"{len(task.train)} training rows, {len(task.test)} held-out rows")
     for row in task.train[:n]:
         typer.echo(json.dumps(row))
+
+
+def _steps_text(steps) -> str:
+    steps = sorted(int(s) for s in set(steps))
+    if not steps:
+        return "none"
+    if steps == list(range(steps[0], steps[-1] + 1)):
+        return f"{steps[0]}..{steps[-1]}" if len(steps) > 1 else str(steps[0])
+    return ", ".join(map(str, steps))
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if value != value else format(value, spec)
+
+
+@app.command()
+def inspect(
+    run_dir: Path = typer.Argument(..., help="Run directory made by `rlwhf train` (e.g. runs/tiny)."),
+    step: Optional[int] = typer.Option(None, "--step", help="Show one step: its prompts, or with --prompt one group."),
+    prompt: Optional[int] = typer.Option(None, "--prompt", help="Prompt index within --step: print its completions."),
+    tag: str = typer.Option("train", "--tag", help="Which traces: train, eval_before, eval_after, eval_stepN."),
+    every: int = typer.Option(10, "--every", min=1, help="Per-step table: every Nth step (plus first and last)."),
+) -> None:
+    """Summarise a run (reward, accuracy, lengths, per-step table) or print one group's completions."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from rlwhf import traces as T
+
+    if not run_dir.is_dir():
+        _fail(f"run directory {run_dir} does not exist")
+    if not (run_dir / "metrics.jsonl").is_file():
+        _fail(f"{run_dir}: no metrics.jsonl; expected a run directory made by `rlwhf train`")
+    # Piped output (tests, `| less`) gets 120 columns unless COLUMNS says otherwise.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
+    if step is None and prompt is None:
+        _inspect_summary(console, run_dir, every)
+        return
+    if step is None:
+        _fail("--prompt needs --step N as well")
+    try:
+        df = T.load(run_dir, tag)
+    except FileNotFoundError:
+        found = sorted({p.name.split("_step_")[0] for p in (run_dir / "traces").glob("*_step_*.parquet")})
+        _fail(f"{run_dir}: no {tag} traces; traces there: {', '.join(found) or 'none'}")
+    if step not in set(df["step"]):
+        _fail(f"step {step} not in run: steps {_steps_text(df['step'])}" + ("" if tag == "train" else f" ({tag})"))
+    at_step = df[df["step"] == step]
+    accuracy = T.accuracy_column(df, (T.load_config(run_dir).get("rewards") or {}).get("accuracy"))
+    if prompt is None:
+        table = Table(title=f"{run_dir.name}: step {step} ({tag}), {at_step['prompt_index'].nunique()} prompts")
+        for col in ("prompt", "text", "gold", "mean reward", "right", "mean tokens"):
+            table.add_column(col, justify="right" if col not in ("text", "gold") else "left")
+        for k, g in at_step.groupby("prompt_index"):
+            right = f"{int(g[accuracy].ge(1.0).sum())}/{len(g)}" if accuracy else "—"
+            table.add_row(str(k), str(g["prompt"].iloc[0]).strip(), str(g["answer"].iloc[0]),
+                          _fmt(g["reward"].mean()), right, _fmt(g["num_tokens"].mean(), ".1f"))
+        console.print(table)
+        console.print(f"[dim]see one group: rlwhf inspect {run_dir} --step {step} --prompt K[/dim]")
+        return
+    if prompt not in set(at_step["prompt_index"]):
+        _fail(f"prompt {prompt} not at step {step}: prompts {_steps_text(at_step['prompt_index'])}")
+    rows = T.group(df, step, prompt)
+    first = rows.iloc[0]
+    console.print(f"[bold]step {step} · prompt {prompt}[/bold] ({tag})   gold answer: [bold]{first['answer']}[/bold]")
+    console.print(Text(str(first["prompt"]).rstrip(), style="cyan"))
+    reward_cols = T.reward_columns(rows)
+    console.print("[dim]reasoning dim; answer[/dim] [bold green]green[/bold green] [dim]= right,[/dim] "
+                  "[bold red]red[/bold red] [dim]= wrong (by the accuracy reward)[/dim]")
+    table = Table(show_lines=True, box=box.SIMPLE_HEAD)
+    table.add_column("#", justify="right")
+    table.add_column("completion", ratio=1, min_width=24, overflow="fold")
+    table.add_column("reward\nadvantage", justify="right", no_wrap=True)
+    table.add_column("per reward", no_wrap=True)
+    table.add_column("tokens\nfinish", justify="right", no_wrap=True)
+    for row in rows.to_dict("records"):
+        text = str(row["completion"])
+        span = T.answer_span(text)
+        value = row.get(accuracy) if accuracy else None
+        right = None if value is None or value != value else float(value) >= 1.0
+        cell = Text()
+        if span is None:
+            cell.append(text, style="dim")
+        else:
+            a, b = span
+            cell.append(text[:a], style="dim")
+            cell.append(text[a:b], style={True: "bold green", False: "bold red", None: "bold"}[right])
+            cell.append(text[b:], style="dim")
+        per_reward = Text()
+        for c in reward_cols:
+            v = row[c]
+            bad = v is None or v != v
+            per_reward.append(f"{c[len('reward_'):]} ")
+            per_reward.append("error" if bad else _fmt(v), style="red" if bad else "")
+            per_reward.append("\n" if c != reward_cols[-1] else "")
+        table.add_row(str(row["sample_index"]), cell, f"{_fmt(row['reward'])}\n{_fmt(row['advantage'], '+.3f')}",
+                      per_reward, f"{row['num_tokens']}\n{row['finish_reason']}")
+    console.print(table)
+
+
+def _inspect_summary(console, run_dir: Path, every: int) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from rlwhf import traces as T
+
+    metrics = T.load_metrics(run_dir)
+    summary = T.load_summary(run_dir)
+    rows = metrics.dropna(subset=["reward/mean"]) if "reward/mean" in metrics else metrics.iloc[0:0]
+    rows = rows.drop_duplicates("step", keep="last").sort_values("step")
+    if rows.empty:
+        _fail(f"{run_dir}: metrics.jsonl has no training steps yet")
+    acc = T.accuracy_points(metrics)
+    first, last = rows.iloc[0], rows.iloc[-1]
+
+    def pair(key: str, spec: str = ".3f") -> str:
+        return f"{_fmt(first.get(key), spec)} → {_fmt(last.get(key), spec)}" if key in rows else "—"
+
+    table = Table(title=f"run {run_dir.name}" + ("" if summary else " (unfinished: no summary.json)"),
+                  show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("steps", f"{len(rows)} (steps {_steps_text(rows['step'])})")
+    table.add_row("reward (first → last step)", pair("reward/mean"))
+    for key in [c for c in rows.columns if c.startswith("reward/") and c.endswith("/mean") and c != "reward/mean"]:
+        table.add_row(f"  {key.split('/')[1]}", pair(key))
+    before = summary.get("accuracy_before_rl", acc.get(0))
+    after = summary.get("accuracy_after_rl", acc.iloc[-1] if len(acc) else None)
+    table.add_row("accuracy (before → after RL)", f"{_fmt(before)} → {_fmt(after)}")
+    table.add_row("mean response length (first → last)", pair("response_length/mean", ".1f") + " tokens")
+    if "response_length/truncated_frac" in rows:
+        table.add_row("truncated fraction (first → last)", pair("response_length/truncated_frac", ".2f"))
+    if "moe/load/max_over_mean" in rows:
+        table.add_row("expert load max/mean (first → last)", pair("moe/load/max_over_mean", ".2f"))
+    wall = summary.get("wall_seconds")
+    table.add_row("wall time", f"{float(wall):.1f} s" if wall is not None else
+                  f"{rows['time/step'].sum():.1f} s in steps" if "time/step" in rows else "—")
+    console.print(table)
+
+    shown = rows[(rows["step"] % every == 0) | (rows["step"] == first["step"]) | (rows["step"] == last["step"])]
+    columns = [("reward/mean", "reward", ".3f")]
+    columns += [(c, c.split("/")[1], ".3f") for c in rows.columns
+                if c.startswith("reward/") and c.endswith("/mean") and c != "reward/mean"]
+    columns += [("response_length/mean", "length", ".1f"), ("kl", "kl", ".4f"), ("entropy", "entropy", ".3f"),
+                ("clip_fraction", "clip", ".3f"), ("time/step", "s/step", ".1f")]
+    columns = [c for c in columns if c[0] in rows]
+    steps = Table(title=f"per step (every {every}th, plus first and last)", box=box.SIMPLE_HEAD)
+    steps.add_column("step", justify="right")
+    for _, name, _ in columns:
+        steps.add_column(name, justify="right")
+    steps.add_column("accuracy", justify="right")
+    for row in shown.to_dict("records"):
+        steps.add_row(str(int(row["step"])), *(_fmt(row.get(k), spec) for k, _, spec in columns),
+                      _fmt(acc.get(int(row["step"]))))
+    console.print(steps)
+    console.print(f"[dim]one step's prompts: rlwhf inspect {run_dir} --step {int(last['step'])}[/dim]")
 
 
 def main() -> None:
