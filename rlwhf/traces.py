@@ -244,7 +244,9 @@ def _card(row: Mapping[str, Any], accuracy: str | None) -> str:
     correct = _correct(row, accuracy)
     rewards = " · ".join(f"{html.escape(k[len('reward_'):])} {_num(row[k])}" for k in row.keys()
                          if str(k).startswith("reward_"))
-    head = (f"<b>step {row.get('step', '?')} · sample {row.get('sample_index', '?')}</b>"
+    failure = f" · <i>{html.escape(str(row['failure']))}</i>" if row.get("failure") else ""
+    tag = f"{html.escape(str(row['tag']))} · " if row.get("tag") else ""
+    head = (f"<b>{tag}step {row.get('step', '?')} · sample {row.get('sample_index', '?')}{failure}</b>"
             f"<span>reward <b>{_num(row.get('reward'))}</b> · advantage <b>{_num(row.get('advantage'))}</b></span>")
     meta = (f"gold {html.escape(str(row.get('answer', '')))} · {html.escape(str(row.get('num_tokens', '?')))} tokens"
             f" · {html.escape(str(row.get('finish_reason', '')))}<br>{rewards}")
