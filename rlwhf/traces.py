@@ -363,7 +363,7 @@ def plot_length_vs_reward(df: pd.DataFrame, ax=None):
     rng = np.random.default_rng(0)
     for reason, sub in df.groupby(df["finish_reason"].astype(str)):
         jitter = rng.uniform(-0.015, 0.015, len(sub)) * max(1e-9, float(df["reward"].max() - df["reward"].min()) or 1)
-        a.scatter(sub["num_tokens"], sub["reward"] + jitter, s=10, alpha=0.35, label=reason)
+        a.scatter(sub["num_tokens"], sub["reward"] + jitter, s=10, alpha=0.35, label=f"finish: {reason}")
     bins = pd.cut(df["num_tokens"], bins=min(12, max(1, df["num_tokens"].nunique())))
     means = df.groupby(bins, observed=True).agg(x=("num_tokens", "mean"), y=("reward", "mean"))
     a.plot(means["x"], means["y"], "k-", lw=1.5, label="mean per bin")
@@ -410,7 +410,7 @@ def plot_expert_load(metrics: pd.DataFrame, ax=None):
         image = a.imshow(table.to_numpy().T, aspect="auto", origin="lower", cmap="viridis",
                          vmin=0.0, vmax=vmax, interpolation="nearest",
                          extent=(steps.min() - 0.5, steps.max() + 0.5, -0.5, table.shape[1] - 0.5))
-        a.set(title=f"layer {layer} (uniform = {1 / table.shape[1]:.2f})", xlabel="step", ylabel="expert")
+        a.set(title=f"layer {layer} (uniform = 1/{table.shape[1]})", xlabel="step", ylabel="expert")
         a.set_yticks(range(table.shape[1]), [str(e) for e in table.columns])
     fig.colorbar(image, ax=axes, label="share of routed tokens", shrink=0.8)
     if "moe/load/max_over_mean" in metrics:
@@ -431,6 +431,8 @@ def plot_group(rows: pd.DataFrame, accuracy: str | None = None, width: int = 46,
     monospace, the extracted answer green (right) or red (wrong), rewards and advantage below."""
     from matplotlib.patches import Rectangle
 
+    if rows.empty:
+        raise ValueError("plot_group: no rows to draw")
     acc = accuracy_column(rows, accuracy)
     records = rows.to_dict("records")
     ncols = min(4, max(1, len(records)))
@@ -440,7 +442,7 @@ def plot_group(rows: pd.DataFrame, accuracy: str | None = None, width: int = 46,
     fig, axes = _axes(ax, len(records), figsize=(width * 0.085, 0.16 * height + 0.3), ncols=ncols)
     if "prompt" in rows and len(records):
         step = records[0].get("step", "?")
-        fig.suptitle(f"step {step} — prompt: {str(records[0]['prompt']).strip()!s}  (gold {records[0].get('answer', '?')})",
+        fig.suptitle(f"step {step} — prompt: {str(records[0]['prompt']).strip()!s}  (gold {records[0].get('answer', '?')}; green = right, red = wrong)",
                      fontsize=11, family="monospace")
     for a, r, lines in zip(axes, records, wrapped):
         a.set_axis_off()
