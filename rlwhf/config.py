@@ -136,6 +136,8 @@ class TrainConfig(Section):
     learning_rate: float = Field(8e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    freeze_router: bool = Field(False, description="Keep the MoE routers' weights fixed during RL.")
     warmup_steps: int = Field(5, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
     save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only at the end).")
     eval_every: int = Field(40, ge=0, description="Held-out accuracy every N steps (0: before and after only).")

@@ -127,8 +127,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         rc.engine, model_path, dtype=recipe.model.dtype, seed=recipe.run.seed, kv_cache_gib=rc.kv_cache_gib,
         gpu_memory_utilization=rc.gpu_memory_utilization)
     policy = remote(PolicyWorker, gpus * 0.5).remote(
-        model_path, recipe.algo, recipe.train, temperature=rc.temperature, seed=recipe.run.seed,
-        dtype=recipe.model.dtype, resume_from=str(ckpt) if ckpt else None)
+        model_path, recipe.algo, recipe.train, temperature=rc.temperature, max_new_tokens=rc.max_new_tokens,
+        seed=recipe.run.seed, dtype=recipe.model.dtype, resume_from=str(ckpt) if ckpt else None)
     reward = remote(RewardWorker).remote(recipe.rewards.funcs, recipe.rewards.timeout_s, recipe.rewards.num_workers)
     tracker = Tracker(run_dir, use_wandb=recipe.tracking.wandb, project=recipe.tracking.wandb_project,
                       run_name=recipe.run.name, config=recipe.model_dump(mode="json"), resume=bool(ckpt))

@@ -40,11 +40,10 @@ class RolloutWorker:
 
 
 class PolicyWorker:
-    def __init__(self, model_path: str, algo, train, *, temperature: float, seed: int, dtype: str,
-                 resume_from: str | None = None):
+    def __init__(self, model_path: str, algo, train, *, resume_from: str | None = None, **trainer_kwargs):
         from rlwhf.train.policy import PolicyTrainer
 
-        self.trainer = PolicyTrainer(model_path, algo, train, temperature=temperature, seed=seed, dtype=dtype)
+        self.trainer = PolicyTrainer(model_path, algo, train, **trainer_kwargs)
         if resume_from:
             self.trainer.load_trainer_state(resume_from)
 

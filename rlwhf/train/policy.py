@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlwhf.algo import entropy_from_logits, kl_estimate, logprob_mismatch, policy_loss, truncated_is_weights
+from rlwhf.algo import (entropy_from_logits, kl_estimate, logprob_mismatch, mask_truncated, policy_loss,
+                        truncated_is_weights)
 from rlwhf.config import AlgoConfig, TrainConfig
 from rlwhf.train.batch import RolloutBatch
 
@@ -28,15 +29,20 @@ def token_logprobs(model, batch: RolloutBatch, temperature: float, with_entropy:
     return (logp, entropy_from_logits(logits)) if with_entropy else (logp, None)
 
 
+def trainable_params(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 class PolicyTrainer:
     def __init__(self, model_path: str, algo: AlgoConfig, train: TrainConfig, *, temperature: float,
-                 seed: int = 0, dtype: str = "float32"):
+                 max_new_tokens: int, seed: int = 0, dtype: str = "float32"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if train.threads:
             torch.set_num_threads(train.threads)
         torch.manual_seed(seed)
         self.algo, self.train_cfg, self.temperature = algo, train, temperature
+        self.max_new_tokens = max_new_tokens  # Dr. GRPO's constant normaliser: the generation budget
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         self.model.config.output_router_logits = False
@@ -45,8 +51,13 @@ class PolicyTrainer:
         if algo.kl_coef > 0:  # kl_coef == 0 loads no reference model at all
             self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
             self.reference.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train.learning_rate,
-                                           weight_decay=train.weight_decay, betas=(0.9, 0.99))
+        if train.freeze_router:
+            for name, param in self.model.named_parameters():
+                if name.endswith("mlp.gate.weight"):
+                    param.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(trainable_params(self.model), lr=train.learning_rate,
+                                           weight_decay=train.weight_decay,
+                                           betas=(0.9, 0.99), eps=train.adam_eps)
         warmup = max(1, train.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.step = 0
@@ -72,9 +83,7 @@ class PolicyTrainer:
             metrics.setdefault(f"rollout/{key}", []).append(value)
         is_weights = (truncated_is_weights(old_logp, batch.rollout_logp, self.algo.tis_cap)
                       if self.algo.tis_cap else None)
-        mask = batch.mask
-        if self.algo.overlong_mask:
-            mask = mask * (~batch.truncated).float().unsqueeze(-1)
+        mask = mask_truncated(batch.mask, batch.truncated) if self.algo.overlong_mask else batch.mask
         size = self.train_cfg.minibatch_size
         for _ in range(self.train_cfg.ppo_epochs):
             order = torch.randperm(len(batch))
@@ -86,7 +95,7 @@ class PolicyTrainer:
                     logp, old_logp[idx], mb.advantages, mask[idx],
                     clip_low=self.algo.clip_low, clip_high=self.algo.clip_high, dual_clip=self.algo.dual_clip,
                     ratio_level=self.algo.ratio_level, aggregation=self.algo.loss_agg,
-                    norm_constant=float(mask.shape[1]),
+                    norm_constant=float(self.max_new_tokens),
                     ref_logp=None if ref_logp is None or self.algo.kl_in_reward else ref_logp[idx],
                     kl_coef=0.0 if self.algo.kl_in_reward else self.algo.kl_coef,
                     kl_estimator=self.algo.kl_estimator,
@@ -95,7 +104,7 @@ class PolicyTrainer:
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable_params(self.model), self.train_cfg.max_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
                 stats["loss"] = float(loss.detach())
