@@ -74,6 +74,7 @@ class SFTConfig(Section):
     batch_size: int = Field(32, ge=1, description="SFT examples per step.")
     learning_rate: float = Field(3e-3, gt=0, description="SFT peak learning rate (cosine schedule).")
     num_examples: int = Field(2000, ge=1, description="Solver traces used for SFT (taken from the training split).")
+    cache: bool = Field(True, description="Reuse a tiny model's SFT from <output_dir>/.sft-cache when every input matches.")
 
 
 class RolloutConfig(Section):
@@ -92,6 +93,7 @@ class RewardSpec(Section):
     name: str = Field(..., description="Registered name, entry-point name or 'package.module:function'.")
     weight: float = Field(1.0, description="Weight in the total reward.")
     on_error: float = Field(0.0, description="Score given when the reward raises or times out.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments given to the reward on every call.")
 
 
 class RewardsConfig(Section):
@@ -131,6 +133,7 @@ class AlgoConfig(Section):
 class TrainConfig(Section):
     steps: int = Field(120, ge=0, description="GRPO steps.")
     prompts_per_step: int = Field(32, ge=1, description="Prompts per step (B); B * group_size completions.")
+    off_policy_steps: int = Field(0, ge=0, le=1, description="1: sample step t+1 while training on step t (async).")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
     minibatch_size: int = Field(256, ge=1, description="Completions per optimizer step.")
     learning_rate: float = Field(8e-5, gt=0, description="AdamW learning rate.")

@@ -7,9 +7,12 @@ push the new weights into the running rollout engine; write metrics, traces and 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +65,10 @@ def prepare_policy(recipe: Recipe, run_dir: Path, train_rows: list[dict]) -> str
     if not recipe.sft.enabled:
         return path
     sft_dir = run_dir / "model" / "sft"
+    cached = sft_cache_dir(recipe)
+    if not (sft_dir / "config.json").exists() and (cached / "config.json").exists():
+        say(f"cold-start SFT: reusing {cached} (same model, data, SFT settings and seed)")
+        shutil.copytree(cached, sft_dir, dirs_exist_ok=True)
     if not (sft_dir / "config.json").exists():
         rows = [r for r in train_rows if r.get("solution")][: recipe.sft.num_examples]
         if not rows:
@@ -70,7 +77,18 @@ def prepare_policy(recipe: Recipe, run_dir: Path, train_rows: list[dict]) -> str
         sft = ray.remote(num_cpus=0)(cold_start_sft)
         ray.get(sft.remote(path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
                            learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed))
+        if recipe.sft.cache and recipe.model.path == "tiny":
+            tmp = cached.with_name(cached.name + ".tmp")
+            shutil.copytree(sft_dir, tmp, dirs_exist_ok=True)
+            tmp.rename(cached)
     return str(sft_dir)
+
+
+def sft_cache_dir(recipe: Recipe) -> Path:
+    """Where an SFT'd tiny model is kept for reuse by runs with the same model, data, SFT and seed."""
+    key = json.dumps([recipe.model.model_dump(mode="json"), recipe.data.model_dump(mode="json"),
+                      recipe.sft.model_dump(mode="json", exclude={"cache"}), recipe.run.seed], sort_keys=True)
+    return Path(recipe.run.output_dir) / ".sft-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def columns_of(row: dict) -> dict:
@@ -142,20 +160,17 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         say(f"held-out accuracy before RL: {acc_before:.1%}")
     G, B = rc.group_size, recipe.train.prompts_per_step
     sampling = SamplingSettings(n=G, temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens)
-    bar = tqdm(range(start_step, recipe.train.steps), desc="GRPO", unit="step", initial=start_step,
-               total=recipe.train.steps)
-    for step in bar:
-        t_step = time.perf_counter()
-        # 1-3. prompts -> G completions each -> rewards (DAPO dynamic sampling keeps informative groups)
-        rows, groups, totals, per_reward, t_roll, t_rew, rounds, errors = [], [], [], {}, 0.0, 0.0, 0, {}
-        zero_var_frac = 0.0
-        while len(rows) < B and rounds < recipe.algo.max_sampling_rounds:
-            batch_rows = source.next_batch(B - len(rows) if recipe.algo.dynamic_sampling else B)
-            sampling.seed = recipe.run.seed * 1_000_003 + step * 101 + rounds
-            g, s, tr, tw = sample_and_score(rollout, reward, batch_rows, sampling)
-            t_roll, t_rew, rounds = t_roll + tr, t_rew + tw, rounds + 1
+
+    def collect(step: int) -> Collected:
+        """One step's rollouts and rewards; DAPO dynamic sampling keeps only informative groups."""
+        out = Collected()
+        while len(out.rows) < B and out.rounds < recipe.algo.max_sampling_rounds:
+            batch_rows = source.next_batch(B - len(out.rows) if recipe.algo.dynamic_sampling else B)
+            settings = dataclasses.replace(sampling, seed=recipe.run.seed * 1_000_003 + step * 101 + out.rounds)
+            g, s, tr, tw = sample_and_score(rollout, reward, batch_rows, settings)
+            out.t_rollout, out.t_reward, out.rounds = out.t_rollout + tr, out.t_reward + tw, out.rounds + 1
             for name in s.errors:
-                errors[name] = errors.get(name, 0) + s.errors[name] + s.timeouts[name]
+                out.errors[name] = out.errors.get(name, 0) + s.errors[name] + s.timeouts[name]
             for m in s.messages[:3]:
                 say(m)
             total = torch.tensor(s.total)
@@ -163,19 +178,34 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 lengths = torch.tensor([len(c.token_ids) for grp in g for c in grp.completions], dtype=torch.float)
                 total = total + overlong_penalty(lengths, rc.max_new_tokens, recipe.algo.overlong_cache)
             zero_var = zero_variance_groups(total, G)
-            if rounds == 1:
-                zero_var_frac = float(zero_var.float().mean())
-            keep = [i for i in range(len(batch_rows)) if not (recipe.algo.dynamic_sampling and zero_var[i])]
-            for i in keep:
-                rows.append(batch_rows[i])
-                groups.append(g[i])
-                totals.extend(total[i * G:(i + 1) * G].tolist())
+            if out.rounds == 1:
+                out.zero_var_frac = float(zero_var.float().mean())
+            for i in range(len(batch_rows)):
+                if recipe.algo.dynamic_sampling and zero_var[i]:
+                    continue
+                out.rows.append(batch_rows[i])
+                out.groups.append(g[i])
+                out.totals.extend(total[i * G:(i + 1) * G].tolist())
                 for name, values in s.per_reward.items():
-                    per_reward.setdefault(name, []).extend(values[i * G:(i + 1) * G])
+                    out.per_reward.setdefault(name, []).extend(values[i * G:(i + 1) * G])
             if not recipe.algo.dynamic_sampling:
                 break
+        return out
+
+    prefetch = ThreadPoolExecutor(1) if recipe.train.off_policy_steps else None
+    pending = None
+    bar = tqdm(range(start_step, recipe.train.steps), desc="GRPO", unit="step", initial=start_step,
+               total=recipe.train.steps)
+    for step in bar:
+        t_step = time.perf_counter()
+        # 1-3. prompts -> G completions each -> rewards; in one-step off-policy mode these were
+        # sampled in the background, by the weights before the previous update, while it trained.
+        collected = pending.result() if pending is not None else collect(step)
+        trained_cursor = source.cursor  # a checkpoint resumes here, re-reading any prefetched prompts
+        pending = prefetch.submit(collect, step + 1) if prefetch and step + 1 < recipe.train.steps else None
+        rows, groups, totals, per_reward = collected.rows, collected.groups, collected.totals, collected.per_reward
         if not rows:
-            say(f"step {step}: every group had equal rewards in {rounds} rounds; skipping the update")
+            say(f"step {step}: every group had equal rewards in {collected.rounds} rounds; skipping the update")
             continue
         completions = [c for grp in groups for c in grp.completions]
         batch = pack([grp.prompt_ids for grp in groups for _ in grp.completions], [c.token_ids for c in completions],
@@ -191,6 +221,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         t0 = time.perf_counter()
         train_metrics = ray.get(policy.train_on.remote(batch))
         t_train = time.perf_counter() - t0
+        train_tokens = int(batch.attention_mask.sum())
         # 6. new weights into the running rollout engine
         t0 = time.perf_counter()
         ray.get(rollout.update_weights.remote(policy.state_dict.remote()))
@@ -199,14 +230,15 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         lengths = np.array([len(c.token_ids) for c in completions])
         metrics = {"step": step + 1, "reward/mean": float(rewards_t.mean()), "reward/std": float(rewards_t.std()),
                    **{f"reward/{n}/mean": float(np.mean([v or 0.0 for v in vals])) for n, vals in per_reward.items()},
-                   **{f"reward/{n}/errors": c for n, c in errors.items()},
+                   **{f"reward/{n}/errors": c for n, c in collected.errors.items()},
                    "response_length/mean": float(lengths.mean()), "response_length/max": int(lengths.max()),
                    "response_length/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
-                   "groups/zero_variance_frac": zero_var_frac, "groups/sampling_rounds": rounds,
+                   "groups/zero_variance_frac": collected.zero_var_frac, "groups/sampling_rounds": collected.rounds,
                    "advantage/mean": float(batch.advantages.mean()), "advantage/std": float(batch.advantages.std()),
                    **train_metrics,
-                   "time/rollout": t_roll, "time/reward": t_rew, "time/train": t_train, "time/sync": t_sync,
-                   "tokens_per_s/rollout": float(lengths.sum() / max(t_roll, 1e-9))}
+                   "time/rollout": collected.t_rollout, "time/reward": collected.t_reward, "time/train": t_train,
+                   "time/sync": t_sync, "tokens_per_s/rollout": float(lengths.sum() / max(collected.t_rollout, 1e-9)),
+                   "tokens_per_s/train": train_tokens / max(t_train, 1e-9)}
         if recipe.train.eval_every and (step + 1) % recipe.train.eval_every == 0 and step + 1 < recipe.train.steps:
             metrics["accuracy"] = evaluate(recipe, rollout, reward, data.test, tracker, step + 1, f"step{step + 1}")
         metrics["time/step"] = time.perf_counter() - t_step
@@ -219,8 +251,10 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         done = step + 1 == recipe.train.steps
         if done or (recipe.train.save_every and (step + 1) % recipe.train.save_every == 0):
             ray.get(policy.save.remote(str(run_dir / "checkpoints" / f"step_{step + 1}"), {
-                "step": step + 1, "cursor": source.cursor, "accuracy_before_rl": acc_before}))
+                "step": step + 1, "cursor": trained_cursor, "accuracy_before_rl": acc_before}))
 
+    if prefetch:
+        prefetch.shutdown()
     acc_after = evaluate(recipe, rollout, reward, data.test, tracker, recipe.train.steps, "after")
     tracker.log({"step": recipe.train.steps, "accuracy": acc_after, "accuracy_before_rl": acc_before})
     tracker.close()
@@ -232,6 +266,21 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     say(f"held-out accuracy: {acc_before:.1%} after SFT -> {acc_after:.1%} after RL ({recipe.train.steps} GRPO steps)")
     say(f"run directory: {run_dir}  (traces: rlwhf.traces.load({str(run_dir)!r}))")
     return summary
+
+
+@dataclasses.dataclass
+class Collected:
+    """One step's kept rollouts, their rewards and how they were gathered."""
+
+    rows: list = dataclasses.field(default_factory=list)
+    groups: list = dataclasses.field(default_factory=list)
+    totals: list = dataclasses.field(default_factory=list)
+    per_reward: dict = dataclasses.field(default_factory=dict)
+    errors: dict = dataclasses.field(default_factory=dict)
+    rounds: int = 0
+    zero_var_frac: float = 0.0
+    t_rollout: float = 0.0
+    t_reward: float = 0.0
 
 
 class _Scores:

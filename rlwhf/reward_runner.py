@@ -148,7 +148,7 @@ class RewardRunner:
         for spec in self.specs:
             for gi, g in enumerate(groups):
                 n = len(g.completions)
-                columns = {k: [v] * n for k, v in g.columns.items()}
+                columns = {**{k: [v] * n for k, v in g.columns.items()}, **spec.kwargs}
                 tasks.append((spec.name, g.completions, [g.prompt] * n, columns))
                 keys.append((spec, gi))
         results = list(self._pool.map(self._run, tasks))

@@ -8,18 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHORT
+from conftest import run_cli as rlwhf
+
 ROOT = Path(__file__).resolve().parent.parent
-SHORT = ["data.num_train=200", "data.num_test=8", "eval.num_prompts=8", "sft.steps=20",
-         "train.prompts_per_step=4", "rollout.group_size=4", "train.minibatch_size=8",
-         "rollout.max_new_tokens=32", "eval.max_new_tokens=32", "train.save_every=1"]
-
-
-def rlwhf(*args, cwd):
-    env = {**os.environ, "WANDB_MODE": "offline", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ def test_inspect_traces_notebook_draws_every_view_and_saves_docs_figures(short_r
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs)
     assert "48 completions over 3 steps" in text
-    assert "this run recorded no expert load" in text      # this run has no moe/load metrics
+    assert "32 (layer, expert) loads over 3 steps" in text  # the policy recorded its 4 x 8 expert loads
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) >= 4                                   # curves, length vs reward, advantages, expert load
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)

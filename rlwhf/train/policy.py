@@ -29,6 +29,47 @@ def token_logprobs(model, batch: RolloutBatch, temperature: float, with_entropy:
     return (logp, entropy_from_logits(logits)) if with_entropy else (logp, None)
 
 
+class ExpertLoad:
+    """Counts how often each routed expert is among a token's top-k, per MoE layer, while active.
+
+    Hooks every router whose forward returns ``(..., top_k_indices)`` (Qwen3-MoE's ``mlp.gate``) and
+    counts only the positions ``mask`` selects: the ones that produced completion tokens.
+    """
+
+    def __init__(self, model):
+        self.routers = [m for name, m in model.named_modules()
+                        if name.endswith("mlp.gate") and hasattr(m, "num_experts") and hasattr(m, "top_k")]
+        self.counts = [torch.zeros(m.num_experts) for m in self.routers]
+        self._positions: torch.Tensor | None = None
+
+    def _hook(self, layer: int):
+        def hook(module, inputs, output):
+            chosen = output[-1].reshape(-1, module.top_k)[self._positions]
+            self.counts[layer] += torch.bincount(chosen.flatten(), minlength=module.num_experts).float()
+        return hook
+
+    def measure(self, fn, mask: torch.Tensor):
+        """Run ``fn()`` counting routes at ``mask [N, L-1]`` positions; returns ``fn()``'s result."""
+        self._positions = torch.nn.functional.pad(mask, (0, 1)).flatten().bool()
+        handles = [r.register_forward_hook(self._hook(i)) for i, r in enumerate(self.routers)]
+        try:
+            return fn()
+        finally:
+            for h in handles:
+                h.remove()
+
+    def metrics(self) -> dict[str, float]:
+        """``moe/load/L{layer}/E{expert}`` (each layer's shares sum to 1) and ``moe/load/max_over_mean``."""
+        out, imbalance = {}, []
+        for layer, counts in enumerate(self.counts):
+            share = counts / counts.sum().clamp(min=1)
+            out.update({f"moe/load/L{layer}/E{e}": float(v) for e, v in enumerate(share)})
+            imbalance.append(float(share.max() / share.mean().clamp(min=1e-12)))
+        if imbalance:
+            out["moe/load/max_over_mean"] = float(np.mean(imbalance))
+        return out
+
+
 def trainable_params(model):
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -73,9 +114,10 @@ class PolicyTrainer:
     # -- one GRPO update ---------------------------------------------------------------------
     def train_on(self, batch: RolloutBatch) -> dict[str, float]:
         """``ppo_epochs`` passes of minibatch updates over one step's rollouts; returns mean metrics."""
+        load = ExpertLoad(self.model)
         with torch.no_grad():
             self.model.eval()
-            old_logp, _ = token_logprobs(self.model, batch, self.temperature)
+            old_logp, _ = load.measure(lambda: token_logprobs(self.model, batch, self.temperature), batch.mask)
             ref_logp = token_logprobs(self.reference, batch, self.temperature)[0] if self.reference is not None else None
             self.model.train()
         metrics: dict[str, list[float]] = {}
@@ -116,6 +158,7 @@ class PolicyTrainer:
             self.refresh_reference()
         out = {k: float(np.mean(v)) for k, v in metrics.items()}
         out["lr"] = self.scheduler.get_last_lr()[0]
+        out.update(load.metrics())
         return out
 
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
