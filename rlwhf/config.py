@@ -109,6 +109,7 @@ class RewardsConfig(Section):
 class AlgoConfig(Section):
     advantage: Literal["grpo", "dr_grpo", "rloo"] = Field("grpo", description="Group baseline (GRPO, Dr. GRPO, RLOO).")
     eps: float = Field(1e-6, gt=0, description="Added to the group std before dividing.")
+    negative_scale: float = Field(1.0, ge=0, le=1, description="Multiplies negative advantages (0: learn from winners only).")
     batch_std_norm: bool = Field(False, description="Also divide advantages by the batch std (REINFORCE++).")
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field(
         "token_mean", description="Loss aggregation: DAPO token-mean, GRPO seq-mean, Dr. GRPO constant norm."

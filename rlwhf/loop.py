@@ -20,7 +20,7 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from rlwhf.algo import group_advantages, overlong_penalty, zero_variance_groups
+from rlwhf.algo import group_advantages, overlong_penalty, scale_negative, zero_variance_groups
 from rlwhf.config import Recipe
 from rlwhf.data.source import PromptSource, load_task
 from rlwhf.reward_runner import GroupToScore
@@ -217,6 +217,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         # 4. group-relative advantages
         batch.advantages = group_advantages(rewards_t, G, estimator=recipe.algo.advantage, eps=recipe.algo.eps,
                                             batch_std_norm=recipe.algo.batch_std_norm)
+        if recipe.algo.negative_scale != 1.0:
+            batch.advantages = scale_negative(batch.advantages, recipe.algo.negative_scale)
         # 5. policy update
         t0 = time.perf_counter()
         train_metrics = ray.get(policy.train_on.remote(batch))

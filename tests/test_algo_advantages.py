@@ -76,3 +76,14 @@ def test_bad_shapes_and_group_sizes_are_refused():
         group_advantages(torch.zeros(2, 2), 2)
     with pytest.raises(ValueError, match="'rloo' needs group_size >= 2"):
         group_advantages(torch.zeros(4), 1, estimator="rloo")
+
+
+def test_scale_negative_shrinks_only_the_negative_advantages():
+    from rlwhf.algo import scale_negative
+
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4, estimator="dr_grpo")  # 0.75, -0.25 x3
+    assert torch.allclose(scale_negative(adv, 0.0), torch.tensor([0.75, 0.0, 0.0, 0.0]))
+    assert torch.allclose(scale_negative(adv, 0.5), torch.tensor([0.75, -0.125, -0.125, -0.125]))
+    assert torch.equal(scale_negative(adv, 1.0), adv)
+    with pytest.raises(ValueError, match="expected a number in"):
+        scale_negative(adv, 1.5)

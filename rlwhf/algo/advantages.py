@@ -70,3 +70,17 @@ def zero_variance_groups(rewards: Tensor, group_size: int) -> Tensor:
     """
     r = _grouped(rewards, group_size)
     return r.max(-1).values == r.min(-1).values
+
+
+def scale_negative(advantages: Tensor, scale: float) -> Tensor:
+    """Multiply the negative advantages by ``scale`` in ``[0, 1]``; positive ones are kept.
+
+    ``scale=1`` is the estimator unchanged; ``scale=0`` learns only from completions that beat
+    their group (rejection-sampling fine-tuning with a group baseline, as RAFT++ in Xiong et al.
+    2025, "A Minimalist Approach to LLM Reasoning"). Pushing down a wrong completion moves its
+    probability to every other token, including wrong ones; on small or sharply fine-tuned policies
+    that is the part of the update that most often destabilises training.
+    """
+    if not 0.0 <= scale <= 1.0:
+        raise ValueError(f"negative advantage scale {scale!r}: expected a number in [0, 1]")
+    return torch.where(advantages < 0, advantages * scale, advantages)
