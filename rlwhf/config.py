@@ -54,6 +54,7 @@ class DataConfig(Section):
     min_digits: int = Field(2, ge=1, description="Arithmetic: fewest digits per operand.")
     max_digits: int = Field(3, ge=1, description="Arithmetic: most digits per operand.")
     dataset: str | None = Field(None, description="task=dataset: a local data file or HF dataset name.")
+    subset: str | None = Field(None, description="task=dataset: the HF dataset's configuration name, if it has several.")
     split: str = Field("train", description="task=dataset: training split.")
     test_split: str | None = Field(None, description="task=dataset: held-out split (else num_test rows split off).")
     prompt_column: str = Field("prompt", description="task=dataset: column holding the prompt.")
@@ -85,6 +86,7 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, ge=0, description="Sampling temperature for rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts.")
     max_new_tokens: int = Field(64, ge=1, description="Longest completion; longer ones are truncated.")
+    max_prompt_tokens: int = Field(512, ge=1, description="Longest prompt; vLLM's context is this plus max_new_tokens.")
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV-cache size (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM on GPU: memory fraction.")
 

@@ -143,6 +143,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     rc = recipe.rollout
     rollout = remote(RolloutWorker, gpus * 0.5).remote(
         rc.engine, model_path, dtype=recipe.model.dtype, seed=recipe.run.seed, kv_cache_gib=rc.kv_cache_gib,
+        max_model_len=rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
         gpu_memory_utilization=rc.gpu_memory_utilization)
     policy = remote(PolicyWorker, gpus * 0.5).remote(
         model_path, recipe.algo, recipe.train, temperature=rc.temperature, max_new_tokens=rc.max_new_tokens,

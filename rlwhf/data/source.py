@@ -37,7 +37,7 @@ def _load_dataset(cfg: DataConfig, seed: int) -> TaskData:
         if suffix in {"json", "jsonl", "csv", "parquet"}:
             builder = "json" if suffix in {"json", "jsonl"} else suffix
             return datasets.load_dataset(builder, data_files={split: cfg.dataset}, split=split)
-        return datasets.load_dataset(cfg.dataset, split=split)
+        return datasets.load_dataset(cfg.dataset, cfg.subset, split=split)
 
     train = read(cfg.split)
     for column in (cfg.prompt_column, cfg.answer_column):

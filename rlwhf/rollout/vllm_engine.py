@@ -38,6 +38,10 @@ class VLLMEngine:
         from transformers import AutoConfig, AutoModelForCausalLM
         from vllm import LLM
 
+        # A context longer than the model's positions is refused by vLLM: clamp (the tiny model has 512).
+        positions = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+        if positions:
+            max_model_len = min(max_model_len, positions)
         kwargs = {}
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
