@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import queue
+import sys
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +24,14 @@ from rlwhf.config import RewardSpec
 
 def _worker_main(conn, preload: tuple[str, ...] = ()) -> None:
     cache: dict[str, object] = {}
-    for name in preload:  # import the rewards before the first timed call
+    warmed: set[str] = set()
+    for name in preload:  # import the rewards, and warm up their modules, before the first timed call
         try:
-            cache[name] = rewards.get(name)
+            cache[name] = fn = rewards.get(name)
+            warm_up = getattr(sys.modules.get(fn.__module__), "warm_up", None)
+            if callable(warm_up) and fn.__module__ not in warmed:
+                warmed.add(fn.__module__)
+                warm_up()
         except Exception:  # reported by the call that needs it
             pass
     conn.send(("ready", None))

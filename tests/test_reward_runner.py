@@ -66,3 +66,12 @@ def test_a_hanging_reward_costs_its_time_limit_and_does_not_block_other_rewards(
 def test_unknown_reward_fails_at_start_up_not_mid_run():
     with pytest.raises(KeyError, match="unknown reward"):
         RewardRunner([RewardSpec(name="definitely_not_registered")])
+
+
+def test_a_reward_modules_warm_up_runs_once_per_worker_before_the_first_timed_call():
+    specs = [RewardSpec(name="warm_rewards:warmed")]
+    with RewardRunner(specs, timeout_s=1.0, num_workers=1) as runner:
+        scores = runner.score([GroupToScore("p", ["a", "b"], {})])
+    # The 1.5 s warm-up ran once, before the call and outside its 1 s limit.
+    assert scores.per_reward["warm_rewards:warmed"] == [1.0, 1.0]
+    assert scores.errors["warm_rewards:warmed"] == 0 and scores.timeouts["warm_rewards:warmed"] == 0
