@@ -48,7 +48,12 @@ def test_train_writes_the_run_directory_contract_and_resumes(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2 and 0.0 <= summary["accuracy_after_rl"] <= 1.0
     assert "accuracy_before_rl" in summary and summary["wall_seconds"] > 0
-    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+    offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline, "wandb wrote no offline run"
+    # The run's record log holds every logged key (protobuf strings) and the sampled-trace table.
+    log = offline[0].read_bytes()
+    for key in (b"reward/mean", b"reward/math_accuracy/mean", b"loss", b"moe/load/max_over_mean", b"traces"):
+        assert key in log, key
 
     # The trace notebook runs headless against this run and draws its figures.
     import nbformat
