@@ -49,10 +49,10 @@ def row(run_dir: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| recipe | held-out before | held-out after | change | sampled accuracy, last 10 steps "
+    lines = ["| recipe | held-out before | held-out after | change (points) | sampled accuracy, last 10 steps "
              "| mean length | s/step | wall s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| `{r['recipe']}` | {r['before']:.1%} | {r['after']:.1%} | {r['after'] - r['before']:+.1%} "
+        lines.append(f"| `{r['recipe']}` | {r['before']:.1%} | {r['after']:.1%} | {100 * (r['after'] - r['before']):+.1f} "
                      f"| {r['sampled']:.2f} | {r['length']:.1f} | {r['s_per_step']:.2f} | {r['wall']:.0f} |")
     return "\n".join(lines)
 
