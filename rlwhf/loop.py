@@ -65,8 +65,9 @@ def prepare_policy(recipe: Recipe, run_dir: Path, train_rows: list[dict]) -> str
     if not recipe.sft.enabled:
         return path
     sft_dir = run_dir / "model" / "sft"
+    use_cache = recipe.sft.cache and recipe.model.path == "tiny"
     cached = sft_cache_dir(recipe)
-    if not (sft_dir / "config.json").exists() and (cached / "config.json").exists():
+    if use_cache and not (sft_dir / "config.json").exists() and (cached / "config.json").exists():
         say(f"cold-start SFT: reusing {cached} (same model, data, SFT settings and seed)")
         shutil.copytree(cached, sft_dir, dirs_exist_ok=True)
     if not (sft_dir / "config.json").exists():
@@ -77,7 +78,7 @@ def prepare_policy(recipe: Recipe, run_dir: Path, train_rows: list[dict]) -> str
         sft = ray.remote(num_cpus=0)(cold_start_sft)
         ray.get(sft.remote(path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
                            learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed))
-        if recipe.sft.cache and recipe.model.path == "tiny":
+        if use_cache:
             tmp = cached.with_name(cached.name + ".tmp")
             shutil.copytree(sft_dir, tmp, dirs_exist_ok=True)
             tmp.rename(cached)

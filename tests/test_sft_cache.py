@@ -1,0 +1,51 @@
+"""The cold-start SFT cache: a second run with the same inputs reuses the SFT'd model; sft.cache=false
+trains afresh; a changed SFT setting gets its own entry."""
+
+from pathlib import Path
+
+import pytest
+
+from rlwhf.config import load_recipe
+from rlwhf.data.source import load_task
+from rlwhf.loop import prepare_policy, sft_cache_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from rlwhf.workers import init_ray
+
+    init_ray(None, 2)
+    yield
+    ray.shutdown()
+
+
+def recipe_in(out: Path, *overrides: str):
+    return load_recipe(ROOT / "recipes" / "tiny.yaml", [f"run.output_dir={out}", "data.num_train=40", "data.num_test=4",
+                                                        "sft.steps=2", "sft.batch_size=4", *overrides])
+
+
+def prepare(recipe):
+    run_dir = recipe.run.dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Path(prepare_policy(recipe, run_dir, load_task(recipe.data, recipe.run.seed).train))
+
+
+def test_sft_cache_is_reused_only_when_enabled_and_inputs_match(tmp_path, local_ray):
+    first = recipe_in(tmp_path, "run.name=first")
+    sft = prepare(first)
+    cached = sft_cache_dir(first)
+    assert (sft / "config.json").is_file() and (cached / "config.json").is_file()
+    # Mark the cache entry so a copy of it can be told apart from a fresh SFT.
+    (cached / "from_cache").write_text("1")
+
+    assert (prepare(recipe_in(tmp_path, "run.name=second")) / "from_cache").is_file()
+    no_cache = recipe_in(tmp_path, "run.name=third", "sft.cache=false")
+    assert sft_cache_dir(no_cache) == cached  # the switch itself is not part of the key
+    assert not (prepare(no_cache) / "from_cache").exists()
+    other = recipe_in(tmp_path, "run.name=fourth", "sft.learning_rate=1e-3")
+    assert sft_cache_dir(other) != cached
+    assert not (prepare(other) / "from_cache").exists()
