@@ -4,8 +4,9 @@
 
 Runs each recipe (default: every ``recipes/tiny-*.yaml`` variant) one after another through the
 CLI, sharing one output directory so the cold-start SFT is trained once and reused from the SFT
-cache. Then prints a Markdown table: held-out greedy accuracy before and after RL, the mean
-accuracy reward of the last 10 steps' samples, mean response length, seconds per step and wall
+cache. Then prints a Markdown table: held-out accuracy before and after RL, greedy and sampled
+(``eval.samples`` completions per prompt at the rollout temperature), the mean accuracy reward of
+the last 10 steps' training samples, mean response length, seconds per step and wall
 time. ``--table-only`` re-reads finished runs without training.
 """
 
@@ -41,6 +42,8 @@ def row(run_dir: Path) -> dict:
         "recipe": run_dir.name,
         "before": summary["accuracy_before_rl"],
         "after": summary["accuracy_after_rl"],
+        "sampled_before": summary.get("sampled_accuracy_before_rl", float("nan")),
+        "sampled_after": summary.get("sampled_accuracy_after_rl", float("nan")),
         "sampled": mean("reward/math_accuracy/mean"),
         "length": mean("response_length/mean"),
         "s_per_step": sum(m["time/step"] for m in steps) / len(steps),
@@ -49,11 +52,13 @@ def row(run_dir: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| recipe | held-out before | held-out after | change (points) | sampled accuracy, last 10 steps "
-             "| mean length | s/step | wall s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | greedy before | greedy after | change (points) | sampled before | sampled after "
+             "| change (points) | training accuracy, last 10 steps | mean length | s/step | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| `{r['recipe']}` | {r['before']:.1%} | {r['after']:.1%} | {100 * (r['after'] - r['before']):+.1f} "
-                     f"| {r['sampled']:.2f} | {r['length']:.1f} | {r['s_per_step']:.2f} | {r['wall']:.0f} |")
+                     f"| {r['sampled_before']:.1%} | {r['sampled_after']:.1%} "
+                     f"| {100 * (r['sampled_after'] - r['sampled_before']):+.1f} | {r['sampled']:.2f} | {r['length']:.1f} | {r['s_per_step']:.2f} | {r['wall']:.0f} |")
     return "\n".join(lines)
 
 

@@ -236,7 +236,10 @@ def _inspect_summary(console, run_dir: Path, every: int) -> None:
         table.add_row(f"  {key.split('/')[1]}", pair(key))
     before = summary.get("accuracy_before_rl", acc.get(0))
     after = summary.get("accuracy_after_rl", acc.iloc[-1] if len(acc) else None)
-    table.add_row("accuracy (before → after RL)", f"{_fmt(before)} → {_fmt(after)}")
+    table.add_row("accuracy, greedy (before → after RL)", f"{_fmt(before)} → {_fmt(after)}")
+    if "sampled_accuracy_after_rl" in summary:
+        table.add_row("accuracy, sampled (before → after RL)",
+                      f"{_fmt(summary.get('sampled_accuracy_before_rl'))} → {_fmt(summary['sampled_accuracy_after_rl'])}")
     table.add_row("mean response length (first → last)", pair("response_length/mean", ".1f") + " tokens")
     if "response_length/truncated_frac" in rows:
         table.add_row("truncated fraction (first → last)", pair("response_length/truncated_frac", ".2f"))

@@ -153,6 +153,8 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     num_prompts: int = Field(200, ge=1, description="Held-out prompts scored (greedy decoding).")
     max_new_tokens: int = Field(64, ge=1, description="Longest completion at evaluation.")
+    samples: int = Field(4, ge=0, description="Also sample this many completions per held-out prompt at the "
+                         "rollout temperature and report their mean accuracy, the quantity RL optimises (0: greedy only).")
 
 
 class TrackingConfig(Section):
@@ -295,7 +297,7 @@ def recipe_keys_markdown() -> str:
         for name, f in model.model_fields.items():
             default = f.get_default(call_default_factory=True)
             if isinstance(default, BaseModel):
-                shown = "(nested: " + ", ".join(default.model_fields) + ")"
+                shown = "(nested: " + ", ".join(type(default).model_fields) + ")"
             elif isinstance(default, list):
                 shown = ", ".join(getattr(d, "name", str(d)) for d in default)
             else:

@@ -120,13 +120,28 @@ def trace_rows(step, rows, groups, scores, advantages=None):
     return out
 
 
-def evaluate(recipe, rollout, reward, rows, tracker, step, tag):
-    """Greedy held-out accuracy: the mean of the accuracy reward over ``eval.num_prompts`` prompts."""
+def evaluate(recipe, rollout, reward, rows, tracker, step, tag) -> dict:
+    """Held-out accuracy over ``eval.num_prompts`` prompts: ``accuracy`` is greedy decoding's;
+    ``accuracy/sampled`` the mean over ``eval.samples`` completions per prompt at the rollout
+    temperature (what the policy gradient optimises), when asked for."""
     rows = rows[: recipe.eval.num_prompts]
+    acc = recipe.rewards.accuracy
     greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=recipe.eval.max_new_tokens, seed=0)
     groups, scores, _, _ = sample_and_score(rollout, reward, rows, greedy)
     tracker.write_traces(step, trace_rows(step, rows, groups, scores), tag=f"eval_{tag}")
-    return float(np.mean([s or 0.0 for s in scores.per_reward[recipe.rewards.accuracy]]))
+    out = {"accuracy": float(np.mean([s or 0.0 for s in scores.per_reward[acc]]))}
+    if recipe.eval.samples:
+        rc = recipe.rollout
+        sampled = SamplingSettings(n=recipe.eval.samples, temperature=rc.temperature, top_p=rc.top_p,
+                                   max_new_tokens=recipe.eval.max_new_tokens, seed=1)
+        _, scores, _, _ = sample_and_score(rollout, reward, rows, sampled)
+        out["accuracy/sampled"] = float(np.mean([s or 0.0 for s in scores.per_reward[acc]]))
+    return out
+
+
+def describe_accuracy(result: dict) -> str:
+    text = f"{result['accuracy']:.1%} greedy"
+    return text + (f", {result['accuracy/sampled']:.1%} sampled" if "accuracy/sampled" in result else "")
 
 
 def train(recipe: Recipe, resume: bool = False) -> dict:
@@ -156,10 +171,14 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     start_step = state.get("step", 0)
 
     if "accuracy_before_rl" in state:
-        acc_before = state["accuracy_before_rl"]
+        before = {"accuracy": state["accuracy_before_rl"]}
+        if "sampled_accuracy_before_rl" in state:
+            before["accuracy/sampled"] = state["sampled_accuracy_before_rl"]
     else:
-        acc_before = evaluate(recipe, rollout, reward, data.test, tracker, 0, "before")
-        say(f"held-out accuracy before RL: {acc_before:.1%}")
+        before = evaluate(recipe, rollout, reward, data.test, tracker, 0, "before")
+        say(f"held-out accuracy before RL: {describe_accuracy(before)}")
+    before_state = {"accuracy_before_rl": before["accuracy"],
+                    **({"sampled_accuracy_before_rl": before["accuracy/sampled"]} if "accuracy/sampled" in before else {})}
     G, B = rc.group_size, recipe.train.prompts_per_step
     sampling = SamplingSettings(n=G, temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens)
 
@@ -244,7 +263,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                    "time/sync": t_sync, "tokens_per_s/rollout": float(lengths.sum() / max(collected.t_rollout, 1e-9)),
                    "tokens_per_s/train": train_tokens / max(t_train, 1e-9)}
         if recipe.train.eval_every and (step + 1) % recipe.train.eval_every == 0 and step + 1 < recipe.train.steps:
-            metrics["accuracy"] = evaluate(recipe, rollout, reward, data.test, tracker, step + 1, f"step{step + 1}")
+            metrics.update(evaluate(recipe, rollout, reward, data.test, tracker, step + 1, f"step{step + 1}"))
         metrics["time/step"] = time.perf_counter() - t_step
         tracker.log(metrics)
         if recipe.tracking.traces:
@@ -255,19 +274,21 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         done = step + 1 == recipe.train.steps
         if done or (recipe.train.save_every and (step + 1) % recipe.train.save_every == 0):
             ray.get(policy.save.remote(str(run_dir / "checkpoints" / f"step_{step + 1}"), {
-                "step": step + 1, "cursor": trained_cursor, "accuracy_before_rl": acc_before}))
+                "step": step + 1, "cursor": trained_cursor, **before_state}))
 
     if prefetch:
         prefetch.shutdown()
-    acc_after = evaluate(recipe, rollout, reward, data.test, tracker, recipe.train.steps, "after")
-    tracker.log({"step": recipe.train.steps, "accuracy": acc_after, "accuracy_before_rl": acc_before})
+    after = evaluate(recipe, rollout, reward, data.test, tracker, recipe.train.steps, "after")
+    tracker.log({"step": recipe.train.steps, **after, **before_state})
     tracker.close()
     ray.get(reward.close.remote())
-    summary = {"run_dir": str(run_dir), "accuracy_before_rl": acc_before, "accuracy_after_rl": acc_after,
+    summary = {"run_dir": str(run_dir), **before_state, "accuracy_after_rl": after["accuracy"],
+               **({"sampled_accuracy_after_rl": after["accuracy/sampled"]} if "accuracy/sampled" in after else {}),
                "steps": recipe.train.steps, "wall_seconds": round(time.perf_counter() - started, 1),
                "rollout_engine": rc.engine}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    say(f"held-out accuracy: {acc_before:.1%} after SFT -> {acc_after:.1%} after RL ({recipe.train.steps} GRPO steps)")
+    say(f"held-out accuracy after SFT: {describe_accuracy(before)}; after {recipe.train.steps} RL steps: "
+        f"{describe_accuracy(after)}")
     say(f"run directory: {run_dir}  (traces: rlwhf.traces.load({str(run_dir)!r}))")
     return summary
 

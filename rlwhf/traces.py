@@ -310,17 +310,19 @@ def _train_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     return rows.drop_duplicates("step", keep="last").sort_values("step")
 
 
-def accuracy_points(metrics: pd.DataFrame) -> pd.Series:
-    """Held-out accuracy by step: step 0 is before RL, then every eval the run made."""
+def accuracy_points(metrics: pd.DataFrame, key: str = "accuracy") -> pd.Series:
+    """Held-out accuracy by step: step 0 is before RL, then every eval the run made. ``key`` is
+    ``accuracy`` (greedy) or ``accuracy/sampled`` (mean over ``eval.samples`` sampled completions)."""
+    before_key = {"accuracy": "accuracy_before_rl", "accuracy/sampled": "sampled_accuracy_before_rl"}[key]
     points: dict[int, float] = {}
-    if "accuracy_before_rl" in metrics:
-        before = metrics["accuracy_before_rl"].dropna()
+    if before_key in metrics:
+        before = metrics[before_key].dropna()
         if len(before):
             points[0] = float(before.iloc[-1])
-    if "accuracy" in metrics:
-        for step, value in metrics.dropna(subset=["accuracy"])[["step", "accuracy"]].itertuples(index=False):
+    if key in metrics:
+        for step, value in metrics.dropna(subset=[key])[["step", key]].itertuples(index=False):
             points[int(step)] = float(value)
-    return pd.Series(points, name="accuracy", dtype=float).sort_index()
+    return pd.Series(points, name=key, dtype=float).sort_index()
 
 
 def plot_curves(metrics: pd.DataFrame, weights: Mapping[str, float] | None = None, ax=None):
@@ -338,12 +340,15 @@ def plot_curves(metrics: pd.DataFrame, weights: Mapping[str, float] | None = Non
             a_reward.plot(rows["step"], w * rows[key], lw=1.2, ls="--", label=label)
         a_reward.legend(fontsize=8)
     a_reward.set(title="reward per step (training samples)", xlabel="step", ylabel="mean reward")
-    acc = accuracy_points(metrics)
-    if len(acc):
-        a_acc.plot(acc.index, acc.values, "o-", color="tab:green")
-        for s, v in acc.items():
-            a_acc.annotate(f"{v:.2f}", (s, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    a_acc.set(title="held-out accuracy (greedy)", xlabel="step (0 = before RL)", ylim=(-0.05, 1.1))
+    for key, label, color in (("accuracy", "greedy", "tab:green"), ("accuracy/sampled", "sampled", "tab:olive")):
+        acc = accuracy_points(metrics, key)
+        if len(acc):
+            a_acc.plot(acc.index, acc.values, "o-", color=color, label=label)
+            for s, v in acc.items():
+                a_acc.annotate(f"{v:.2f}", (s, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    if a_acc.get_legend_handles_labels()[0]:
+        a_acc.legend(fontsize=8)
+    a_acc.set(title="held-out accuracy", xlabel="step (0 = before RL)", ylim=(-0.05, 1.1))
     if "response_length/mean" in rows:
         a_len.plot(rows["step"], rows["response_length/mean"], color="tab:purple", label="mean")
         if "response_length/max" in rows:

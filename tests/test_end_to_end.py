@@ -48,6 +48,9 @@ def test_train_writes_the_run_directory_contract_and_resumes(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2 and 0.0 <= summary["accuracy_after_rl"] <= 1.0
     assert "accuracy_before_rl" in summary and summary["wall_seconds"] > 0
+    for key in ("sampled_accuracy_before_rl", "sampled_accuracy_after_rl"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert "accuracy/sampled" in metrics[-1]
     offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert offline, "wandb wrote no offline run"
     # The run's record log holds every logged key (protobuf strings) and the sampled-trace table.

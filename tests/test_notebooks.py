@@ -60,7 +60,8 @@ def inspect(*args):
 def test_inspect_summary(short_run_dir):
     proc = inspect(short_run_dir)
     assert proc.returncode == 0, proc.stderr
-    for text in ("3 (steps 1..3)", "reward (first → last step)", "accuracy (before → after RL)",
+    for text in ("3 (steps 1..3)", "reward (first → last step)", "accuracy, greedy (before → after RL)",
+                 "accuracy, sampled (before → after RL)",
                  "mean response length", "wall time", "math_accuracy", "per step"):
         assert text in proc.stdout, text
 

@@ -106,6 +106,9 @@ def test_accuracy_points_put_before_rl_at_step_zero():
     metrics = pd.DataFrame([{"step": 1, "reward/mean": 0.1}, {"step": 2, "reward/mean": 0.2, "accuracy": 0.4},
                             {"step": 2, "accuracy": 0.5, "accuracy_before_rl": 0.1}])
     assert T.accuracy_points(metrics).to_dict() == {0: 0.1, 2: 0.5}
+    metrics["accuracy/sampled"] = [None, 0.3, 0.35]
+    metrics["sampled_accuracy_before_rl"] = [None, None, 0.2]
+    assert T.accuracy_points(metrics, "accuracy/sampled").to_dict() == {0: 0.2, 2: 0.35}
 
 
 # ---- a real run -------------------------------------------------------------------------------
@@ -130,6 +133,9 @@ def test_loaders_on_a_real_run(short_run_dir):
     assert T.reward_weights(short_run_dir) == {"math_accuracy": 1.0, "format": 0.1}
     acc = T.accuracy_points(metrics)
     assert list(acc.index) == [0, 2, 3]
+    sampled = T.accuracy_points(metrics, "accuracy/sampled")  # 4 samples per held-out prompt by default
+    assert list(sampled.index) == [0, 2, 3] and all(v in {k / 32 for k in range(33)} for v in sampled)
+    assert summary["sampled_accuracy_after_rl"] == sampled[3]
     # every row is either a failure (with one kind) or right
     fails = T.failures(df)
     assert set(fails.failure) <= set(T.FAILURE_KINDS)
