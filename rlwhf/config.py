@@ -147,7 +147,7 @@ class TrainConfig(Section):
     warmup_steps: int = Field(5, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
     save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only at the end).")
     eval_every: int = Field(40, ge=0, description="Held-out accuracy every N steps (0: before and after only).")
-    threads: int = Field(0, ge=0, description="torch threads in the policy worker (0: all cores).")
+    threads: int = Field(0, ge=0, description="torch threads in the policy worker (0: every core; half in async mode).")
 
 
 class EvalConfig(Section):

@@ -158,7 +158,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     gpus = 1 if torch.cuda.is_available() else 0
     rc = recipe.rollout
     rollout = remote(RolloutWorker, gpus * 0.5).remote(
-        rc.engine, model_path, dtype=recipe.model.dtype, seed=recipe.run.seed, kv_cache_gib=rc.kv_cache_gib,
+        rc.engine, model_path, shared_cores=recipe.train.off_policy_steps > 0, dtype=recipe.model.dtype,
+        seed=recipe.run.seed, kv_cache_gib=rc.kv_cache_gib,
         max_model_len=rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
         gpu_memory_utilization=rc.gpu_memory_utilization)
     policy = remote(PolicyWorker, gpus * 0.5).remote(

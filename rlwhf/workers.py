@@ -26,10 +26,30 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
                  log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
 
+def usable_cores(shared: bool = False) -> int:
+    """Cores this process may run on (its CPU affinity); half of them when ``shared``; at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // 2 if shared else cores)
+
+
+def claim_cores(shared: bool, threads: int = 0) -> None:
+    """Give torch ``threads`` (0: every usable core, half when ``shared``) in this actor.
+
+    Ray sets OMP_NUM_THREADS=1 in an actor started with num_cpus=0, which leaves one core idle while
+    the other trains or generates. The synchronous loop's actors take turns on the cores, so each
+    may use all of them; in one-step async mode the rollout engine and the trainer run at once and
+    split them.
+    """
+    import torch
+
+    torch.set_num_threads(threads or usable_cores(shared))
+
+
 class RolloutWorker:
-    def __init__(self, kind: str, model_path: str, **engine_kwargs):
+    def __init__(self, kind: str, model_path: str, *, shared_cores: bool = False, **engine_kwargs):
         from rlwhf.rollout import make_engine
 
+        claim_cores(shared_cores)
         self.engine = make_engine(kind, model_path, **engine_kwargs)
 
     def generate(self, prompts, sampling):
@@ -43,6 +63,7 @@ class PolicyWorker:
     def __init__(self, model_path: str, algo, train, *, resume_from: str | None = None, **trainer_kwargs):
         from rlwhf.train.policy import PolicyTrainer
 
+        claim_cores(train.off_policy_steps > 0, train.threads)
         self.trainer = PolicyTrainer(model_path, algo, train, **trainer_kwargs)
         if resume_from:
             self.trainer.load_trainer_state(resume_from)
