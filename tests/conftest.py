@@ -38,9 +38,10 @@ def run_cli(*args, cwd):
 
 @pytest.fixture(scope="session")
 def short_run_dir(tmp_path_factory):
-    """A real 3-step run of the tiny recipe (eval at step 2 and at the end), made once per session
-    through the CLI, for tests that read run directories (traces helpers, notebooks, `rlwhf inspect`)."""
+    """A real 3-step run of the tiny base recipe (plain GRPO, so every step keeps all its groups; eval
+    at step 2 and at the end), made once per session through the CLI, for tests that read run
+    directories (traces helpers, notebooks, `rlwhf inspect`)."""
     out = tmp_path_factory.mktemp("short_run")
-    run_cli("train", ROOT / "recipes" / "tiny.yaml", *SHORT, "train.steps=3", "train.eval_every=2",
+    run_cli("train", ROOT / "recipes" / "tiny-base.yaml", *SHORT, "train.steps=3", "train.eval_every=2",
             "run.name=short", f"run.output_dir={out}", cwd=out)
     return out / "short"

@@ -1,4 +1,4 @@
-"""Each optimizer-variant recipe runs a short real GRPO loop (Ray, vLLM, rewards in processes).
+"""The default recipe and each optimizer-variant recipe run a short real GRPO loop (Ray, vLLM, rewards in processes).
 
 The 20-step SFT model of the short settings never answers correctly, so these runs add the
 length reward, whose values differ within a group: every variant then takes real updates.
@@ -12,7 +12,7 @@ import pytest
 from conftest import SHORT, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ["tiny-grpo", "tiny-dr-grpo", "tiny-dapo", "tiny-gspo", "tiny-rloo", "tiny-async"]
+VARIANTS = ["tiny", "tiny-grpo", "tiny-dr-grpo", "tiny-dapo", "tiny-gspo", "tiny-rloo", "tiny-async"]
 VARYING_REWARD = ("rewards.funcs=[{name: math_accuracy}, {name: format, weight: 0.1}, "
                   "{name: length_penalty, weight: 1.0, kwargs: {max_chars: 80}}]")
 
@@ -53,6 +53,6 @@ def test_variant_recipe_runs_and_updates(variant, runs_dir):
         assert after_update and min(after_update) > 1e-3, mismatch
     else:
         assert max(mismatch) < 1e-3, mismatch  # synchronous: same weights, only kernel noise
-    if variant == "tiny-dapo":
+    if variant in ("tiny", "tiny-dapo"):  # the default recipe is DAPO at a lower temperature
         assert all(m["groups/sampling_rounds"] >= 1 for m in metrics)
         assert (run_dir / "config.yaml").read_text().count("dynamic_sampling: true") == 1
