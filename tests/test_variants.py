@@ -34,7 +34,13 @@ def test_variant_recipe_runs_and_updates(variant, runs_dir):
             "train.learning_rate=3e-3", "train.warmup_steps=0", f"run.output_dir={runs_dir}", cwd=runs_dir)
     run_dir = runs_dir / variant
     metrics = step_metrics(run_dir)
-    assert [m["step"] for m in metrics] == [1, 2, 3]
+    steps = [m["step"] for m in metrics]
+    if variant == "tiny":
+        # At temperature 0.4 the short SFT model's samples of a prompt often all score the same;
+        # when every group of a step does, even after resampling, DAPO skips that step's update.
+        assert steps and set(steps) <= {1, 2, 3}, steps
+    else:
+        assert steps == [1, 2, 3]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
     assert any(m["grad_norm"] > 0 for m in metrics), "no variant step had a gradient"
     for key in ("clip_fraction_low", "clip_fraction_high", "ratio_mean", "ratio_max", "approx_kl", "entropy",
