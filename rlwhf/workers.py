@@ -32,8 +32,8 @@ def usable_cores(shared: bool = False) -> int:
     return max(1, cores // 2 if shared else cores)
 
 
-def claim_cores(shared: bool, threads: int = 0) -> None:
-    """Give torch ``threads`` (0: every usable core, half when ``shared``) in this actor.
+def claim_cores(shared: bool) -> None:
+    """Give torch every usable core in this actor, half of them when ``shared``.
 
     Ray sets OMP_NUM_THREADS=1 in an actor started with num_cpus=0, which leaves one core idle while
     the other trains or generates. The synchronous loop's actors take turns on the cores, so each
@@ -42,7 +42,7 @@ def claim_cores(shared: bool, threads: int = 0) -> None:
     """
     import torch
 
-    torch.set_num_threads(threads or usable_cores(shared))
+    torch.set_num_threads(usable_cores(shared))
 
 
 class RolloutWorker:
@@ -63,7 +63,7 @@ class PolicyWorker:
     def __init__(self, model_path: str, algo, train, *, resume_from: str | None = None, **trainer_kwargs):
         from rlwhf.train.policy import PolicyTrainer
 
-        claim_cores(train.off_policy_steps > 0, train.threads)
+        claim_cores(train.off_policy_steps > 0)  # PolicyTrainer then applies train.threads when set
         self.trainer = PolicyTrainer(model_path, algo, train, **trainer_kwargs)
         if resume_from:
             self.trainer.load_trainer_state(resume_from)
