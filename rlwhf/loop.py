@@ -27,7 +27,7 @@ from rlwhf.reward_runner import GroupToScore
 from rlwhf.rollout.base import SamplingSettings
 from rlwhf.tracking import Tracker
 from rlwhf.train.batch import pack
-from rlwhf.workers import PolicyWorker, RewardWorker, RolloutWorker, init_ray, remote
+from rlwhf.workers import PolicyWorker, RewardWorker, RolloutWorker, cold_start_sft_task, init_ray, remote
 
 
 def say(msg: str) -> None:
@@ -54,7 +54,6 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
 def prepare_policy(recipe: Recipe, run_dir: Path, train_rows: list[dict]) -> str:
     """The starting policy: build the tiny model if asked, then the cold-start SFT (both cached)."""
     from rlwhf.models.tiny import build_tiny_moe
-    from rlwhf.train.sft import cold_start_sft
 
     path = recipe.model.path
     if path == "tiny":
@@ -75,9 +74,12 @@ def prepare_policy(recipe: Recipe, run_dir: Path, train_rows: list[dict]) -> str
         if not rows:
             raise ValueError("sft.enabled needs training rows with a 'solution' column; set sft.enabled=false")
         say(f"cold-start SFT: {recipe.sft.steps} steps on {len(rows)} solver traces")
-        sft = ray.remote(num_cpus=0)(cold_start_sft)
-        ray.get(sft.remote(path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
-                           learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed))
+        # max_calls=1: the task's worker process exits afterwards and frees the SFT model's memory.
+        sft = ray.remote(num_cpus=0, max_calls=1)(cold_start_sft_task)
+        t0 = time.perf_counter()
+        threads = ray.get(sft.remote(path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
+                                     learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed))
+        say(f"cold-start SFT done in {time.perf_counter() - t0:.0f} s on {threads} threads")
         if use_cache:
             tmp = cached.with_name(cached.name + ".tmp")
             shutil.copytree(sft_dir, tmp, dirs_exist_ok=True)
@@ -200,6 +202,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 lengths = torch.tensor([len(c.token_ids) for grp in g for c in grp.completions], dtype=torch.float)
                 total = total + overlong_penalty(lengths, rc.max_new_tokens, recipe.algo.overlong_cache)
             zero_var = zero_variance_groups(total, G)
+            out.seen_totals.extend(total.tolist())
+            out.seen_lengths.extend(len(c.token_ids) for grp in g for c in grp.completions)
             if out.rounds == 1:
                 out.zero_var_frac = float(zero_var.float().mean())
             for i in range(len(batch_rows)):
@@ -214,21 +218,9 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 break
         return out
 
-    prefetch = ThreadPoolExecutor(1) if recipe.train.off_policy_steps else None
-    pending = None
-    bar = tqdm(range(start_step, recipe.train.steps), desc="GRPO", unit="step", initial=start_step,
-               total=recipe.train.steps)
-    for step in bar:
-        t_step = time.perf_counter()
-        # 1-3. prompts -> G completions each -> rewards; in one-step off-policy mode these were
-        # sampled in the background, by the weights before the previous update, while it trained.
-        collected = pending.result() if pending is not None else collect(step)
-        trained_cursor = source.cursor  # a checkpoint resumes here, re-reading any prefetched prompts
-        pending = prefetch.submit(collect, step + 1) if prefetch and step + 1 < recipe.train.steps else None
-        rows, groups, totals, per_reward = collected.rows, collected.groups, collected.totals, collected.per_reward
-        if not rows:
-            say(f"step {step}: every group had equal rewards in {collected.rounds} rounds; skipping the update")
-            continue
+    def update(step: int, collected: Collected) -> tuple[dict, torch.Tensor]:
+        """Steps 4-6 on one step's kept groups: advantages, the policy update, the weight sync; its metrics."""
+        groups, totals, per_reward = collected.groups, collected.totals, collected.per_reward
         completions = [c for grp in groups for c in grp.completions]
         batch = pack([grp.prompt_ids for grp in groups for _ in grp.completions], [c.token_ids for c in completions],
                      [c.logprobs for c in completions], [0.0] * len(completions),
@@ -250,7 +242,6 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         t0 = time.perf_counter()
         ray.get(rollout.update_weights.remote(policy.state_dict.remote()))
         t_sync = time.perf_counter() - t0
-        # 7. metrics, traces, checkpoints
         lengths = np.array([len(c.token_ids) for c in completions])
         metrics = {"step": step + 1, "reward/mean": float(rewards_t.mean()), "reward/std": float(rewards_t.std()),
                    **{f"reward/{n}/mean": float(np.mean([v or 0.0 for v in vals])) for n, vals in per_reward.items()},
@@ -263,13 +254,39 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                    "time/rollout": collected.t_rollout, "time/reward": collected.t_reward, "time/train": t_train,
                    "time/sync": t_sync, "tokens_per_s/rollout": float(lengths.sum() / max(collected.t_rollout, 1e-9)),
                    "tokens_per_s/train": train_tokens / max(t_train, 1e-9)}
+        return metrics, batch.advantages
+
+    prefetch = ThreadPoolExecutor(1) if recipe.train.off_policy_steps else None
+    pending = None
+    bar = tqdm(range(start_step, recipe.train.steps), desc="GRPO", unit="step", initial=start_step,
+               total=recipe.train.steps)
+    for step in bar:
+        t_step = time.perf_counter()
+        # 1-3. prompts -> G completions each -> rewards; in one-step off-policy mode these were
+        # sampled in the background, by the weights before the previous update, while it trained.
+        collected = pending.result() if pending is not None else collect(step)
+        trained_cursor = source.cursor  # a checkpoint resumes here, re-reading any prefetched prompts
+        pending = prefetch.submit(collect, step + 1) if prefetch and step + 1 < recipe.train.steps else None
+        if collected.rows:
+            metrics, advantages = update(step, collected)
+        else:
+            # Every group scored all-equal even after resampling: nothing to learn from, but the step
+            # is still logged, evaluated and checkpointed on schedule.
+            say(f"step {step + 1}: every group had equal rewards in {collected.rounds} rounds; skipping the update")
+            metrics = {"step": step + 1, "update/skipped": 1, "reward/mean": float(np.mean(collected.seen_totals)),
+                       **{f"reward/{n}/errors": c for n, c in collected.errors.items()},
+                       "response_length/mean": float(np.mean(collected.seen_lengths)),
+                       "groups/zero_variance_frac": collected.zero_var_frac,
+                       "groups/sampling_rounds": collected.rounds,
+                       "time/rollout": collected.t_rollout, "time/reward": collected.t_reward}
+        # 7. metrics, traces, checkpoints
         if recipe.train.eval_every and (step + 1) % recipe.train.eval_every == 0 and step + 1 < recipe.train.steps:
             metrics.update(evaluate(recipe, rollout, reward, data.test, tracker, step + 1, f"step{step + 1}"))
         metrics["time/step"] = time.perf_counter() - t_step
         tracker.log(metrics)
-        if recipe.tracking.traces:
-            tracker.write_traces(step + 1, trace_rows(step + 1, rows, groups,
-                                                      _Scores(per_reward, totals), batch.advantages))
+        if recipe.tracking.traces and collected.rows:
+            tracker.write_traces(step + 1, trace_rows(step + 1, collected.rows, collected.groups,
+                                                      _Scores(collected.per_reward, collected.totals), advantages))
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get(f'reward/{recipe.rewards.accuracy}/mean', 0):.2f}",
                         len=f"{metrics['response_length/mean']:.0f}")
         done = step + 1 == recipe.train.steps
@@ -302,6 +319,8 @@ class Collected:
     groups: list = dataclasses.field(default_factory=list)
     totals: list = dataclasses.field(default_factory=list)
     per_reward: dict = dataclasses.field(default_factory=dict)
+    seen_totals: list = dataclasses.field(default_factory=list)  # every sampled completion's, kept or not
+    seen_lengths: list = dataclasses.field(default_factory=list)
     errors: dict = dataclasses.field(default_factory=dict)
     rounds: int = 0
     zero_var_frac: float = 0.0

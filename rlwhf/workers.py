@@ -45,6 +45,17 @@ def claim_cores(shared: bool) -> None:
     torch.set_num_threads(usable_cores(shared))
 
 
+def cold_start_sft_task(*args, **kwargs) -> int:
+    """``cold_start_sft`` for a Ray task, on every usable core (see ``claim_cores``); returns the thread count."""
+    import torch
+
+    from rlwhf.train.sft import cold_start_sft
+
+    claim_cores(False)
+    cold_start_sft(*args, **kwargs)
+    return torch.get_num_threads()
+
+
 class RolloutWorker:
     def __init__(self, kind: str, model_path: str, *, shared_cores: bool = False, **engine_kwargs):
         from rlwhf.rollout import make_engine

@@ -6,7 +6,7 @@ import pytest
 import ray
 
 from rlwhf.config import AlgoConfig, TrainConfig
-from rlwhf.workers import PolicyWorker, RolloutWorker, init_ray, remote, usable_cores
+from rlwhf.workers import PolicyWorker, RolloutWorker, cold_start_sft_task, init_ray, remote, usable_cores
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +40,14 @@ def test_train_threads_overrides_the_default(tiny_model, local_ray):
 def test_transformers_rollout_actor_uses_every_core(tiny_model, local_ray):
     assert torch_threads(remote(RolloutWorker).remote("hf", tiny_model)) == usable_cores()
     assert torch_threads(remote(RolloutWorker).remote("hf", tiny_model, shared_cores=True)) == usable_cores(True)
+
+
+def test_cold_start_sft_task_uses_every_core(tiny_model, local_ray, tmp_path):
+    from rlwhf.data.arithmetic import make_arithmetic
+
+    rows = make_arithmetic(8, 0, 2, 2)
+    task = ray.remote(num_cpus=0, max_calls=1)(cold_start_sft_task)
+    threads = ray.get(task.remote(tiny_model, rows, str(tmp_path / "sft"), steps=2, batch_size=4,
+                                  learning_rate=1e-3, seed=0))
+    assert threads == usable_cores()
+    assert (tmp_path / "sft" / "config.json").exists()
