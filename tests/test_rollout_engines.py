@@ -54,6 +54,14 @@ def test_vllm_weight_sync_makes_rollout_logprobs_follow_the_trainer(tiny_model, 
         assert len(c.logprobs) == len(c.token_ids) and c.finish_reason in {"stop", "length"}
         assert c.logprobs == pytest.approx(hf_logprobs(trainer_model, groups[1].prompt_ids, c.token_ids), abs=2e-3)
 
+    # Each prompt has its own random stream: two copies of a prompt in one batch are sampled
+    # independently, and the same call with the same seed repeats itself.
+    twice = SamplingSettings(n=4, temperature=1.0, max_new_tokens=12, seed=2)
+    first, second = engine.generate([PROMPTS[0], PROMPTS[0]], twice)
+    assert [c.token_ids for c in first.completions] != [c.token_ids for c in second.completions]
+    again, _ = engine.generate([PROMPTS[0], PROMPTS[0]], twice)
+    assert [c.token_ids for c in again.completions] == [c.token_ids for c in first.completions]
+
 
 def test_hf_engine_samples_groups_with_logprobs_and_takes_new_weights(tiny_model, trainer_model):
     engine = make_engine("hf", tiny_model, seed=0)

@@ -7,6 +7,7 @@ apply them in place, without a restart. Which engine runs is chosen in the recip
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +21,19 @@ class SamplingSettings:
     top_p: float = 1.0
     max_new_tokens: int = 64
     seed: int | None = None
+
+
+def prompt_seeds(seed: int | None, count: int) -> list[int | None]:
+    """One seed per prompt of a batch, derived from the batch's ``seed``.
+
+    A seed shared by every request makes vLLM draw the same random numbers for each of them: two
+    copies of a prompt in one batch would get identical completions, and different prompts' samples
+    would be correlated position by position.
+    """
+    if seed is None:
+        return [None] * count
+    return [int.from_bytes(hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=4).digest(), "little")
+            for i in range(count)]
 
 
 @dataclass

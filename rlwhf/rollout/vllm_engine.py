@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from rlwhf.rollout.base import Completion, Group, SamplingSettings
+from rlwhf.rollout.base import Completion, Group, SamplingSettings, prompt_seeds
 
 
 def _prepare_environment(kv_cache_gib: float) -> None:
@@ -63,14 +63,11 @@ class VLLMEngine:
     def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Group]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
-            logprobs=0,
-        )
+        params = [
+            SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                           max_tokens=sampling.max_new_tokens, seed=seed, logprobs=0)
+            for seed in prompt_seeds(sampling.seed, len(prompts))
+        ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         groups = []
         for prompt, out in zip(prompts, outputs):
