@@ -87,10 +87,16 @@ def prepare_policy(recipe: Recipe, run_dir: Path, train_rows: list[dict]) -> str
     return str(sft_dir)
 
 
+# Part of the SFT cache key: raise it when a change makes the same settings train a different model
+# (2: the SFT runs on every core, which rounds differently from one).
+SFT_CACHE_VERSION = 2
+
+
 def sft_cache_dir(recipe: Recipe) -> Path:
     """Where an SFT'd tiny model is kept for reuse by runs with the same model, data, SFT and seed."""
     key = json.dumps([recipe.model.model_dump(mode="json"), recipe.data.model_dump(mode="json"),
-                      recipe.sft.model_dump(mode="json", exclude={"cache"}), recipe.run.seed], sort_keys=True)
+                      recipe.sft.model_dump(mode="json", exclude={"cache"}), recipe.run.seed, SFT_CACHE_VERSION],
+                     sort_keys=True)
     return Path(recipe.run.output_dir) / ".sft-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
