@@ -74,11 +74,10 @@ def prepare_policy(recipe: Recipe, run_dir: Path, train_rows: list[dict]) -> str
         if not rows:
             raise ValueError("sft.enabled needs training rows with a 'solution' column; set sft.enabled=false")
         say(f"cold-start SFT: {recipe.sft.steps} steps on {len(rows)} solver traces")
-        # max_calls=1: the task's worker process exits afterwards and frees the SFT model's memory.
-        sft = ray.remote(num_cpus=0, max_calls=1)(cold_start_sft_task)
         t0 = time.perf_counter()
-        threads = ray.get(sft.remote(path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
-                                     learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed))
+        threads = ray.get(cold_start_sft_task.remote(
+            path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
+            learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed))
         say(f"cold-start SFT done in {time.perf_counter() - t0:.0f} s on {threads} threads")
         if use_cache:
             tmp = cached.with_name(cached.name + ".tmp")

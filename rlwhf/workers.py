@@ -45,8 +45,10 @@ def claim_cores(shared: bool) -> None:
     torch.set_num_threads(usable_cores(shared))
 
 
+# max_calls=1: the task's worker process exits afterwards and frees the SFT model's memory.
+@ray.remote(num_cpus=0, max_calls=1)
 def cold_start_sft_task(*args, **kwargs) -> int:
-    """``cold_start_sft`` for a Ray task, on every usable core (see ``claim_cores``); returns the thread count."""
+    """``cold_start_sft`` as a Ray task, on every usable core (see ``claim_cores``); returns the thread count."""
     import torch
 
     from rlwhf.train.sft import cold_start_sft

@@ -46,8 +46,7 @@ def test_cold_start_sft_task_uses_every_core(tiny_model, local_ray, tmp_path):
     from rlwhf.data.arithmetic import make_arithmetic
 
     rows = make_arithmetic(8, 0, 2, 2)
-    task = ray.remote(num_cpus=0, max_calls=1)(cold_start_sft_task)
-    threads = ray.get(task.remote(tiny_model, rows, str(tmp_path / "sft"), steps=2, batch_size=4,
-                                  learning_rate=1e-3, seed=0))
+    threads = ray.get(cold_start_sft_task.remote(tiny_model, rows, str(tmp_path / "sft"), steps=2, batch_size=4,
+                                                 learning_rate=1e-3, seed=0))
     assert threads == usable_cores()
     assert (tmp_path / "sft" / "config.json").exists()
