@@ -53,6 +53,8 @@ class DataConfig(Section):
     num_test: int = Field(200, ge=1, description="Held-out prompts for accuracy.")
     min_digits: int = Field(2, ge=1, description="Arithmetic: fewest digits per operand.")
     max_digits: int = Field(3, ge=1, description="Arithmetic: most digits per operand.")
+    direct_fraction: float = Field(0.0, ge=0, le=1, description="Arithmetic: share of the solver traces that "
+                                   "give the answer without the column-by-column working.")
     dataset: str | None = Field(None, description="task=dataset: a local data file or HF dataset name.")
     subset: str | None = Field(None, description="task=dataset: the HF dataset's configuration name, if it has several.")
     split: str = Field("train", description="task=dataset: training split.")

@@ -7,7 +7,10 @@ reasoning a cold-start SFT imitates)::
     solution: "<think>7+6=13\n4+8+1=13\n3+5+1=9\n</think><answer>933</answer>"
 
 The chain of thought adds column by column from the right, carrying explicitly, so a correct
-trace is a correct answer and the answer can be checked by ``rewards.math``.
+trace is a correct answer and the answer can be checked by ``rewards.math``. With
+``direct_fraction`` > 0, that share of the solutions state the answer without the working
+(``<think>\n</think><answer>933</answer>``), like a model that answers without reasoning: a cold
+start on the mix learns both habits, and RL has to find out which one pays.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ def addition_trace(a: int, b: int) -> str:
     return "\n".join(lines)
 
 
-def make_example(a: int, b: int) -> dict:
+def make_example(a: int, b: int, direct: bool = False) -> dict:
+    working = "" if direct else addition_trace(a, b)
     return {
         "prompt": f"Q: {a}+{b}=?\n",
         "answer": str(a + b),
-        "solution": f"<think>{addition_trace(a, b)}\n</think><answer>{a + b}</answer>",
+        "solution": f"<think>{working}\n</think><answer>{a + b}</answer>",
     }
 
 
@@ -42,11 +46,18 @@ def _operand(rng: random.Random, min_digits: int, max_digits: int) -> int:
     return rng.randint(10 ** (digits - 1), 10**digits - 1)
 
 
-def make_arithmetic(n: int, seed: int, min_digits: int = 2, max_digits: int = 3) -> list[dict]:
-    """``n`` distinct addition problems with operands of ``min_digits``..``max_digits`` digits."""
+def make_arithmetic(n: int, seed: int, min_digits: int = 2, max_digits: int = 3,
+                    direct_fraction: float = 0.0) -> list[dict]:
+    """``n`` distinct addition problems with operands of ``min_digits``..``max_digits`` digits.
+
+    A seeded ``direct_fraction`` of them get a solution without the working; the problems
+    themselves do not depend on it.
+    """
     if not 1 <= min_digits <= max_digits:
         raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits} and {max_digits}")
-    rng = random.Random(seed)
+    if not 0.0 <= direct_fraction <= 1.0:
+        raise ValueError(f"direct_fraction must be in [0, 1], got {direct_fraction}")
+    rng, direct_rng = random.Random(seed), random.Random(f"direct-{seed}")
     seen: set[tuple[int, int]] = set()
     examples = []
     capacity = sum(9 * 10 ** (d - 1) for d in range(min_digits, max_digits + 1)) ** 2
@@ -56,5 +67,5 @@ def make_arithmetic(n: int, seed: int, min_digits: int = 2, max_digits: int = 3)
         a, b = _operand(rng, min_digits, max_digits), _operand(rng, min_digits, max_digits)
         if (a, b) not in seen:
             seen.add((a, b))
-            examples.append(make_example(a, b))
+            examples.append(make_example(a, b, direct=direct_rng.random() < direct_fraction))
     return examples

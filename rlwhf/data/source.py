@@ -19,7 +19,7 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
     if cfg.task == "arithmetic":
         from rlwhf.data.arithmetic import make_arithmetic
 
-        rows = make_arithmetic(cfg.num_train + cfg.num_test, seed, cfg.min_digits, cfg.max_digits)
+        rows = make_arithmetic(cfg.num_train + cfg.num_test, seed, cfg.min_digits, cfg.max_digits, cfg.direct_fraction)
         return TaskData(rows[cfg.num_test:], rows[: cfg.num_test])
     if cfg.task == "coding":
         from rlwhf.data.coding_tasks import make_coding_tasks
