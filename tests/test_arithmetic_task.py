@@ -44,7 +44,7 @@ def test_direct_fraction_changes_the_solutions_only():
     assert mixed == make_arithmetic(2000, seed=0, direct_fraction=0.5)
 
 
-def test_direct_fraction_reaches_the_task_from_the_recipe_and_is_validated(tmp_path):
+def test_direct_fraction_reaches_the_task_from_the_recipe_and_is_validated():
     task = load_task(DataConfig(num_train=400, num_test=10, direct_fraction=0.25), seed=0)
     share = sum(r["solution"].startswith(DIRECT_PREFIX) for r in task.train) / len(task.train)
     assert 0.15 < share < 0.35

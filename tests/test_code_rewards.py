@@ -18,7 +18,7 @@ def block(src: str, tag: str = "python") -> str:
 @pytest.fixture(scope="module", autouse=True)
 def sandbox():
     if code.isolation_level() == "none":
-        pytest.skip("no sandbox on this machine")
+        pytest.skip("no sandbox on this machine (test_code_sandbox.py checks that the kernel, not the sandbox, is why)")
 
 
 # ------------------------------------------------------------------------------------- extraction

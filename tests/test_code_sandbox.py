@@ -30,7 +30,7 @@ NAMESPACES = ("namespaces-root", "namespaces-user")
 def level() -> str:
     lvl = code.isolation_level()
     if lvl not in NAMESPACES:
-        pytest.skip(f"no namespace isolation on this machine (level {lvl}); see test_refuses_when_no_isolation")
+        pytest.skip(f"no namespace isolation on this machine (level {lvl}); the kernel probe test below checks why")
     return lvl
 
 
@@ -448,6 +448,31 @@ def test_a_forked_host_gets_its_own_workers(level):
 
 
 # -------------------------------------------------------------------------------- isolation levels
+
+
+# What the namespace levels need from the kernel, tried without rewards.code: new mount, network
+# and pid namespaces (and a user namespace when not root), and a tmpfs mounted inside them.
+_KERNEL_PROBE = """
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    flags = 0x00020000 | 0x40000000 | 0x20000000 | (0 if os.geteuid() == 0 else 0x10000000)
+    if libc.unshare(flags) != 0:
+        sys.exit(print("denied: unshare:", os.strerror(ctypes.get_errno())))
+    if libc.mount(b"tmpfs", sys.argv[1].encode(), b"tmpfs", 0, b"size=1m") != 0:
+        sys.exit(print("denied: mount:", os.strerror(ctypes.get_errno())))
+    print("allowed")
+"""
+
+
+def test_the_sandbox_uses_namespaces_exactly_when_this_kernel_allows_them(tmp_path):
+    """The namespace tests skip where the kernel has no namespaces for us. This test never skips: a
+    sandbox that gave up on a machine that has them would otherwise pass as a row of skips."""
+    probe = subprocess.run([sys.executable, "-c", textwrap.dedent(_KERNEL_PROBE), str(tmp_path)],
+                           capture_output=True, text=True, timeout=60)
+    chosen = _in_subprocess("from rewards import code\nprint(code.isolation_level(), code._get_pool()[2])",
+                            env={"RLWHF_SANDBOX": "auto"})
+    level = chosen.stdout.split()[0] if chosen.stdout else chosen.stderr
+    assert (level in NAMESPACES) == (probe.stdout.strip() == "allowed"), (chosen.stdout, probe.stdout, probe.stderr)
 
 
 def test_refuses_when_no_isolation_is_allowed():
