@@ -17,8 +17,8 @@ Three ways to make a reward known by name:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Callable
 
 RewardFn = Callable[..., list]
 

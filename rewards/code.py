@@ -378,7 +378,7 @@ def parse_function_tests(tests: str | list[str]) -> FunctionTests:
                               and isinstance(inner, ast.Call) and _calls_solution(inner, bound))
                 if wraps_site or _calls_solution(node, bound):
                     sites.append(ast.unparse(node))
-                    used.append(len(sites) - 1)
+                    used.append(len(sites) - 1)  # noqa: B023 (the visitor runs inside this iteration)
                     index = ast.Constant(len(sites) - 1)
                     return ast.Subscript(ast.Name("_rlwhf_v", ast.Load()), index, ast.Load())
                 return self.generic_visit(node)
@@ -401,7 +401,7 @@ def _phase1_program(solution: str, spec: FunctionTests) -> str:
     return "\n".join([
         "import json as _rlwhf_json, sys as _rlwhf_sys",
         _ENCODE,
-        f"_rlwhf_g = {{'__name__': 'solution', '__builtins__': __builtins__}}",
+        "_rlwhf_g = {'__name__': 'solution', '__builtins__': __builtins__}",
         f"exec(compile({solution!r}, 'solution.py', 'exec'), _rlwhf_g)",
         f"for _rlwhf_s in {spec.setup!r}:",
         "    exec(_rlwhf_s, _rlwhf_g)",

@@ -490,7 +490,7 @@ class _Parser:
                 try:
                     base = ("n", Fraction(int(digits, radix)), -1)
                 except ValueError:
-                    raise ParseError(f"{digits} is not a base-{radix} numeral")
+                    raise ParseError(f"{digits} is not a base-{radix} numeral") from None
         if _is(self.peek(), "^", "**"):
             self.next()
             if base[0] == "text":  # cm^2: a unit's power is part of the unit
@@ -698,7 +698,7 @@ def parse(answer: str):
     try:
         return _parse_tree(answer)
     except RecursionError:
-        raise ParseError("nested too deeply")
+        raise ParseError("nested too deeply") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ class DataConfig(Section):
     answer_column: str = Field("answer", description="task=dataset: column holding the gold answer.")
 
     @model_validator(mode="after")
-    def _check(self) -> "DataConfig":
+    def _check(self) -> DataConfig:
         if self.min_digits > self.max_digits:
             raise ValueError(f"min_digits ({self.min_digits}) must be <= max_digits ({self.max_digits})")
         if self.task == "dataset" and not self.dataset:
@@ -185,7 +185,7 @@ class Recipe(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
-    def _check(self) -> "Recipe":
+    def _check(self) -> Recipe:
         completions = self.train.prompts_per_step * self.rollout.group_size
         if self.train.minibatch_size > completions:
             raise ValueError(

@@ -17,8 +17,9 @@ import html
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -441,7 +442,6 @@ def plot_group(rows: pd.DataFrame, accuracy: str | None = None, width: int = 46,
     acc = accuracy_column(rows, accuracy)
     records = rows.to_dict("records")
     ncols = min(4, max(1, len(records)))
-    nrows = math.ceil(len(records) / ncols)
     wrapped = [_wrap(str(r.get("completion", "")), width) for r in records]
     height = max((len(w) for w in wrapped), default=1) + 6
     fig, axes = _axes(ax, len(records), figsize=(width * 0.085, 0.16 * height + 0.3), ncols=ncols)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import SHORT
 from conftest import run_cli as rlwhf
 

@@ -1,7 +1,6 @@
 """rlwhf.traces: loaders and views over a real run directory, plus the pure helpers on hand-made frames."""
 
 import json
-import math
 
 import pandas as pd
 import pytest

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import SHORT, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -305,7 +305,7 @@ def _program_process(req: dict, fds: dict) -> None:
 
 def _exec_program(code: bytes) -> None:
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
-        stream = io.open(fd, mode + "b", closefd=False, buffering=-1)
+        stream = open(fd, mode + "b", closefd=False, buffering=-1)
         text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace" if fd else "strict",
                                 line_buffering=False, write_through=fd == 2)
         setattr(sys, name, text)

@@ -14,7 +14,7 @@ Each example has a ``prompt`` (the problem, one worked example, and the answer f
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 ANSWER_FORMAT = "Answer with a Python program in a ```python block.\n"
 

@@ -25,7 +25,7 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def select(self, index: torch.Tensor) -> "RolloutBatch":
+    def select(self, index: torch.Tensor) -> RolloutBatch:
         return RolloutBatch(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
 

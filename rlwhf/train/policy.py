@@ -13,8 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlwhf.algo import (entropy_from_logits, kl_estimate, logprob_mismatch, mask_truncated, policy_loss,
-                        truncated_is_weights)
+from rlwhf.algo import (
+    entropy_from_logits,
+    kl_estimate,
+    logprob_mismatch,
+    mask_truncated,
+    policy_loss,
+    truncated_is_weights,
+)
 from rlwhf.config import AlgoConfig, TrainConfig
 from rlwhf.train.batch import RolloutBatch
 

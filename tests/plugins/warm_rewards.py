@@ -1,6 +1,5 @@
 """A reward module with a slow ``warm_up()``, for the reward runner's warm-up tests."""
 
-import os
 import time
 
 _warmed_at: list[float] = []
