@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # GPU clusters: `make setup EXTRAS=gpu,dev` installs vLLM's CUDA build instead.
 EXTRAS ?= cpu,dev
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow"
