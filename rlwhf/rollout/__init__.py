@@ -1,5 +1,26 @@
-"""Rollout engines behind one protocol: vLLM (``engine: vllm``) and transformers (``engine: hf``)."""
+"""Rollout engines behind one protocol: vLLM (``engine: vllm``) and transformers (``engine: hf``).
 
-from rlwhf.rollout.base import Completion, Group, RolloutEngine, SamplingSettings, make_engine
+``base`` holds the protocol and its data types; each engine module imports it, and only
+``make_engine`` below knows the engines.
+"""
+
+from rlwhf.rollout.base import Completion, Group, RolloutEngine, SamplingSettings
+
+
+def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int = 0,
+                max_model_len: int = 512, kv_cache_gib: float = 1.0,
+                gpu_memory_utilization: float = 0.5) -> RolloutEngine:
+    """Build the engine the recipe names: ``vllm`` or ``hf``."""
+    if kind == "vllm":
+        from rlwhf.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                          kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization)
+    if kind == "hf":
+        from rlwhf.rollout.hf_engine import HFEngine
+
+        return HFEngine(model_path, dtype=dtype, seed=seed)
+    raise ValueError(f"rollout.engine {kind!r}: expected 'vllm' or 'hf'")
+
 
 __all__ = ["Completion", "Group", "RolloutEngine", "SamplingSettings", "make_engine"]

@@ -55,19 +55,3 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Group]: ...
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
-
-
-def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int = 0,
-                max_model_len: int = 512, kv_cache_gib: float = 1.0,
-                gpu_memory_utilization: float = 0.5) -> RolloutEngine:
-    """Build the engine the recipe names: ``vllm`` or ``hf``."""
-    if kind == "vllm":
-        from rlwhf.rollout.vllm_engine import VLLMEngine
-
-        return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
-                          kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization)
-    if kind == "hf":
-        from rlwhf.rollout.hf_engine import HFEngine
-
-        return HFEngine(model_path, dtype=dtype, seed=seed)
-    raise ValueError(f"rollout.engine {kind!r}: expected 'vllm' or 'hf'")
