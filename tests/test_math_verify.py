@@ -29,6 +29,7 @@ def boxed(answer: str) -> str:
     ("Final answer: $x^2$", "x^2"),
     ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "\\frac{3}{4}"),
     ("we get 3 apples and then 12 pears", "12"),
+    ("we get 3 apples and then 12", "12"),
     ("#### 1,234", "1,234"),
     ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5"),
     ("The roots are \\boxed{1} and \\boxed{2}", "1, 2"),
@@ -75,14 +76,16 @@ CASES = {
                 ("204_5", "54", True), ("1112112_3", "1112122_3", False)],
     "decimal_fraction": [("0.5", "\\frac12", True), ("0.5", "1/2", True), ("1/3", "0.33", False),
                          ("\\frac{1}{12}", "0.0833333", True), ("0.1", ".1", True), ("5", "5.001", False),
-                         ("918.5", "918\\frac{1}{2}", True), ("-10/9", "-\\frac{10}{9}", True)],
+                         ("918.5", "918\\frac{1}{2}", True), ("-10/9", "-\\frac{10}{9}", True),
+                         ("1/2", "\\dfrac{1}{2}", True)],
     "percent": [("10\\%", "0.1", True), ("10\\%", "10", True), ("10\\%", "10 percent", True),
                 ("10\\%", "1", False), ("0.25", "25\\%", True)],
     "thousands": [("1000", "1,000", True), ("14916", "14{,}916", True), ("1000000", "1 000 000", True),
-                  ("1000.99", "1,000.99", True), ("1,22", "1.22", True)],
+                  ("1000.99", "1,000.99", True), ("1,22", "1.22", True),
+                  ("1,000", "1000", True)],
     "units_text": [("5", "5 cm", True), ("5", "\\text{5 dollars}", True), ("10", "\\$10", True),
                    ("15", "15\\mbox{ cm}^2", True), ("\\text{odd}", "odd", True), ("\\text{odd}", "even", False),
-                   ("\\text{Evelyn}", "\\text{Evelyn}", True)],
+                   ("\\text{Evelyn}", "\\text{Evelyn}", True), ("\\text{5}", "5", True)],
     "latex_forms": [("\\frac{1}{2}", "\\dfrac{1}{2}", True), ("\\frac{1}{2}", "\\tfrac12", True),
                     ("\\frac{1}{3}", "\\left( \\frac{1}{3} \\right)", True), ("\\sqrt{3}", "\\sqrt3", True)],
     "interval": [("(1,2]", "(1, 2]", True), ("(1,2]", "[1,2]", False), ("(1,2]", "(1,2)", False),
@@ -127,6 +130,15 @@ CASES = {
 def test_verify_decides_equivalence_by_category(category, gold, answer, equal):
     prediction = answer if category == "choice" else boxed(answer)
     assert verify(gold, prediction) is equal, (category, gold, answer)
+
+
+@pytest.mark.parametrize("gold, prediction, equal", [
+    ("-7", "<answer>-7</answer>", True),
+    ("7", "<answer>-7</answer>", False),
+    ("x^2+2x+1", "the answer is (x+1)^2", True),
+])
+def test_verify_reads_answers_outside_boxes(gold, prediction, equal):
+    assert verify(gold, prediction) is equal
 
 
 def test_percent_can_be_strict():

@@ -1,0 +1,138 @@
+"""Extraction: the final answer as written in a model's whole output (boxes, answer tags,
+closing phrases, a last math block or number)."""
+
+from __future__ import annotations
+
+import re
+
+from rewards.math.options import MAX_ANSWER_CHARS, Options
+from rewards.math.parsing import _braced, _key
+
+_STOP_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_PHRASE = re.compile(
+    r"(?:final\s+answer(?:\s+is)?|the\s+(?:correct\s+)?answer\s+is|\banswer\s*(?:is)?\s*:|"
+    r"\*\*\s*answer\s*:?\s*\*\*|^\s*#{1,4}\s*answer\b|^\s*answer\b|^####)\s*:?\s*",
+    re.IGNORECASE | re.MULTILINE)
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+,\d\d(?![\d,])|\d+(?:\.\d+)?)(?:\s*/\s*\d+)?")
+_MATH_BLOCK = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<![\\$])\$([^$]+?)(?<!\\)\$", re.DOTALL)
+_BOX_JOINER = re.compile(r"^(?:[\s,;.$]|\\quad|\\qquad|\\[,;:! ]|\\text\{[^{}]*\band\b[^{}]*\}|\\text\{\s*,?\s*\}|\band\b|&|[A-Za-z](?:_\{?\w+\}?)?\s*=|\\\]|\\\[|\\\(|\\\))*$")
+_MATH_OPEN = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every ``\\boxed{}``/``\\fbox{}``/``\\boxed X``, in order."""
+    out = []
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*(\{)?", text):
+        if m.start() < (out[-1][1] if out else 0):
+            continue  # nested inside the previous box
+        if m.group(1):
+            got = _braced(text, m.end() - 1)
+            if got is None:
+                break  # unbalanced: nothing after this is trustworthy
+            out.append((m.start(), got[1], got[0]))
+        else:
+            word = re.match(r"[^\s$]+", text[m.end():])
+            if word:
+                out.append((m.start(), m.end() + word.end(), word.group(0)))
+    return out
+
+
+def _segment_after(text: str, pos: int) -> str:
+    """The answer written after an answer phrase ending at ``pos``: one math block, else the line."""
+    rest = text[pos:pos + 4 * MAX_ANSWER_CHARS].lstrip()
+    for opener, closer in _MATH_OPEN.items():
+        if rest.startswith(opener):
+            end = len(opener) - 1
+            while True:
+                end = rest.find(closer, end + 1)
+                if end < 0 or rest[end - 1] != "\\" or closer != "$":
+                    break
+            if end >= 0 and not rest[end + len(closer):].strip(" .\t")[:1].isalnum():
+                return rest[len(opener):end]
+            break
+    line = rest.split("\n", 1)[0]
+    line = re.split(r"\.\s+I hope|\s+I hope it is correct", line)[0]
+    line = re.sub(r"[.\s]+$", "", line).replace('\\"', "").replace('"', "")
+    # "The largest $n$ is 34." -> "34"
+    parts = re.split(r"\s(?:is|are|equals|=)\s(?![^$]*\$(?:[^$]*\$[^$]*\$)*[^$]*$)", line)
+    return parts[-1] if len(parts) > 1 else line
+
+
+def _final_text(text: str) -> str:
+    for marker in _STOP_MARKERS:
+        cut = text.find(marker)
+        if cut > 0:
+            text = text[:cut]
+    if "</think>" in text:
+        after = text.rsplit("</think>", 1)[1]
+        if after.strip():
+            text = after
+    return text
+
+
+def _answer_spans(text: str, options: Options) -> tuple[str, list[str]] | None:
+    """(kind, answers): kind is 'boxed', 'tag', 'phrase' or 'number'. Several answers come from a
+    run of adjacent boxes; ``None`` when nothing is found or the boxes disagree."""
+    text = _final_text(text.replace("\x00", ""))
+    tags = _ANSWER_TAG.findall(text)
+    if tags:
+        inner = _answer_spans(tags[-1], Options(last_number_fallback=False))
+        return ("tag", inner[1]) if inner else ("tag", [tags[-1].strip()])
+    boxes = _boxes(text)
+    phrases = list(_PHRASE.finditer(text))
+    last_box_end = boxes[-1][1] if boxes else -1
+    if phrases and phrases[-1].end() > last_box_end:
+        seg = _segment_after(text, phrases[-1].end()).strip()
+        if seg and not seg.startswith("\\boxed"):
+            return "phrase", [seg]
+    if boxes:
+        run = [boxes[-1]]
+        for box in reversed(boxes[:-1]):
+            between = text[box[1]:run[0][0]]
+            if len(between) > 200 or not _BOX_JOINER.match(between):
+                break
+            run.insert(0, box)
+        answers = [b[2].strip() for b in run]
+        if len(answers) > 1 and re.search(r"\bor\b", text[run[0][0]:run[-1][1]]):
+            return None  # "\boxed{3} or \boxed{5}": hedging is not an answer
+        if len(run) < len(boxes):
+            before = boxes[len(boxes) - len(run) - 1]
+            gap = text[before[1]:run[0][0]]
+            if len(gap) < 80 and "\n" not in gap and not re.search(r"[.!?]\s", gap) \
+                    and _key(before[2]) not in {_key(a) for a in answers}:
+                return None  # two different answers side by side
+        return "boxed", answers
+    if phrases:
+        seg = _segment_after(text, phrases[-1].end()).strip()
+        if seg:
+            return "phrase", [seg]
+    if options.last_number_fallback:
+        tail = text[-20000:]
+        numbers = list(_NUMBER.finditer(tail))
+        blocks = list(_MATH_BLOCK.finditer(tail))
+        if blocks and (not numbers or numbers[-1].start() < blocks[-1].end()):
+            block = next(g for g in blocks[-1].groups() if g is not None).strip()
+            if block and len(block) <= MAX_ANSWER_CHARS:
+                return "math", [block]
+        if numbers:
+            return "number", [numbers[-1].group(0)]
+    return None
+
+
+def extract_answer(text: str, *, last_number_fallback: bool = True) -> str | None:
+    """The final answer as written: the last ``\\boxed{}``/``\\fbox{}`` (adjacent boxes joined with
+    ", "), an ``<answer>`` tag, a closing phrase ("the answer is", "Final answer:", "**Answer:**")
+    written after the last box, else the last number. Two boxes offered as alternatives, or a box
+    that never closes, give ``None``."""
+    try:
+        if not isinstance(text, str):
+            return None
+        got = _answer_spans(text, Options(last_number_fallback=last_number_fallback))
+        if not got:
+            return None
+        answer = ", ".join(a for a in got[1])
+        answer = answer.strip().strip("$").strip()
+        return answer or None
+    except (RecursionError, MemoryError):
+        return None
