@@ -182,6 +182,13 @@ def test_hazards_score_false_within_the_limit_from_a_thread():
     assert max(elapsed for _, elapsed in results) < 10
 
 
+@pytest.mark.parametrize("text", ["<answer>" * 10_000, "\\[" * 50_000, "\\(" * 50_000, "$$" * 50_000])
+def test_extraction_stays_fast_on_many_unclosed_delimiters(text):
+    start = time.perf_counter()
+    extract_answer(text)
+    assert time.perf_counter() - start < 1.0  # a regex scan took seconds here (quadratic)
+
+
 def test_a_hung_item_does_not_take_its_neighbours_down():
     golds = ["x+1", "2", "x^2-1", "3"]
     predictions = [boxed("9^{9^{9^9}}"), boxed("2"), boxed("(x-1)(x+1)"), boxed("4")]

@@ -9,13 +9,13 @@ from rewards.math.options import MAX_ANSWER_CHARS, Options
 from rewards.math.parsing import _braced, _key
 
 _STOP_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _PHRASE = re.compile(
     r"(?:final\s+answer(?:\s+is)?|the\s+(?:correct\s+)?answer\s+is|\banswer\s*(?:is)?\s*:|"
     r"\*\*\s*answer\s*:?\s*\*\*|^\s*#{1,4}\s*answer\b|^\s*answer\b|^####)\s*:?\s*",
     re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+,\d\d(?![\d,])|\d+(?:\.\d+)?)(?:\s*/\s*\d+)?")
-_MATH_BLOCK = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<![\\$])\$([^$]+?)(?<!\\)\$", re.DOTALL)
+_BOX_WORD = re.compile(r"[^\s$]+")
+_MATH_OPENER = re.compile(r"\$|\\[\[(]")
 _BOX_JOINER = re.compile(r"^(?:[\s,;.$]|\\quad|\\qquad|\\[,;:! ]|\\text\{[^{}]*\band\b[^{}]*\}|\\text\{\s*,?\s*\}|\band\b|&|[A-Za-z](?:_\{?\w+\}?)?\s*=|\\\]|\\\[|\\\(|\\\))*$")
 _MATH_OPEN = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
 
@@ -32,9 +32,9 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
                 break  # unbalanced: nothing after this is trustworthy
             out.append((m.start(), got[1], got[0]))
         else:
-            word = re.match(r"[^\s$]+", text[m.end():])
+            word = _BOX_WORD.match(text, m.end())  # match at a position: no copy of the rest
             if word:
-                out.append((m.start(), m.end() + word.end(), word.group(0)))
+                out.append((m.start(), word.end(), word.group(0)))
     return out
 
 
@@ -59,6 +59,40 @@ def _segment_after(text: str, pos: int) -> str:
     return parts[-1] if len(parts) > 1 else line
 
 
+def _last_math_block(text: str) -> tuple[int, str] | None:
+    """(end, content) of the last ``$$..$$``, ``\\[..\\]``, ``\\(..\\)`` or ``$..$`` block, read left
+    to right as a regex scan would, but in linear time: the next closer of each kind is looked up
+    once and reused until the scan passes it."""
+    nxt: dict[str, int] = {}
+
+    def closer(token: str, start: int) -> int:
+        if nxt.get(token, -2) != -1 and nxt.get(token, -2) < start:
+            nxt[token] = text.find(token, start)
+        return nxt[token]
+
+    last, pos = None, 0
+    for m in _MATH_OPENER.finditer(text):
+        p = m.start()
+        if p < pos:
+            continue
+        if text.startswith("$$", p):
+            end = closer("$$", p + 3)
+            if end >= 0:
+                last, pos = (end + 2, text[p + 2:end]), end + 2
+                continue
+        if text.startswith(("\\[", "\\("), p):
+            end = closer("\\]" if text[p + 1] == "[" else "\\)", p + 3)
+            if end >= 0:
+                last, pos = (end + 2, text[p + 2:end]), end + 2
+            continue
+        if p > 0 and text[p - 1] in "\\$":
+            continue
+        end = closer("$", p + 1)
+        if end > p + 1 and text[end - 1] != "\\":
+            last, pos = (end + 1, text[p + 1:end]), end + 1
+    return last
+
+
 def _final_text(text: str) -> str:
     for marker in _STOP_MARKERS:
         cut = text.find(marker)
@@ -71,14 +105,23 @@ def _final_text(text: str) -> str:
     return text
 
 
+def _last_answer_tag(text: str) -> str | None:
+    """Content of the last ``<answer>...</answer>``. Found from the end in linear time: a regex
+    scan is quadratic on many unclosed tags."""
+    low = text.lower()
+    end = low.rfind("</answer>")
+    start = low.rfind("<answer>", 0, end) if end >= 0 else -1
+    return text[start + len("<answer>"):end] if start >= 0 else None
+
+
 def _answer_spans(text: str, options: Options) -> tuple[str, list[str]] | None:
     """(kind, answers): kind is 'boxed', 'tag', 'phrase' or 'number'. Several answers come from a
     run of adjacent boxes; ``None`` when nothing is found or the boxes disagree."""
     text = _final_text(text.replace("\x00", ""))
-    tags = _ANSWER_TAG.findall(text)
-    if tags:
-        inner = _answer_spans(tags[-1], Options(last_number_fallback=False))
-        return ("tag", inner[1]) if inner else ("tag", [tags[-1].strip()])
+    tag = _last_answer_tag(text)
+    if tag is not None:
+        inner = _answer_spans(tag, Options(last_number_fallback=False))
+        return ("tag", inner[1]) if inner else ("tag", [tag.strip()])
     boxes = _boxes(text)
     phrases = list(_PHRASE.finditer(text))
     last_box_end = boxes[-1][1] if boxes else -1
@@ -87,12 +130,13 @@ def _answer_spans(text: str, options: Options) -> tuple[str, list[str]] | None:
         if seg and not seg.startswith("\\boxed"):
             return "phrase", [seg]
     if boxes:
-        run = [boxes[-1]]
-        for box in reversed(boxes[:-1]):
-            between = text[box[1]:run[0][0]]
+        first = len(boxes) - 1  # the run of adjacent boxes at the end is boxes[first:]
+        while first > 0:
+            between = text[boxes[first - 1][1]:boxes[first][0]]
             if len(between) > 200 or not _BOX_JOINER.match(between):
                 break
-            run.insert(0, box)
+            first -= 1
+        run = boxes[first:]
         answers = [b[2].strip() for b in run]
         if len(answers) > 1 and re.search(r"\bor\b", text[run[0][0]:run[-1][1]]):
             return None  # "\boxed{3} or \boxed{5}": hedging is not an answer
@@ -110,9 +154,9 @@ def _answer_spans(text: str, options: Options) -> tuple[str, list[str]] | None:
     if options.last_number_fallback:
         tail = text[-20000:]
         numbers = list(_NUMBER.finditer(tail))
-        blocks = list(_MATH_BLOCK.finditer(tail))
-        if blocks and (not numbers or numbers[-1].start() < blocks[-1].end()):
-            block = next(g for g in blocks[-1].groups() if g is not None).strip()
+        last = _last_math_block(tail)
+        if last and (not numbers or numbers[-1].start() < last[0]):
+            block = last[1].strip()
             if block and len(block) <= MAX_ANSWER_CHARS:
                 return "math", [block]
         if numbers:
