@@ -292,7 +292,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def recipe_keys_markdown() -> str:
-    """The table of recipe keys (README), generated from the models' fields."""
+    """The table of recipe keys in docs/recipes.md, generated from the models' fields.
+
+    ``<`` in a description is written as ``&lt;``, so that ``<name>`` shows as text, not as an HTML tag.
+    """
     lines = ["| key | default | meaning |", "|---|---|---|"]
     for section, field in Recipe.model_fields.items():
         model = field.annotation
@@ -304,5 +307,6 @@ def recipe_keys_markdown() -> str:
                 shown = ", ".join(getattr(d, "name", str(d)) for d in default)
             else:
                 shown = "null" if default is None else str(default)
-            lines.append(f"| `{section}.{name}` | `{shown}` | {f.description or ''} |")
+            meaning = (f.description or "").replace("<", "&lt;")
+            lines.append(f"| `{section}.{name}` | `{shown}` | {meaning} |")
     return "\n".join(lines)

@@ -58,10 +58,22 @@ def test_missing_recipe_and_non_mapping_yaml_are_clear_errors(tmp_path):
         load_recipe(tmp_path / "list.yaml")
 
 
-def test_readme_recipe_key_table_matches_the_config_models():
+RECIPE_KEYS_START, RECIPE_KEYS_END = "<!-- recipe keys: start -->\n", "\n<!-- recipe keys: end -->"
+REGENERATE_RECIPE_KEYS = (
+    ".venv/bin/python -c \"import re, pathlib, rlwhf.config as c; p = pathlib.Path('docs/recipes.md'); "
+    "p.write_text(re.sub(r'(?s)(<!-- recipe keys: start -->\\n).*?(\\n<!-- recipe keys: end -->)', "
+    "lambda m: m[1] + c.recipe_keys_markdown() + m[2], p.read_text()))\""
+)
+
+
+def test_docs_recipe_key_table_matches_the_config_models():
     from pathlib import Path
 
     from rlwhf.config import recipe_keys_markdown
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert recipe_keys_markdown() in readme, "regenerate the README table with rlwhf.config.recipe_keys_markdown()"
+    page = (Path(__file__).parent.parent / "docs" / "recipes.md").read_text()
+    assert RECIPE_KEYS_START in page and RECIPE_KEYS_END in page, "docs/recipes.md lost its recipe-key markers"
+    table = page.split(RECIPE_KEYS_START, 1)[1].split(RECIPE_KEYS_END, 1)[0]
+    assert table == recipe_keys_markdown(), (
+        "docs/recipes.md's key table differs from rlwhf/config.py; regenerate it from the repository root with\n"
+        + REGENERATE_RECIPE_KEYS)
