@@ -1,4 +1,4 @@
-"""``rlwhf``: train, eval, rewards, inspect, data."""
+"""``rlwhf``: train, validate, rewards, data, inspect."""
 
 from __future__ import annotations
 

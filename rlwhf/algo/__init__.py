@@ -1,6 +1,6 @@
 """Advantages, policy losses, KL estimators: pure tensor functions, one idea per module.
 
-See docs/readme-algo.md for which recipe keys select which published variant.
+See docs/algorithms.md for which recipe keys select which published variant.
 """
 
 from rlwhf.algo.advantages import group_advantages, scale_negative, zero_variance_groups
