@@ -1,6 +1,7 @@
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -45,3 +46,39 @@ def short_run_dir(tmp_path_factory):
     run_cli("train", ROOT / "recipes" / "tiny-base.yaml", *SHORT, "train.steps=3", "train.eval_every=2",
             "run.name=short", f"run.output_dir={out}", cwd=out)
     return out / "short"
+
+
+# Tests that run programs in rewards.code's sandbox take one of these fixtures. Where the sandbox
+# cannot run programs they fail with the reason: a row of skips would pass a suite that never ran
+# them. RLWHF_SANDBOX_TESTS=skip says that this machine cannot isolate; they then skip, naming it.
+NAMESPACE_LEVELS = ("namespaces-root", "namespaces-user")
+
+
+def sandbox_unavailable(why: str) -> NoReturn:
+    """Fail the test with ``why``, or skip it when RLWHF_SANDBOX_TESTS=skip."""
+    if os.environ.get("RLWHF_SANDBOX_TESTS") == "skip":
+        pytest.skip(f"NOT RUN because RLWHF_SANDBOX_TESTS=skip: {why}")
+    pytest.fail(f"{why}. If this machine cannot isolate programs, set RLWHF_SANDBOX_TESTS=skip to skip "
+                "the tests that need the sandbox.", pytrace=False)
+
+
+def _sandbox_level(allowed: tuple[str, ...], needs: str) -> str:
+    from rewards import code
+
+    level = code.isolation_level()
+    if level not in allowed:
+        sandbox_unavailable(f"{needs}, but the sandbox's level here is {level!r} "
+                            f"({code._get_pool()[2] or 'RLWHF_SANDBOX=' + os.environ.get('RLWHF_SANDBOX', 'auto')})")
+    return level
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> str:
+    """The level at which rewards.code runs programs here (any level but ``none``)."""
+    return _sandbox_level((*NAMESPACE_LEVELS, "rlimits-unsafe"), "this test runs programs in the sandbox")
+
+
+@pytest.fixture(scope="session")
+def isolated_sandbox() -> str:
+    """The namespace level at which rewards.code isolates programs here."""
+    return _sandbox_level(NAMESPACE_LEVELS, "this test checks the sandbox's namespace isolation")

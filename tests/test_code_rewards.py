@@ -1,4 +1,7 @@
-"""The code_tests reward: extraction, stdio cases, function-call cases, and programs that cheat."""
+"""The code_tests reward: extraction, stdio cases, function-call cases, and programs that cheat.
+
+Tests that run programs take the ``sandbox`` fixture (tests/conftest.py): where no program can run they
+fail with the reason, or skip when RLWHF_SANDBOX_TESTS=skip; the others run everywhere."""
 
 from __future__ import annotations
 
@@ -13,12 +16,6 @@ ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-5, 7) == 2", "assert add(10, 
 
 def block(src: str, tag: str = "python") -> str:
     return f"Here is my solution.\n```{tag}\n{src}\n```\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def sandbox():
-    if code.isolation_level() == "none":
-        pytest.skip("no sandbox on this machine (test_code_sandbox.py checks that the kernel, not the sandbox, is why)")
 
 
 # ------------------------------------------------------------------------------------- extraction
@@ -43,27 +40,27 @@ def test_code_tests_is_registered_under_its_name():
 STDIO = [{"input": "1 2\n", "output": "3\n"}, {"input": "5 5", "output": "10"}, {"input": "-1 1", "output": "0"}]
 
 
-def test_stdio_correct_program_scores_one_and_ignores_trailing_whitespace():
+def test_stdio_correct_program_scores_one_and_ignores_trailing_whitespace(sandbox):
     sol = block("a, b = map(int, input().split())\nprint(a + b, end='   \\n\\n')")
     assert code_tests([sol], prompts=[""], tests=[STDIO]) == [1.0]
 
 
-def test_stdio_partial_credit_is_the_fraction_of_cases_passed():
+def test_stdio_partial_credit_is_the_fraction_of_cases_passed(sandbox):
     sol = block("a, b = map(int, input().split())\nprint(abs(a) + b)")  # wrong on the negative case
     assert code_tests([sol], prompts=[""], tests=[STDIO]) == [pytest.approx(2 / 3)]
 
 
-def test_stdio_crash_after_correct_output_fails_the_case():
+def test_stdio_crash_after_correct_output_fails_the_case(sandbox):
     sol = block("a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(1)")
     assert code_tests([sol], prompts=[""], tests=[STDIO]) == [0.0]
 
 
-def test_stdio_hanging_case_fails_alone():
+def test_stdio_hanging_case_fails_alone(sandbox):
     sol = "a, b = map(int, input().split())\nif a == 5:\n    while True: pass\nprint(a + b)"
     assert score_code(block(sol), STDIO, timeout_s=0.5) == pytest.approx(2 / 3)
 
 
-def test_per_sample_timeout_column_bounds_a_hanging_batch():
+def test_per_sample_timeout_column_bounds_a_hanging_batch(sandbox):
     import time
 
     hang = block("while True: pass")
@@ -73,13 +70,13 @@ def test_per_sample_timeout_column_bounds_a_hanging_batch():
     assert time.monotonic() - start < 6  # 12 runs x 0.2 s over the pool, not 12 x TEST_TIMEOUT_S
 
 
-def test_stdio_program_sees_only_its_input_not_the_expected_output():
+def test_stdio_program_sees_only_its_input_not_the_expected_output(sandbox):
     sol = "import os, sys\ndata = sys.stdin.read()\nprint(repr(data), os.listdir('.'), os.listdir('/tmp'))"
     res = code.run(extract_code(block(sol)), stdin="1 2\n")
     assert res.stdout == "'1 2\\n' [] []\n"
 
 
-def test_apps_style_inputs_outputs_dict_and_json_text_are_accepted():
+def test_apps_style_inputs_outputs_dict_and_json_text_are_accepted(sandbox):
     sol = block("print(int(input()) * 2)")
     apps = {"inputs": ["1\n", "4\n"], "outputs": ["2\n", "8\n"]}
     assert score_code(sol, apps) == 1.0
@@ -89,7 +86,7 @@ def test_apps_style_inputs_outputs_dict_and_json_text_are_accepted():
 # ------------------------------------------------------------------------------- function calls
 
 
-def test_function_tests_correct_partial_and_missing_code():
+def test_function_tests_correct_partial_and_missing_code(sandbox):
     good = block("def add(a, b):\n    return a + b")
     off = block("def add(a, b):\n    return a + b if a > 0 else -1")
     scores = code_tests([good, off, "I don't know."], prompts=[""] * 3, tests=[ADD_TESTS] * 3)
@@ -100,13 +97,13 @@ def test_no_tests_means_the_reward_does_not_apply():
     assert code_tests([block("print(1)")] * 2, prompts=["", ""], tests=[None, []]) == [None, None]
 
 
-def test_function_tests_with_setup_imports_and_conversions():
+def test_function_tests_with_setup_imports_and_conversions(sandbox):
     tests = "import math\nassert math.isclose(area(2), 12.566, rel_tol=1e-3)\nassert list(evens(5)) == [0, 2, 4]"
     sol = block("import math\ndef area(r):\n    return math.pi * r * r\ndef evens(n):\n    return (i for i in range(n) if i % 2 == 0)")
     assert score_code(sol, tests) == 1.0
 
 
-def test_function_test_that_raises_or_hangs_fails():
+def test_function_test_that_raises_or_hangs_fails(sandbox):
     sol = block("def add(a, b):\n    if a == 1:\n        raise ValueError\n    return a + b")
     assert score_code(sol, ADD_TESTS) == pytest.approx(2 / 3)
     assert score_code(block("def add(a, b):\n    while True: pass"), ADD_TESTS, timeout_s=0.5) == 0.0
@@ -144,11 +141,11 @@ CHEATS = {
 
 
 @pytest.mark.parametrize("cheat", list(CHEATS), ids=list(CHEATS))
-def test_programs_cannot_fake_a_pass_on_function_tests(cheat):
+def test_programs_cannot_fake_a_pass_on_function_tests(sandbox, cheat):
     assert score_code(block(CHEATS[cheat]), ADD_TESTS) == 0.0
 
 
-def test_program_cannot_find_the_expected_values_in_its_process():
+def test_program_cannot_find_the_expected_values_in_its_process(sandbox):
     # a cheater that searches its memory and caller frames for the assert's expected value
     sol = """
 import gc, re, sys
@@ -167,7 +164,7 @@ def add(a, b):
     assert score_code(block(sol), ["assert add(2, 2) == 77", "assert add(3, 3) == 78"]) == 0.0
 
 
-def test_batch_of_mixed_completions_is_scored_in_order():
+def test_batch_of_mixed_completions_is_scored_in_order(sandbox):
     good = block("def add(a, b):\n    return a + b")
     batch = [good, block(CHEATS["always-equal"]), good, "no code", block(CHEATS["exits-0-early"])] * 2
     assert code_tests(batch, prompts=[""] * len(batch), tests=[ADD_TESTS] * len(batch)) == [1.0, 0.0, 1.0, 0.0, 0.0] * 2

@@ -16,21 +16,21 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
+from conftest import NAMESPACE_LEVELS, sandbox_unavailable
 
 from rewards import code
 
 REPO = Path(__file__).resolve().parents[1]
-NAMESPACES = ("namespaces-root", "namespaces-user")
+NAMESPACES = NAMESPACE_LEVELS
 
 
-@pytest.fixture(scope="module")
-def level() -> str:
-    lvl = code.isolation_level()
-    if lvl not in NAMESPACES:
-        pytest.skip(f"no namespace isolation on this machine (level {lvl}); the kernel probe test below checks why")
-    return lvl
+@pytest.fixture
+def level(isolated_sandbox) -> str:
+    """The namespace level in use; fails the test where there is none (see conftest.py)."""
+    return isolated_sandbox
 
 
 def run(src: str, **kw) -> code.ExecResult:
@@ -464,14 +464,66 @@ _KERNEL_PROBE = """
 
 
 def test_the_sandbox_uses_namespaces_exactly_when_this_kernel_allows_them(tmp_path):
-    """The namespace tests skip where the kernel has no namespaces for us. This test never skips: a
-    sandbox that gave up on a machine that has them would otherwise pass as a row of skips."""
+    """The namespace tests fail where the kernel has no namespaces for us (or skip, when
+    RLWHF_SANDBOX_TESTS=skip says so). This test never skips: a sandbox that gave up on a machine
+    that has them would otherwise pass where the namespace tests are told to skip."""
     probe = subprocess.run([sys.executable, "-c", textwrap.dedent(_KERNEL_PROBE), str(tmp_path)],
                            capture_output=True, text=True, timeout=60)
     chosen = _in_subprocess("from rewards import code\nprint(code.isolation_level(), code._get_pool()[2])",
                             env={"RLWHF_SANDBOX": "auto"})
     level = chosen.stdout.split()[0] if chosen.stdout else chosen.stderr
     assert (level in NAMESPACES) == (probe.stdout.strip() == "allowed"), (chosen.stdout, probe.stdout, probe.stderr)
+
+
+# Tests that run no program: they must pass where no program can run.
+NEED_NO_SANDBOX = {
+    "test_extract_code_takes_the_last_closed_python_block",
+    "test_extract_code_accepts_untagged_blocks_and_returns_none_without_one",
+    "test_code_tests_is_registered_under_its_name",
+    "test_no_tests_means_the_reward_does_not_apply",
+    "test_unusable_test_specs_raise_clear_errors",
+    "test_same_seed_gives_the_same_tasks_and_another_seed_does_not",
+    "test_tasks_cover_every_family_and_have_the_reward_columns",
+    "test_unknown_family_is_rejected_with_the_known_ones_listed",
+}
+
+
+def _pytest_outcomes(tmp_path: Path, env: dict) -> tuple[int, dict[str, tuple[str, str]]]:
+    """Run the code-reward tests and one sandbox test in a fresh pytest; {test: (outcome, message)}."""
+    xml = tmp_path / f"junit-{len(list(tmp_path.iterdir()))}.xml"
+    args = ["tests/test_code_rewards.py", "tests/test_coding_tasks.py",
+            "tests/test_code_sandbox.py::test_program_output_and_exit_code_are_returned"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    outcomes = {}
+    for case in ElementTree.parse(xml).iter("testcase"):
+        marks = [(m.tag, m.get("message", "")) for m in case if m.tag in ("failure", "error", "skipped")]
+        outcomes[case.get("name")] = marks[0] if marks else ("passed", "")
+    return proc.returncode, outcomes
+
+
+def test_where_no_program_can_run_sandbox_tests_fail_with_the_reason_and_the_others_pass(tmp_path):
+    """A machine without isolation (simulated by RLWHF_SANDBOX=none): every test that runs a program
+    fails, naming the reason and RLWHF_SANDBOX_TESTS; with RLWHF_SANDBOX_TESTS=skip they skip, naming
+    the variable. Tests that run no program pass either way. Nothing skips without being told to."""
+    env = {k: v for k, v in os.environ.items() if k != "RLWHF_SANDBOX_TESTS"}
+    env["RLWHF_SANDBOX"] = "none"
+    rc, strict = _pytest_outcomes(tmp_path, env)
+    rc_skip, told = _pytest_outcomes(tmp_path, {**env, "RLWHF_SANDBOX_TESTS": "skip"})
+
+    passed = {name for name, (outcome, _) in strict.items() if outcome == "passed"}
+    assert passed == NEED_NO_SANDBOX, strict
+    failed = {name: msg for name, (outcome, msg) in strict.items() if outcome != "passed"}
+    assert failed and rc != 0
+    for name, (outcome, msg) in strict.items():
+        if name in failed:
+            assert outcome == "error" and "'none'" in msg and "RLWHF_SANDBOX=none" in msg, (name, outcome, msg)
+            assert "RLWHF_SANDBOX_TESTS=skip" in msg, (name, msg)
+
+    assert rc_skip == 0 and told.keys() == strict.keys()
+    for name, (outcome, msg) in told.items():
+        expected = "passed" if name in NEED_NO_SANDBOX else "skipped"
+        assert outcome == expected and (expected == "passed" or "RLWHF_SANDBOX_TESTS=skip" in msg), (name, msg)
 
 
 def test_refuses_when_no_isolation_is_allowed():
@@ -499,10 +551,16 @@ def test_rlimits_unsafe_level_still_limits_time_and_memory():
     assert _processes_with("4243.5") == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-                    reason="needs root (to become an unprivileged user), setpriv and /usr/bin/python3")
 def test_unprivileged_host_gets_user_namespace_isolation_that_holds(tmp_path):
-    """The same attacks, from a host that is not root (uid nobody, Debian's own interpreter)."""
+    """The same attacks, from a host that is not root: uid nobody with the system's interpreter
+    when the tests run as root (the venv's may sit in root's home), else this user as it is."""
+    if os.geteuid() != 0:
+        user, python = [], sys.executable
+    elif shutil.which("setpriv") and os.path.exists("/usr/bin/python3"):
+        user, python = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], "/usr/bin/python3"
+    else:
+        pytest.skip("NOT RUN: the tests run as root, and this machine has no setpriv binary or no "
+                    "/usr/bin/python3, so no host can be started as an unprivileged user here")
     src = """
         import os, time
         from rewards import code
@@ -517,8 +575,8 @@ def test_unprivileged_host_gets_user_namespace_isolation_that_holds(tmp_path):
         alive = [p for p in os.listdir("/proc") if p.isdigit() and marker in open(f"/proc/{p}/cmdline", "rb").read()]
         print("daemon", r.status, alive == [])
         print("memory", code.run("x = bytearray(512 << 20)", memory_mb=64).status)
-        r = code.run("import os\\nprint(os.getpid(), os.path.exists('/work/main'), os.path.exists('/etc/passwd'), "
-                     "os.path.exists(%r))" % os.environ["SECRET_DIR"])
+        r = code.run("import os\\nprint(os.getpid(), os.path.exists(%r), os.path.exists('/etc/passwd'), "
+                     "os.path.exists(%r))" % (os.environ["REPO"], os.environ["SECRET_DIR"]))
         print("files", r.stdout.strip())
         r = code.run("import os\\ntry:\\n    os.kill(%d, 0)\\n    print('visible')\\n"
                      "except ProcessLookupError:\\n    print('hidden')" % os.getpid())
@@ -533,11 +591,10 @@ def test_unprivileged_host_gets_user_namespace_isolation_that_holds(tmp_path):
     secret_dir = tmp_path / "secret"
     secret_dir.mkdir()
     os.chmod(tmp_path, 0o755)
-    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    env = {"PYTHONPATH": str(REPO), "SECRET_DIR": str(secret_dir), "RLWHF_SECRET": "x"}
-    proc = _in_subprocess(src, python="/usr/bin/python3", user=user, env=env)
-    if "level none" in proc.stdout:
-        pytest.skip(f"unprivileged user namespaces are disabled here: {proc.stdout}")
+    env = {"PYTHONPATH": str(REPO), "SECRET_DIR": str(secret_dir), "RLWHF_SECRET": "x", "REPO": str(REPO)}
+    proc = _in_subprocess(src, python=python, user=user, env=env)
+    if proc.stdout.startswith("level none"):
+        sandbox_unavailable(f"an unprivileged host gets no sandbox here: {proc.stdout.strip()}")
     assert proc.stdout.splitlines() == [
         "level namespaces-user",
         "forkloop timeout True",

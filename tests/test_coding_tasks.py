@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from rewards import code
 from rewards.code import code_tests
 from rlwhf.data.coding_tasks import FAMILIES, make_coding_tasks
 
@@ -27,8 +26,7 @@ def test_unknown_family_is_rejected_with_the_known_ones_listed():
         make_coding_tasks(3, seed=0, families=["sorting"])
 
 
-@pytest.mark.skipif(code.isolation_level() == "none", reason="no sandbox on this machine")
-def test_every_solution_passes_its_tests_and_a_constant_program_does_not():
+def test_every_solution_passes_its_tests_and_a_constant_program_does_not(sandbox):
     tasks = make_coding_tasks(2 * len(FAMILIES), seed=3)
     solutions = [t["solution"] for t in tasks]
     constant = ["```python\nprint(0)\n```"] * len(tasks)
