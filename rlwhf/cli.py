@@ -15,9 +15,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="GRPO post-tr
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` to stderr and exit: 2 for bad input (the default), 1 for a failed run."""
     typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def _load(recipe: Optional[Path], overrides: list[str]):
@@ -52,12 +53,23 @@ def train(
     if address:
         overrides.append(f"ray.address={address}")
     cfg = _load(recipe, overrides)
+    import ray
+
     from rlwhf.loop import train as run_training
+    from rlwhf.workers import describe_failure
 
     try:
         summary = run_training(cfg, resume=resume is not None)
     except (FileExistsError, ValueError) as exc:
         _fail(str(exc))
+    except ray.exceptions.RayError as exc:
+        import traceback
+
+        log_dir = cfg.run.dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with (log_dir / "driver.log").open("a") as f:
+            traceback.print_exception(exc, file=f)
+        _fail(describe_failure(exc, log_dir), code=1)
     typer.echo(json.dumps(summary, indent=2))
 
 

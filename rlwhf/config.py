@@ -163,7 +163,8 @@ class TrackingConfig(Section):
     wandb: bool = Field(False, description="Log to Weights & Biases (offline unless WANDB_MODE says otherwise).")
     wandb_project: str = Field("rlwhf", description="wandb project.")
     traces: bool = Field(True, description="Write every completion to traces/ (Parquet).")
-    console_every: int = Field(1, ge=1, description="Print a metrics line every N steps.")
+    console_every: int = Field(10, ge=1, description="Print a metrics line every N steps (and for the last step and "
+                               "any step without an update).")
 
 
 class RayConfig(Section):

@@ -118,12 +118,25 @@ class GroupToScore:
 
 
 @dataclass
+class Failure:
+    """One reward call that scored ``on_error``: which reward, which group, why."""
+
+    reward: str
+    group: int
+    status: str  # "error" (raised, exited, bad value) or "timeout"
+    detail: str  # the last line of the traceback or the reason
+
+    def __str__(self) -> str:
+        return f"reward {self.reward!r} on group {self.group}: {self.status}: {self.detail}"
+
+
+@dataclass
 class Scores:
     per_reward: dict[str, list[float | None]]  # name -> one score per completion, groups concatenated
     total: list[float]
     errors: dict[str, int]
     timeouts: dict[str, int]
-    messages: list[str]
+    failures: list[Failure]  # one per failed call (reward, group)
 
 
 class RewardRunner:
@@ -161,7 +174,7 @@ class RewardRunner:
         per_reward = {s.name: [] for s in self.specs}
         errors = {s.name: 0 for s in self.specs}
         timeouts = {s.name: 0 for s in self.specs}
-        messages = []
+        failures = []
         by_key = {}
         for (spec, gi), (status, payload) in zip(keys, results):
             n = len(groups[gi].completions)
@@ -169,7 +182,8 @@ class RewardRunner:
                 by_key[spec.name, gi] = payload
             else:
                 (timeouts if status == "timeout" else errors)[spec.name] += n
-                messages.append(f"reward {spec.name!r} on group {gi}: {status}: {payload.strip().splitlines()[-1]}")
+                detail = payload.strip().splitlines()[-1] if payload.strip() else status
+                failures.append(Failure(spec.name, gi, status, detail))
                 by_key[spec.name, gi] = [spec.on_error] * n
         for spec in self.specs:
             for gi in range(len(groups)):
@@ -178,7 +192,7 @@ class RewardRunner:
             sum(s.weight * (per_reward[s.name][i] or 0.0) for s in self.specs)
             for i in range(sum(len(g.completions) for g in groups))
         ]
-        return Scores(per_reward, total, errors, timeouts, messages)
+        return Scores(per_reward, total, errors, timeouts, failures)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -2,13 +2,57 @@
 
 Each class here only forwards to a plain, Ray-free class (``RolloutEngine``, ``PolicyTrainer``,
 ``RewardRunner``), so the work itself is testable without Ray.
+
+Given a ``log_path``, a worker writes everything its process prints (vLLM's and transformers'
+logs, warnings, tracebacks) to that file instead of the driver's console: the console keeps the
+progress bars and metrics lines, the run directory keeps the full logs (``logs/<worker>.log``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import ray
+
+# Which log file in the run directory holds each worker's output (see ``log_to``).
+LOG_FILES = {"RolloutWorker": "rollout.log", "PolicyWorker": "policy.log", "RewardWorker": "rewards.log",
+             "cold_start_sft_task": "sft.log"}
+
+
+def describe_failure(exc: BaseException, log_dir) -> str:
+    """A worker's error in one line, the error itself first, then where that worker's full log is."""
+    import re
+    from pathlib import Path
+
+    cause = getattr(exc, "cause", None)
+    text = str(exc)
+    if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
+        headline = f"{type(cause).__name__}: {str(cause).strip()}"
+    else:  # an actor that died, or failed in __init__: the remote traceback is in the message
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b", line)]
+        headline = errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
+    headline = headline.splitlines()[0][:400] if headline else type(exc).__name__
+    where = getattr(exc, "function_name", "") or text
+    worker = next((name for name in LOG_FILES if name in where), None)
+    if worker is None:
+        return f"a worker failed: {headline} (worker logs: {Path(log_dir)})"
+    return f"{worker} failed: {headline}\n  its full log: {Path(log_dir) / LOG_FILES[worker]}"
+
+
+def log_to(path: str | None) -> None:
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so C code and child
+    processes too) to the end of ``path``; nothing when ``path`` is None."""
+    if path is None:
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
@@ -16,8 +60,9 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    quiet = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "ERROR", "TRANSFORMERS_VERBOSITY": "error",
-             "PYTHONWARNINGS": "ignore", "RAY_DEDUP_LOGS": "1"}
+    # Workers log to files in the run directory (``log_to``); these keep the files to what matters.
+    quiet = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING", "TRANSFORMERS_VERBOSITY": "error",
+             "RAY_DEDUP_LOGS": "1"}
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in quiet.items()}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
@@ -47,19 +92,24 @@ def claim_cores(shared: bool) -> None:
 
 # max_calls=1: the task's worker process exits afterwards and frees the SFT model's memory.
 @ray.remote(num_cpus=0, max_calls=1)
-def cold_start_sft_task(*args, **kwargs) -> int:
-    """``cold_start_sft`` as a Ray task, on every usable core (see ``claim_cores``); returns the thread count."""
+def cold_start_sft_task(*args, log_path: str | None = None, progress=None, **kwargs) -> int:
+    """``cold_start_sft`` as a Ray task, on every usable core (see ``claim_cores``); returns the thread
+    count. ``progress``: a ``ray.util.queue.Queue`` that receives ``(step, loss)`` after each step."""
     import torch
 
     from rlwhf.train.sft import cold_start_sft
 
+    log_to(log_path)
     claim_cores(False)
-    cold_start_sft(*args, **kwargs)
+    on_step = (lambda step, loss: progress.put_nowait((step, loss))) if progress is not None else None
+    cold_start_sft(*args, on_step=on_step, **kwargs)
     return torch.get_num_threads()
 
 
 class RolloutWorker:
-    def __init__(self, kind: str, model_path: str, *, shared_cores: bool = False, **engine_kwargs):
+    def __init__(self, kind: str, model_path: str, *, shared_cores: bool = False, log_path: str | None = None,
+                 **engine_kwargs):
+        log_to(log_path)
         from rlwhf.rollout import make_engine
 
         claim_cores(shared_cores)
@@ -73,7 +123,9 @@ class RolloutWorker:
 
 
 class PolicyWorker:
-    def __init__(self, model_path: str, algo, train, *, resume_from: str | None = None, **trainer_kwargs):
+    def __init__(self, model_path: str, algo, train, *, resume_from: str | None = None, log_path: str | None = None,
+                 **trainer_kwargs):
+        log_to(log_path)
         from rlwhf.train.policy import PolicyTrainer
 
         claim_cores(train.off_policy_steps > 0)  # PolicyTrainer then applies train.threads when set
@@ -95,7 +147,8 @@ class PolicyWorker:
 
 
 class RewardWorker:
-    def __init__(self, specs, timeout_s: float, num_workers: int):
+    def __init__(self, specs, timeout_s: float, num_workers: int, *, log_path: str | None = None):
+        log_to(log_path)
         from rlwhf.reward_runner import RewardRunner
 
         self.runner = RewardRunner(specs, timeout_s=timeout_s, num_workers=num_workers)

@@ -45,7 +45,7 @@ def test_a_failing_reward_scores_on_error_is_counted_and_the_next_call_works(fn)
         scores = runner.score([GroupToScore("p", ["a", "b"])])
         assert scores.per_reward[specs[0].name] == [-1.0, -1.0]
         assert scores.errors[specs[0].name] == 2
-        assert len(scores.messages) == 1 and "group 0: error" in scores.messages[0]
+        assert len(scores.failures) == 1 and "group 0: error" in str(scores.failures[0])
         again = runner.score([GroupToScore("p", ["c", "d", "e"])])
         assert again.errors[specs[0].name] == 3  # the worker process still answers after the failure
 

@@ -7,7 +7,7 @@ import pytest
 
 from rlwhf.config import load_recipe
 from rlwhf.data.source import load_task
-from rlwhf.loop import prepare_policy, sft_cache_dir
+from rlwhf.train.sft import prepare_policy, sft_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

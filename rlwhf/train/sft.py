@@ -1,13 +1,24 @@
-"""Cold-start supervised fine-tuning on solver-written reasoning traces (TRL's SFTTrainer).
+"""The starting policy: a tiny model built locally, then a cold-start SFT on solver-written traces.
 
 R1-style pipelines first teach the output format and a rough procedure with a little SFT, then
-let RL do the rest; this step is that little SFT. The loss covers the completion only.
+let RL do the rest; ``cold_start_sft`` is that little SFT (TRL's SFTTrainer, loss on the completion
+only). ``prepare_policy`` runs it as a Ray task on every core, shows its progress, and caches the
+result under ``<output_dir>/.sft-cache`` by a hash of everything that determines it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+# Part of the SFT cache key: raise it when a change makes the same settings train a different model
+# (2: the SFT runs on every core, which rounds differently from one).
+SFT_CACHE_VERSION = 2
 
 
 def cold_start_sft(
@@ -20,10 +31,16 @@ def cold_start_sft(
     learning_rate: float,
     seed: int,
     max_length: int = 256,
+    on_step: Callable[[int, float | None], None] | None = None,
 ) -> Path:
-    """Fine-tune ``model_path`` on ``examples`` (``prompt``/``solution`` dicts); save to ``out_dir``."""
+    """Fine-tune ``model_path`` on ``examples`` (``prompt``/``solution`` dicts); save to ``out_dir``.
+
+    ``on_step(step, loss)`` is called after every optimizer step (``loss``: the last logged one),
+    in place of the trainer's own progress bar and log lines.
+    """
     import datasets
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
     os.environ.setdefault("WANDB_DISABLED", "true")
@@ -48,9 +65,24 @@ def cold_start_sft(
         use_cpu=True,
         bf16=False,
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=on_step is not None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    if on_step is not None:
+
+        class ReportSteps(TrainerCallback):
+            loss: float | None = None
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    self.loss = float(logs["loss"])
+
+            def on_step_end(self, args, state, control, **kwargs):
+                on_step(state.global_step, self.loss)
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(ReportSteps())
     trainer.train()
     out_dir = Path(out_dir)
     # SFTTrainer turns on router logits for the MoE auxiliary loss; generation must not carry them.
@@ -58,3 +90,75 @@ def cold_start_sft(
     trainer.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def sft_cache_dir(recipe) -> Path:
+    """Where an SFT'd tiny model is kept for reuse by runs with the same model, data, SFT and seed."""
+    key = json.dumps([recipe.model.model_dump(mode="json"), recipe.data.model_dump(mode="json"),
+                      recipe.sft.model_dump(mode="json", exclude={"cache"}), recipe.run.seed, SFT_CACHE_VERSION],
+                     sort_keys=True)
+    return Path(recipe.run.output_dir) / ".sft-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def prepare_policy(recipe, run_dir: Path, train_rows: list[dict], say: Callable[[str], None] = print) -> str:
+    """The starting policy's directory: build the tiny model if asked, then the cold-start SFT (cached)."""
+    from rlwhf.models.tiny import build_tiny_moe
+
+    path = recipe.model.path
+    if path == "tiny":
+        path = str(run_dir / "model" / "init")
+        if not Path(path, "config.json").exists():
+            from transformers.utils import logging as hf_logging
+
+            say(f"building a tiny Qwen3-MoE policy and tokenizer in {path}")
+            hf_logging.disable_progress_bar()  # a bar for writing one small file is noise
+            build_tiny_moe(path, recipe.model.tiny, seed=recipe.run.seed)
+    if not recipe.sft.enabled:
+        return path
+    sft_dir = run_dir / "model" / "sft"
+    use_cache = recipe.sft.cache and recipe.model.path == "tiny"
+    cached = sft_cache_dir(recipe)
+    if use_cache and not (sft_dir / "config.json").exists() and (cached / "config.json").exists():
+        say(f"cold-start SFT: reusing {cached} (same model, data, SFT settings and seed)")
+        shutil.copytree(cached, sft_dir, dirs_exist_ok=True)
+    if not (sft_dir / "config.json").exists():
+        rows = [r for r in train_rows if r.get("solution")][: recipe.sft.num_examples]
+        if not rows:
+            raise ValueError("sft.enabled needs training rows with a 'solution' column; set sft.enabled=false")
+        t0 = time.perf_counter()
+        threads = _sft_with_progress(recipe, path, rows, sft_dir, run_dir / "logs" / "sft.log")
+        say(f"cold-start SFT: {recipe.sft.steps} steps on {len(rows)} solver traces in "
+            f"{time.perf_counter() - t0:.0f} s on {threads} threads")
+        if use_cache:
+            tmp = cached.with_name(cached.name + ".tmp")
+            shutil.copytree(sft_dir, tmp, dirs_exist_ok=True)
+            tmp.rename(cached)
+    return str(sft_dir)
+
+
+def _sft_with_progress(recipe, model_path: str, rows: list[dict], sft_dir: Path, log_path: Path) -> int:
+    """Run the SFT task and draw its progress bar here, from the (step, loss) pairs it sends."""
+    import ray
+    from ray.util.queue import Empty, Queue
+    from tqdm.auto import tqdm
+
+    from rlwhf.workers import cold_start_sft_task
+
+    progress = Queue(actor_options={"num_cpus": 0})
+    task = cold_start_sft_task.remote(
+        model_path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
+        learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed, log_path=str(log_path), progress=progress)
+    with tqdm(total=recipe.sft.steps, desc="cold-start SFT", unit="step", dynamic_ncols=True) as bar:
+        done = []
+        while not done:
+            done, _ = ray.wait([task], timeout=0.5)
+            try:
+                for step, loss in progress.get_nowait_batch(progress.qsize()):
+                    bar.update(step - bar.n)
+                    if loss is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            except Empty:
+                pass
+    threads = ray.get(task)
+    progress.shutdown()
+    return threads
