@@ -91,7 +91,7 @@ def test_programs_that_never_end_stop_at_the_time_limit(level, src):
     start = time.monotonic()
     res = run(src, timeout_s=0.5)
     assert res.status == "timeout" and res.exit_code is None
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 0.5 + 10  # unstopped, each would run 60 s or forever; slack for a busy machine
 
 
 def test_reading_stdin_past_its_end_does_not_block(level):
@@ -100,8 +100,20 @@ def test_reading_stdin_past_its_end_does_not_block(level):
 
 
 def test_busy_threads_stop_at_the_time_limit(level):
-    src = "import threading\nfor _ in range(4):\n    threading.Thread(target=lambda: [0 for _ in iter(int, 1)]).start()"
-    assert run(src, timeout_s=0.5).status == "timeout"
+    """The main thread ends; four threads that spin forever keep the process alive (as the
+    interpreter joins them at exit), so it can end only by being killed at the limit. They allocate
+    nothing: threads that grew a list once died of MemoryError first on a fast machine, and the
+    program then exited 0."""
+    src = """
+        import threading
+        def spin():
+            while True:
+                pass
+        for _ in range(4):
+            threading.Thread(target=spin).start()
+    """
+    res = run(src, timeout_s=0.5)
+    assert (res.status, res.exit_code) == ("timeout", None), res
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -135,13 +147,15 @@ def test_memory_within_the_limit_is_usable(level):
 
 
 def test_fork_loop_is_capped_and_ends_at_the_time_limit(level):
+    # the children sleep rather than spin, so that the loop reaches the cap long before the limit
+    # however busy the machine is
     src = """
-        import os
+        import os, time
         n = 0
         while True:
             try:
                 if os.fork() == 0:
-                    while True: pass
+                    time.sleep(600)
                 n += 1
             except OSError:
                 print("capped at", n, flush=True)
@@ -167,7 +181,9 @@ def test_no_child_grandchild_or_daemon_survives_run(level):
     """
     res = run(src, timeout_s=3)
     assert res.status == "ok" and "spawned" in res.stdout, res
-    time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _processes_with(marker) == []
 
 
@@ -244,7 +260,7 @@ def test_home_shows_at_most_the_path_to_the_standard_library(level):
 
 def test_file_size_is_capped(level):
     res = run("open('big', 'wb').write(b'x' * (8 << 20))", file_mb=2)
-    assert res.status == "error"
+    assert res.status == "error" and ("File too large" in res.stderr or "No space left" in res.stderr), res
 
 
 def test_interpreter_and_standard_library_stay_read_only(level):
@@ -371,9 +387,9 @@ def test_seccomp_denies_namespaces_mounts_and_tracing_but_not_threads_or_subproc
 
 
 def test_output_past_the_cap_is_truncated_and_the_program_stopped(level):
-    res = run("while True:\n    print('x' * 1000)", output_bytes=100_000, timeout_s=5)
-    assert res.status == "error" and res.truncated
-    assert len(res.stdout) == 100_000 and res.wall_s < 5
+    res = run("while True:\n    print('x' * 1000)", output_bytes=100_000, timeout_s=60)
+    assert (res.status, res.truncated, res.exit_code) == ("error", True, None)  # killed at the cap, not at the limit
+    assert len(res.stdout) == 100_000
 
 
 def test_stderr_flood_is_capped_too(level):
