@@ -70,7 +70,55 @@ def test_uncaught_exception_is_an_error_with_its_traceback(level):
 
 
 def test_syntax_error_is_an_error(level):
-    assert run("def (:").status == "error"
+    res = run("def (:")
+    assert (res.status, res.exit_code) == ("error", 1) and res.stderr.endswith("SyntaxError: invalid syntax\n"), res
+
+
+# Correct programs that change their own interpreter before they print "42" and exit normally.
+# The sandbox's code that runs in the program's process after the program must use none of it.
+CHANGES_ITS_INTERPRETER = {
+    "rebinds-os-exit": "import os\nos._exit = lambda status: None\nprint(42)",
+    "rebinds-sys-exit": "import sys\nsys.exit = None\nprint(42)",
+    "rebinds-open-print-import": "import builtins\nprint(42)\nbuiltins.open = builtins.print = builtins.__import__ = None",
+    "rebinds-exception-classes": "import builtins\nprint(42)\n"
+                                 "builtins.SystemExit = builtins.BaseException = builtins.MemoryError = KeyError",
+    "rebinds-isinstance-type-str": "import builtins\nprint(42)\nbuiltins.isinstance = builtins.type = builtins.str = None",
+    "rebinds-os-write-and-dup": "import os\nprint(42)\nos.write = os.dup = os.dup2 = os.close = None",
+    "rebinds-threading-atexit-traceback": "import atexit, threading, traceback\nprint(42)\n"
+                                          "threading._shutdown = atexit._run_exitfuncs = traceback.print_exc = None",
+    "replaces-sys-stdout": "import io, sys\nprint(42)\nsys.stdout = io.StringIO()",
+    "sets-std-streams-to-none": "import sys\nsys.stdout.write('42\\n')\nsys.stdout = sys.stderr = sys.__stdout__ = None",
+    "rebinds-the-streams-flush": "import sys\nprint(42)\nsys.stdout.flush = sys.stderr.flush = None",
+    "closes-fds-1-and-2": "import os\nprint(42, flush=True)\nos.close(1)\nos.close(2)",
+    "lowers-its-rlimits": "import resource as r\nfor k in (r.RLIMIT_NOFILE, r.RLIMIT_NPROC, r.RLIMIT_FSIZE):\n"
+                          "    r.setrlimit(k, (0, 0))\nr.setrlimit(r.RLIMIT_CPU, (1, 1))\n"
+                          "r.setrlimit(r.RLIMIT_AS, (1 << 20, 1 << 20))\nprint(42)",
+    "clears-sys-modules": "import sys\nprint(42)\nsys.modules.clear()",
+    "prints-from-atexit": "import atexit, builtins\natexit.register(print, 42)\nbuiltins.print = None",
+    "exits-through-its-own-stdout-object": "import sys\nclass Out:\n    def __init__(self): self.parts = []\n"
+                                           "    def write(self, s): self.parts.append(s)\n"
+                                           "    def flush(self): sys.__stdout__.write(''.join(self.parts)); self.parts = []\n"
+                                           "sys.stdout = Out()\nprint(42)",
+}
+
+
+@pytest.mark.parametrize("src", list(CHANGES_ITS_INTERPRETER.values()), ids=list(CHANGES_ITS_INTERPRETER))
+def test_what_a_program_changes_in_its_interpreter_does_not_change_its_result(level, src):
+    res = run(src)
+    assert (res.status, res.stdout, res.exit_code, res.stderr) == ("ok", "42\n", 0, ""), res
+
+
+def test_exit_status_and_traceback_stay_the_programs_own_when_it_rebinds_builtins(level):
+    res = run("import builtins, sys\nbuiltins.SystemExit = builtins.BaseException = KeyError\nprint(42)\nsys.exit(3)")
+    assert (res.status, res.stdout, res.exit_code, res.stderr) == ("error", "42\n", 3, ""), res
+    res = run("import builtins\nbuiltins.print = builtins.str = None\nraise SystemExit('bye')")
+    assert (res.status, res.exit_code, res.stderr) == ("error", 1, "bye\n"), res
+    res = run("import builtins, sys, traceback\nbuiltins.print = traceback.print_exc = None\n"
+              "sys.excepthook = None\nraise ValueError('boom')")
+    assert (res.status, res.exit_code) == ("error", 1), res
+    # the traceback is the program's own: it starts in solution.py, never in the sandbox's code
+    assert res.stderr.startswith("Traceback") and res.stderr.endswith("ValueError: boom\n"), res.stderr
+    assert 'File "solution.py", line 4' in res.stderr and "worker.py" not in res.stderr, res.stderr
 
 
 # -------------------------------------------------------------------------------------------- time

@@ -16,7 +16,9 @@ mount, IPC and UTS namespaces, mounts fresh size-limited tmpfs on ``/work`` and 
 every privilege, sets rlimits, and only then reads and runs the untrusted code. The code and
 stdin arrive as memfds that only the program process reads, and the output pipes go straight to
 the host, so the worker never holds any run's code, input or output for a later program, forked
-from it, to find in its memory.
+from it, to find in its memory. After the program, the program process ends as the interpreter
+would (threads joined, atexit functions run, streams flushed) using only what was bound when the
+worker started, so nothing a program rebinds in its own interpreter changes how its run ends.
 
 ``rlimits-unsafe`` skips every namespace: a process group, rlimits, a temporary directory and a
 seccomp filter that also refuses internet sockets.
@@ -24,6 +26,7 @@ seccomp filter that also refuses internet sockets.
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import ctypes
 import gc
@@ -41,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
 # Modules programs commonly import, so that importing them costs nothing in the forked process.
 PREIMPORT = (
@@ -297,55 +299,122 @@ def _program_process(req: dict, fds: dict) -> None:
         try:
             os.write(fds["ctl_w"], b"E" + f"{type(exc).__name__}: {exc}".encode()[:4000])
         finally:
-            os._exit(EXIT_SETUP)
+            _EXIT(EXIT_SETUP)
     os.closerange(3, 1 << 16)  # the host socket, the pipes, the memfds: nothing but 0, 1, 2 stays
     resource.setrlimit(resource.RLIMIT_AS, (vm_base + (req["memory_mb"] << 20),) * 2)
     _exec_program(code)
 
 
+# What the program process runs after the program, bound once when the worker starts, before any
+# program: a program may rebind builtins and module functions (open, print, SystemExit, os._exit,
+# sys.exit, threading._shutdown...), replace sys.stdout or its methods, close its descriptors and
+# lower its rlimits; its run still ends on what it printed and how it exited. (A program that
+# reaches into these frames can choose its exit status, as it can with os._exit; nothing more.)
+_EXIT, _WRITE = os._exit, os.write
+_EXEC, _COMPILE, _ISINSTANCE, _INT, _STR, _TYPE, _GETATTR = exec, compile, isinstance, int, str, type, getattr
+_SYSTEM_EXIT, _MEMORY_ERROR, _BASE_EXCEPTION = SystemExit, MemoryError, BaseException
+_JOIN_THREADS = threading._shutdown  # what the interpreter runs at exit: join the non-daemon threads
+_RUN_ATEXIT, _CLEAR_ATEXIT = atexit._run_exitfuncs, atexit._clear
+_TEXT_FLUSH, _BUFFER_FLUSH = io.TextIOWrapper.flush, io.BufferedWriter.flush
+_SYS, _DEFAULT_EXCEPTHOOK = sys, sys.__excepthook__
+
+
 def _exec_program(code: bytes) -> None:
+    """Run the program in a fresh ``__main__``, then end the process as the interpreter would at
+    exit (join threads, run atexit functions, flush the streams), with an exit status that says
+    how the program ended: 0, its ``SystemExit`` code, 1 for an uncaught exception, EXIT_MEMORY
+    for MemoryError. Never returns."""
+    streams = []
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
-        stream = open(fd, mode + "b", closefd=False, buffering=-1)
-        text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace" if fd else "strict",
+        raw = open(fd, mode + "b", closefd=False, buffering=-1)
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace" if fd else "strict",
                                 line_buffering=False, write_through=fd == 2)
         setattr(sys, name, text)
         setattr(sys, f"__{name}__", text)
+        if fd:
+            streams.append((text, raw))
     main = type(sys)("__main__")
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
-    status = 0
+    _CLEAR_ATEXIT()  # the worker's exit functions, if it has any, are not the program's
+    status = 1
     try:
-        exec(compile(code, "solution.py", "exec"), main.__dict__)
-    except SystemExit as exc:
-        if exc.code is None:
+        try:
+            _EXEC(_COMPILE(code, "solution.py", "exec"), main.__dict__)
             status = 0
-        elif isinstance(exc.code, int):
-            status = exc.code & 0xFF
-        else:
-            print(exc.code, file=sys.stderr)
+        except _SYSTEM_EXIT as exc:
+            status = _system_exit_status(exc)
+        except _MEMORY_ERROR:
+            status = EXIT_MEMORY
+            _write_stderr("MemoryError: the program exceeded its memory limit\n")
+        except _BASE_EXCEPTION as exc:
             status = 1
-    except MemoryError:
-        status = EXIT_MEMORY
-        try:
-            sys.stderr.write("MemoryError: the program exceeded its memory limit\n")
-        except BaseException:
-            pass
-    except BaseException:
-        try:
-            traceback.print_exc()
-        except BaseException:
-            pass
-        status = 1
+            _print_uncaught(exc)
+        for at_exit in (_JOIN_THREADS, _RUN_ATEXIT):
+            try:
+                at_exit()
+            except _BASE_EXCEPTION:
+                pass
+        _flush_streams(streams)
+    finally:
+        _EXIT(status)
+
+
+def _system_exit_status(exc: BaseException) -> int:
+    """The exit status the interpreter gives ``raise SystemExit(code)``: None is 0, an integer is
+    itself (modulo 256), anything else is printed to stderr and is 1."""
     try:
-        threading._shutdown()  # join non-daemon threads, as the interpreter would at exit
-    except BaseException:
+        code = exc.code
+        if code is None:
+            return 0
+        if _ISINSTANCE(code, _INT):
+            return _INT.__and__(code, 0xFF) if -(1 << 63) <= code < (1 << 63) else 0xFF
+        _write_stderr(_STR(code) + "\n")
+    except _BASE_EXCEPTION:
         pass
-    for stream in (sys.stdout, sys.stderr):
+    return 1
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        data = _STR.encode(text, "utf-8", "backslashreplace")
+        while data:
+            data = data[_WRITE(2, data):]
+    except _BASE_EXCEPTION:
+        pass
+
+
+def _print_uncaught(exc: BaseException) -> None:
+    """Print the traceback as the interpreter would (``sys.excepthook``, the default one if that
+    fails), without the first frame, which is this module's ``exec``."""
+    try:
+        tb = exc.__traceback__
+        tb = tb.tb_next if tb is not None else None
+        _BASE_EXCEPTION.with_traceback(exc, tb)
         try:
-            stream.flush()
-        except BaseException:
+            _GETATTR(_SYS, "excepthook")(_TYPE(exc), exc, tb)
+        except _BASE_EXCEPTION:
+            _DEFAULT_EXCEPTHOOK(_TYPE(exc), exc, tb)
+    except _BASE_EXCEPTION:
+        pass
+
+
+def _flush_streams(streams: list) -> None:
+    """As the interpreter does at exit: flush the program's ``sys.stdout`` and ``sys.stderr``,
+    whatever they now are, then the streams it started with, through their types' own methods."""
+    for name in ("stdout", "stderr"):
+        try:
+            stream = _GETATTR(_SYS, name, None)
+            if stream is not None:
+                stream.flush()
+        except _BASE_EXCEPTION:
             pass
-    os._exit(status)
+    for text, raw in streams:
+        for flush, stream in ((_TEXT_FLUSH, text), (_BUFFER_FLUSH, raw)):
+            try:
+                flush(stream)
+            except _BASE_EXCEPTION:
+                pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,7 +449,7 @@ def _child(req: dict, fds: dict) -> None:
     try:
         _program_process(req, fds)
     finally:
-        os._exit(EXIT_SETUP)
+        _EXIT(EXIT_SETUP)  # bound before the program ran: a rebound os._exit cannot bring it back here
 
 
 # ----------------------------------------------------------------------------------------------
