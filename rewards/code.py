@@ -32,6 +32,11 @@ What every program gets at the namespace levels (``namespaces-root`` when the ho
   ``memory_mb`` (on top of the interpreter) as rlimits. Past the output cap the program is killed
   and its output truncated.
 
+A program's result is what reached its stdout and stderr pipes (read by the host) and how its
+process ended (read by the worker). What a program changes in its own interpreter (builtins,
+``sys.stdout``, ``os._exit``, its descriptors or rlimits) changes nothing else: the code the sandbox
+runs after it in its process uses only what was bound before it ran.
+
 What it does not cover: it is not a virtual machine. The program shares the host's kernel, and
 the system calls the filter allows (most of them) are attack surface: a kernel vulnerability is an
 escape. Limits are rlimits, not cgroups: ``max_procs`` processes may each use ``memory_mb``, and
@@ -292,7 +297,10 @@ def stdio_passes(code: str, case: dict, timeout_s: float = TEST_TIMEOUT_S, memor
 #
 # Phase 1 (untrusted) runs the solution, then evaluates only the *calls into the solution* that
 # the tests make (`f(3, 4)` in `assert f(3, 4) == 7`), and prints each value encoded as plain
-# data (exact builtin types only). The expected values are not in this process.
+# data (exact builtin types only). The expected values are not in this process. What the harness
+# uses after the solution has run (builtins, os.write, a duplicate of fd 1) is bound before it
+# runs, so a correct solution that rebinds builtins, patches json, replaces sys.stdout or closes
+# fd 1 is still heard; each value goes out on a line of its own, after whatever the solution printed.
 # Phase 2 (trusted) runs in a fresh sandbox with no solution code: it decodes the values and
 # evaluates each assert with the calls replaced by them. Whatever the program does to itself
 # (exits early, redefines assert/print/builtins, returns objects whose __eq__ is always True,
@@ -305,7 +313,9 @@ _VERDICT = "\x00rlwhf-verdict"
 _CONVERSIONS = {"list", "tuple", "set", "frozenset", "sorted", "dict"}
 
 _ENCODE = '''
-def _rlwhf_enc(v, depth=0):
+def _rlwhf_enc(v, depth=0, type=type, hex=hex, repr=repr, ValueError=ValueError, TypeError=TypeError, bool=bool,
+               int=int, float=float, complex=complex, str=str, bytes=bytes, list=list, tuple=tuple, set=set,
+               frozenset=frozenset, dict=dict):
     if depth > 100:
         raise ValueError("too deep")
     t = type(v)
@@ -399,19 +409,33 @@ def _calls_solution(node: ast.Call, bound: set[str]) -> bool:
 
 def _phase1_program(solution: str, spec: FunctionTests) -> str:
     return "\n".join([
-        "import json as _rlwhf_json, sys as _rlwhf_sys",
+        "import os as _rlwhf_os",
         _ENCODE,
-        "_rlwhf_g = {'__name__': 'solution', '__builtins__': __builtins__}",
-        f"exec(compile({solution!r}, 'solution.py', 'exec'), _rlwhf_g)",
-        f"for _rlwhf_s in {spec.setup!r}:",
-        "    exec(_rlwhf_s, _rlwhf_g)",
-        f"for _rlwhf_i, _rlwhf_site in enumerate({spec.sites!r}):",
-        "    try:",
-        "        _rlwhf_e = _rlwhf_json.dumps(_rlwhf_enc(eval(_rlwhf_site, _rlwhf_g)))",
-        "    except BaseException:",
-        "        continue",
-        f"    print({_SITE!r}, _rlwhf_i, _rlwhf_e, flush=True)",
+        "def _rlwhf_phase1(solution, setup, sites, enc=_rlwhf_enc, exec=exec, eval=eval, compile=compile, repr=repr,",
+        "                  enumerate=enumerate, BaseException=BaseException, write=_rlwhf_os.write, fd=_rlwhf_os.dup(1)):",
+        "    g = {'__name__': 'solution', '__builtins__': __builtins__}",
+        "    exec(compile(solution, 'solution.py', 'exec'), g)",
+        "    for s in setup:",
+        "        exec(s, g)",
+        "    for i, site in enumerate(sites):",
+        "        try:",
+        f"            data = ('\\n' + {_SITE!r} + ' %d %s\\n' % (i, repr(enc(eval(site, g))))).encode('utf-8', 'surrogatepass')",
+        "            while data:",
+        "                data = data[write(fd, data):]",
+        "        except BaseException:",
+        "            continue",
+        f"_rlwhf_phase1({solution!r}, {spec.setup!r}, {spec.sites!r})",
     ])
+
+
+def _site_value(text: str):
+    """A value phase 1 printed (a Python literal of lists, strings and booleans), or None."""
+    try:
+        value = ast.literal_eval(text)
+        json.dumps(value)  # it goes on to phase 2 as JSON
+    except Exception:  # anything a program printed: malformed, too deep, too big
+        return None
+    return value
 
 
 def _phase2_program(spec: FunctionTests) -> str:
@@ -448,14 +472,13 @@ def function_tests_passed(code: str, tests: str | list[str], timeout_s: float = 
     values: dict[str, object] = {}
     if spec.sites:
         first = run(_phase1_program(code, spec), timeout_s=timeout_s, memory_mb=memory_mb)
-        for line in first.stdout.splitlines():
+        for line in first.stdout.split("\n"):
             if line.startswith(_SITE + " "):
                 parts = line.split(" ", 2)
                 if len(parts) == 3 and parts[1].isdigit():
-                    try:
-                        values[parts[1]] = json.loads(parts[2])
-                    except ValueError:
-                        pass
+                    value = _site_value(parts[2])
+                    if value is not None:
+                        values[parts[1]] = value
     second = run(_phase2_program(spec), stdin=json.dumps(values), timeout_s=timeout_s, memory_mb=memory_mb)
     for line in second.stdout.splitlines():
         if line.startswith(_VERDICT + " "):

@@ -147,6 +147,28 @@ CHEATS = {
 }
 
 
+# Correct solutions that change their own interpreter (as fast-IO templates and careless code do):
+# the harness that runs after them in their process must use none of what they changed.
+CHANGES_ITS_INTERPRETER = {
+    "rebinds-print-repr-eval-exec": "import builtins\nbuiltins.print = builtins.repr = builtins.eval = builtins.exec = None",
+    "rebinds-the-builtins-a-harness-uses": "import builtins\nfor name in ('enumerate', 'type', 'hex', 'compile', 'str', 'list', "
+                                           "'int', 'isinstance', 'BaseException', 'Exception', 'ValueError', 'TypeError'):\n"
+                                           "    setattr(builtins, name, None)",
+    "patches-json": "import json\njson.dumps = json.loads = None",
+    "rebinds-os-and-sys": "import os, sys\nos.write = os.dup = os._exit = sys.exit = None",
+    "replaces-sys-stdout": "import io, sys\nsys.stdout = io.StringIO()",
+    "closes-its-stdout": "import os\nos.close(1)",
+    "prints-a-line-without-its-end": "print('thinking', end='')",
+    "lowers-its-rlimits": "import resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (0, 0))",
+    "fast-io-input": "import builtins, sys\nbuiltins.input = lambda: sys.stdin.readline().rstrip()",
+}
+
+
+@pytest.mark.parametrize("prelude", list(CHANGES_ITS_INTERPRETER.values()), ids=list(CHANGES_ITS_INTERPRETER))
+def test_function_tests_pass_a_correct_solution_that_changes_its_interpreter(sandbox, prelude):
+    assert score_code(block(prelude + "\ndef add(a, b):\n    return a + b"), ADD_TESTS) == 1.0
+
+
 @pytest.mark.parametrize("cheat", list(CHEATS), ids=list(CHEATS))
 def test_programs_cannot_fake_a_pass_on_function_tests(sandbox, cheat):
     assert score_code(block(CHEATS[cheat]), ADD_TESTS) == 0.0
