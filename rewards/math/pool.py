@@ -13,7 +13,7 @@ import threading
 import time
 from multiprocessing.connection import Connection, wait
 
-from rewards.math.options import HELPER_MEMORY_BYTES, STARTUP_TIMEOUT_S, Options
+from rewards.math.options import DEFAULTS, HELPER_MEMORY_BYTES, STARTUP_TIMEOUT_S, Options
 from rewards.math.symbolic import _decide_sympy
 
 
@@ -36,22 +36,31 @@ def _helper_main(read_fd: int, write_fd: int, memory_bytes: int) -> None:
     conn_in, conn_out = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     import sympy  # noqa: F401  (imported before "ready": start-up is not charged to a call)
 
+    try:  # sympy imports much of itself lazily on first use; do that before "ready" too
+        from rewards.math.parsing import parse
+
+        _decide_sympy(parse("[0, 1)"), parse("0 \\le x < 1"), DEFAULTS, {"budget_s": 0.0})
+        _decide_sympy(parse("\\sin^2 x"), parse("1 - \\cos^2 x"), DEFAULTS, {"budget_s": 0.0})
+    except Exception:
+        pass
+
     conn_out.send(("ready", os.getpid()))
     while True:
         try:
-            gold, trees_per_item, options = conn_in.recv()
+            gold, trees_per_item, options, budget_s = conn_in.recv()
         except (EOFError, OSError):
             os._exit(0)
         for k, trees in enumerate(trees_per_item):
-            verdict = False
+            verdict, by_probes = False, False
             for tree in trees:
+                notes = {"budget_s": budget_s}
                 try:
-                    if _decide_sympy(gold, tree, options):
-                        verdict = True
+                    if _decide_sympy(gold, tree, options, notes):
+                        verdict, by_probes = True, notes.get("probes", 0) > 0
                         break
                 except Exception:  # MemoryError, RecursionError, sympy's own errors: not equal
                     pass
-            conn_out.send(("r", k, verdict))
+            conn_out.send(("r", k, verdict, by_probes))
 
 
 class _Helper:
@@ -172,7 +181,10 @@ class _Pool:
 
 
 _pool: _Pool | None = None
-stats = {"helper_items": 0, "timeouts": 0}  # counters for this process (benchmarks, metrics)
+# Counters for this process (benchmarks, metrics). probe_only: items paid because numeric probes
+# agreed where no symbolic rewrite proved the equality; it should stay rare.
+stats = {"helper_items": 0, "timeouts": 0, "probe_only": 0}
+SYMBOLIC_BUDGET = 0.4  # share of an item's time limit a helper spends on one symbolic proof
 _pool_lock = threading.Lock()
 
 
@@ -256,7 +268,7 @@ def _run_jobs(jobs: list[tuple[object, list[list]]], options: Options, timeout_s
                     continue
                 j, first, items = pending.pop()
                 try:
-                    helper.conn_out.send((jobs[j][0], items, options))
+                    helper.conn_out.send((jobs[j][0], items, options, SYMBOLIC_BUDGET * timeout_s))
                 except (OSError, ValueError):
                     pending.append((j, first, items))
                     fresh = pool.replace(helper)
@@ -274,7 +286,7 @@ def _run_jobs(jobs: list[tuple[object, list[list]]], options: Options, timeout_s
                 helper = by_conn[conn]
                 state = busy[helper]
                 try:
-                    _, k, verdict = conn.recv()
+                    _, k, verdict, by_probes = conn.recv()
                 except (EOFError, OSError):  # died (memory limit): this item is False
                     _requeue_after(state, pending)
                     del busy[helper]
@@ -283,6 +295,7 @@ def _run_jobs(jobs: list[tuple[object, list[list]]], options: Options, timeout_s
                         idle.append(fresh)
                     continue
                 results[state[0]][state[1] + k] = bool(verdict)
+                stats["probe_only"] += bool(verdict and by_probes)
                 state[3] = k + 1
                 state[4] = time.monotonic() + timeout_s
                 if state[3] == len(state[2]):

@@ -8,6 +8,13 @@ from fractions import Fraction
 from rewards.math.compare import Undecided, _approx_equal, _Comparer, _has_symbols, _is_label
 from rewards.math.options import Options
 
+# function names in trees -> sympy's names (lg is log base 10)
+_FUNCTIONS = {"sin": "sin", "cos": "cos", "tan": "tan", "sec": "sec", "csc": "csc", "cot": "cot", "arcsin": "asin",
+              "arccos": "acos", "arctan": "atan", "asin": "asin", "acos": "acos", "atan": "atan", "arccot": "acot",
+              "asec": "asec", "acsc": "acsc", "arcsec": "asec", "arccsc": "acsc", "sinh": "sinh", "cosh": "cosh",
+              "tanh": "tanh", "exp": "exp", "sqrt": "sqrt", "abs": "Abs", "ln": "log", "binomial": "binomial",
+              "lg": "log", "log": "log"}
+
 
 def _sympy_of(node, sp, cache_symbols: dict):
     """A sympy object for a tree (evaluate=True arithmetic; huge powers are the caller's risk)."""
@@ -54,14 +61,9 @@ def _sympy_of(node, sp, cache_symbols: dict):
         return rec(node[1]) * sp.pi / 180
     if kind == "f":
         name, args = node[1], [rec(a) for a in node[2]]
-        table = {"sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "sec": sp.sec, "csc": sp.csc, "cot": sp.cot,
-                 "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan, "asin": sp.asin, "acos": sp.acos,
-                 "atan": sp.atan, "arccot": sp.acot, "asec": sp.asec, "acsc": sp.acsc, "arcsec": sp.asec,
-                 "arccsc": sp.acsc, "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh, "exp": sp.exp,
-                 "sqrt": sp.sqrt, "abs": sp.Abs, "ln": sp.log, "binomial": sp.binomial,
-                 "lg": lambda x: sp.log(x, 10), "log": sp.log}
-        if name in table:
-            return table[name](*args)
+        if name in _FUNCTIONS:
+            f = getattr(sp, _FUNCTIONS[name])
+            return f(*args) if name != "lg" else sp.log(*args, 10)
         return sp.Function(name)(*args)
     if kind == "big":
         _, name, body, var, lo, hi = node
@@ -73,48 +75,152 @@ def _sympy_of(node, sp, cache_symbols: dict):
         return sp.Matrix([rec(x) for x in node[1]])
     raise Undecided
 
-_PROBES = (("0.5772156649", "2.3247179572", "1.2182818284", "0.3183098861", "2.6180339887", "0.8360679775"),
-           ("2.9142135623", "0.6931471805", "0.3415926535", "1.2020569031", "0.9159655941", "2.4320508075"),
-           ("1.1892071150", "3.3598856662", "0.4342944819", "2.1544346900", "1.8392867552", "0.7071067811"))
 
-def _zero(expr, sp) -> bool | None:
-    """Is ``expr`` identically zero? True/False, or None when the probes cannot tell."""
-    if expr == 0:
-        return True
-    if isinstance(expr, sp.MatrixBase):
-        return all(_zero(e, sp) for e in expr)
-    free = sorted(expr.free_symbols, key=str)
-    if not free:
-        value = sp.N(expr, 40)
-        if value.is_number and not value.has(sp.nan, sp.zoo):
-            mag = abs(complex(value)) if value.is_finite else float("inf")
-            return mag < 1e-25
-        return None
+# Probe points. A value is given to each free symbol at every probe: both signs, magnitudes from
+# near zero to beyond 10, never an integer, so that |x| and x, log(x^2) and 2 log(x), asin(sin x)
+# and x, (-1)^n and cos(pi n) are told apart. The sign of symbol j at probe k is bit j of k, so
+# up to three symbols meet every combination of signs.
+_PROBE_MAGNITUDES = ("0.5772156649", "1.3247179572", "2.3247179572", "0.0173205081", "0.0931163470",
+                     "2.7182818285", "6.1803398875", "0.8360679775", "1.1892071150", "7.3890560989",
+                     "13.7035999084", "0.3183098862", "4.1231056256", "17.2325878410")
+_MIN_DEFINED_PROBES = 6  # fewer probes where both sides are defined decide nothing
+_RELATIVE_TOLERANCE = 1e-12  # values are computed to 30 digits
+
+
+class _OutOfBudget(BaseException):
+    """A symbolic proof ran out of its time (raised by the helper's interval timer). Not an
+    ``Exception``, so that sympy's own ``except Exception`` clauses do not swallow it."""
+
+
+def _probe_points(free, sp) -> list[dict]:
+    points = []
+    for k in range(len(_PROBE_MAGNITUDES)):
+        point = {}
+        for j, sym in enumerate(free):
+            magnitude = _PROBE_MAGNITUDES[(k + 5 * j) % len(_PROBE_MAGNITUDES)]
+            sign = "-" if (k >> (j % 4)) & 1 else ""
+            point[sym] = sp.Float(sign + magnitude, 30)
+        points.append(point)
+    return points
+
+
+def _value(expr, point, sp) -> complex | None:
+    """``expr`` at a point (principal branches), or None where it is undefined there."""
     try:
-        if sp.expand(expr) == 0:
+        v = expr.evalf(30, subs=point)
+        if not v.is_number or v.has(sp.nan, sp.zoo, sp.oo, -sp.oo):
+            return None
+        c = complex(v)
+    except (TypeError, ValueError, ArithmeticError, AttributeError, RecursionError):
+        return None
+    return c if c == c and abs(c) != float("inf") else None
+
+
+def _term_scale(expr, point, sp) -> float:
+    """Sum of the terms' magnitudes: the size of the rounding error a zero result may carry."""
+    total = 0.0
+    for term in sp.Add.make_args(expr):
+        v = _value(term, point, sp)
+        total += abs(v) if v is not None else 0.0
+    return total
+
+
+def _probe(x, y, free, sp) -> bool | None:
+    """False when a probe tells ``x`` and ``y`` apart (including a point where only one of them is
+    defined), True when enough probes agree, None when too few probes are defined on both sides.
+    A point where neither is defined counts for nothing."""
+    agreeing = 0
+    for point in _probe_points(free, sp):
+        a, b = _value(x, point, sp), _value(y, point, sp)
+        if a is None and b is None:
+            continue
+        if a is None or b is None:
+            return False
+        gap = abs(a - b)
+        if gap > _RELATIVE_TOLERANCE * max(abs(a), abs(b)):
+            scale = max(_term_scale(x, point, sp), _term_scale(y, point, sp))
+            if gap > _RELATIVE_TOLERANCE * scale + 1e-25:
+                return False
+        agreeing += 1
+    return True if agreeing >= _MIN_DEFINED_PROBES else None
+
+
+def _simplify_real(d):
+    """``simplify`` with every symbol real (answers are real unless they say i): that proves
+    |x| = sqrt(x^2) and ln(e^x) = x, which hold for every real x."""
+    import sympy as sp
+
+    reals = {s: sp.Dummy(s.name, real=True) for s in d.free_symbols if s.is_real is None}
+    return sp.simplify(d.subs(reals))
+
+
+def _proved_zero(d, sp, budget_s: float) -> bool:
+    """``d`` is 0 by a symbolic rewrite (cancel, trig expansion, then ``simplify`` over the reals) within
+    ``budget_s`` seconds (a SIGALRM timer, in a helper's main thread only)."""
+    import signal
+    import threading
+
+    armed = [budget_s > 0 and threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")]
+
+    def out_of_budget(*_):
+        if armed[0]:
+            armed[0] = False
+            raise _OutOfBudget
+
+    installed = armed[0]
+    previous = signal.signal(signal.SIGALRM, out_of_budget) if installed else None
+    try:
+        try:
+            if armed[0]:
+                signal.setitimer(signal.ITIMER_REAL, budget_s)
+            for rewrite in (lambda e: sp.cancel(sp.together(e)), lambda e: sp.expand(e, trig=True), _simplify_real):
+                if rewrite(d) == 0:
+                    return True
+            return False
+        finally:
+            armed[0] = False
+            if installed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+    except _OutOfBudget:  # also when the timer fires on the way out
+        return False
+
+
+def _same(x, y, sp, notes: dict) -> bool:
+    """Are the sympy expressions ``x`` and ``y`` equal? Identical trees, an expanded difference of 0,
+    a closed-form constant of 0 to 40 digits, or probes that agree and a symbolic proof; when only
+    the probes speak for equality, the answer is yes and ``notes["probes"]`` counts it."""
+    if x == y:
+        return True
+    d = x - y
+    if d == 0:
+        return True
+    free = sorted(d.free_symbols | x.free_symbols | y.free_symbols, key=str)
+    if not free:
+        value = sp.N(d, 40)
+        if value.is_number and not value.has(sp.nan, sp.zoo):
+            return (abs(complex(value)) if value.is_finite else float("inf")) < 1e-25
+        return _proved_zero(d, sp, notes.get("budget_s", 0.5))
+    try:
+        if sp.expand(d) == 0:
             return True
     except Exception:
         pass
-    verdicts = []
-    for probe in _PROBES:
-        point = {s: sp.Float(probe[k % len(probe)], 30) for k, s in enumerate(free)}
-        try:
-            value = complex(sp.N(expr.subs(point), 30))
-            scale = sum(abs(complex(sp.N(t.subs(point), 15))) for t in sp.Add.make_args(expr))
-        except (TypeError, ValueError):
-            return None
-        if value != value or abs(value) == float("inf") or scale != scale:
-            return None
-        verdicts.append(abs(value) <= 1e-12 * max(1.0, scale))
-    if not all(verdicts):
+    verdict = _probe(x, y, free, sp)
+    if verdict is False:
         return False
-    return True
+    if _proved_zero(d, sp, notes.get("budget_s", 0.5)):
+        return True
+    if verdict:
+        notes["probes"] = notes.get("probes", 0) + 1
+    return bool(verdict)
 
-def _sympy_equal(a, b, options: Options, sp, symbols) -> bool:
+
+def _sympy_equal(a, b, options: Options, sp, symbols, notes: dict) -> bool:
     if a[0] == b[0] == "eqn":  # equations: l1 - r1 a nonzero constant multiple of l2 - r2
         d1 = _sympy_of(a[1], sp, symbols) - _sympy_of(a[2], sp, symbols)
         d2 = _sympy_of(b[1], sp, symbols) - _sympy_of(b[2], sp, symbols)
-        if _zero(d2, sp) or _zero(d1, sp):
+        if _same(d2, sp.S.Zero, sp, notes) or _same(d1, sp.S.Zero, sp, notes):
             return False
         ratio = sp.cancel(sp.together(d1 / d2))
         return not ratio.free_symbols and ratio != 0 and ratio.is_finite is not False
@@ -122,15 +228,10 @@ def _sympy_equal(a, b, options: Options, sp, symbols) -> bool:
     if isinstance(x, sp.MatrixBase) or isinstance(y, sp.MatrixBase):
         if not (isinstance(x, sp.MatrixBase) and isinstance(y, sp.MatrixBase)) or x.shape != y.shape:
             return False
-        return all(_zero(e, sp) for e in (x - y))
+        return all(_same(p, q, sp, notes) for p, q in zip(x, y))
     if x.has(sp.zoo, sp.nan) or y.has(sp.zoo, sp.nan):
         return False  # 12:00 is not 1:00 although both divide by zero
-    if x == y:
-        return True
-    verdict = _zero(x - y, sp)
-    if verdict is None:
-        verdict = sp.simplify(x - y) == 0
-    if verdict:
+    if _same(x, y, sp, notes):
         return True
     if not (x.free_symbols or y.free_symbols) and x.is_finite and y.is_finite:
         try:
@@ -139,6 +240,7 @@ def _sympy_equal(a, b, options: Options, sp, symbols) -> bool:
         except (TypeError, ValueError):
             return False
     return False
+
 
 def _sympy_set(node, sp, symbols):
     """A sympy set for an interval, union, finite set, tuple read as an open interval, or a
@@ -157,9 +259,10 @@ def _sympy_set(node, sp, symbols):
         ops, sides = node[1], node[2]
         if ops == ["in"]:
             return _sympy_set(sides[1], sp, symbols)
-        labels = [s for s in sides if _is_label(s)]
+        # 0 < f(x) < 1: the label is the variable; 1 <= |z| <= 2 is solved for z
+        labels = [s for s in sides if _is_label(s) and not (s[0] == "f" and s[1] in _FUNCTIONS)]
         var = sp.Dummy("v")
-        if labels:  # 0 < f(x) < 1: the label is the variable
+        if labels:
             subs = {_sympy_of(labels[0], sp, symbols): var}
         else:
             exprs = [_sympy_of(s, sp, symbols) for s in sides]
@@ -181,6 +284,7 @@ def _sympy_set(node, sp, symbols):
         return result
     raise Undecided
 
+
 def _sympy_sets_equal(a, b, sp, symbols) -> bool:
     if a[0] == b[0] == "rel" and len(a[2]) != 2 and any(not _is_label(s) and _has_symbols(s) for s in a[2]):
         return False  # f(2) < f(1) < f(4) was compared side by side already
@@ -189,13 +293,17 @@ def _sympy_sets_equal(a, b, sp, symbols) -> bool:
         return True
     return sp.Complement(x, y).is_empty is True and sp.Complement(y, x).is_empty is True
 
-def _decide_sympy(gold, pred, options: Options) -> bool:
+
+def _decide_sympy(gold, pred, options: Options, notes: dict | None = None) -> bool:
+    """True/False for one item. ``notes`` carries ``budget_s`` (time for a symbolic proof) in and
+    ``probes`` (equalities that only the probes decided) out."""
     import sympy as sp
 
     symbols: dict = {}
+    notes = {} if notes is None else notes
 
     def scalar(a, b):
-        return _sympy_equal(a, b, options, sp, symbols)
+        return _sympy_equal(a, b, options, sp, symbols, notes)
 
     def sets(a, b):
         return _sympy_sets_equal(a, b, sp, symbols)
