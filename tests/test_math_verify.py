@@ -207,6 +207,51 @@ def test_a_probe_where_only_one_side_is_defined_is_a_difference():
     assert not verify("\\frac{x}{0}", boxed("\\frac{2x}{0}"))
 
 
+# --- answers the extraction used to miss (issue 14) ---------------------------------------------
+
+@pytest.mark.parametrize("gold, prediction", [
+    ("10/9", "\\frac{10}{9}"),  # bare LaTeX: the last number was 9
+    ("-10/9", "so we get x = -\\frac{10}{9}."),
+    ("1024", "which gives 2^{10}"),
+    ("0.4", ".4"),
+    ("0.4", "so the probability is .4"),
+    ("1000", "1 000"),
+    ("1000", "The total is 1 000 apples."),
+    ("1\\,000", "\\boxed{1000}"),
+    ("(-6, 10)", "The final answer is \\((-6, 10)\\). I hope it is correct."),
+    ("16386.20", "is worth $\\boxed{\\$16,\\!386.20}$. The answer is $16,\\!386.20$. I apologize, here it is again: To find"),
+    ("\\frac{1}{2}", "so \\\\boxed{\\\\frac{1}{2}}"),  # JSON-escaped data: doubled backslashes
+    ("\\\\left(\\\\frac{1}{5},\\\\frac{1}{6}\\\\right)", "\\boxed{\\left( \\frac{1}{5}, \\frac{1}{6} \\right)}"),
+    ("-2 \\\\le x \\\\le 7", "$x \\in [-2,7]$"),
+    ("\\boxed{1}\\boxed{2}", "\\boxed{1,2}"),  # golds with several boxes: all of them
+    ("\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", "\\boxed{-2,1}"),
+    ("\\boxed{1} papers and \\boxed{2} bins", "\\boxed{1,2}"),
+    ("$$\\boxed{2}, \\boxed{3}, \\boxed{5}$$", "$${2, 3, 5}$$"),
+    ("0,111", "0.111"),  # a decimal comma: no thousands group starts with 0
+    ("x = 11", "$x = 5+5+1 = 7 = 11$"),  # a chain of equalities: its last side
+    ("11", "$x \\approx 11$"),
+    ("1\\leq|z|\\leq \\frac{3}{2}", "$z \\in \\left[-\\frac{3}{2}, -1\\right] \\cup \\left[1, \\frac{3}{2}\\right]$"),
+    ("(1,3)", "${1,3}$"),
+    ("So the loss is $28\\%$. Final Answer: The final answer is $28 \\%$. I hope it is correct.", "\\boxed{28\\%}"),
+])
+def test_right_answers_the_extraction_used_to_miss(gold, prediction):
+    assert verify(gold, prediction) is True
+
+
+@pytest.mark.parametrize("gold, prediction", [
+    ("0,111", "\\boxed{111}"),  # was read as 111
+    ("\\boxed{1} and \\boxed{2}", "\\boxed{2}"),  # was: only the last box counted
+    ("\\boxed{1} no no no no no \\boxed{2}", "\\boxed{1,2}"),
+    ("10/9", "\\frac{10}{9} + 1"),
+    ("(1,3)", "${3,1}$"),
+    ("\\pi", "$x \\approx 3.14$"),
+    ("", "\\boxed{}"),  # an empty gold (a data error) paid an empty box
+    ("$", "\\boxed{ }"),
+])
+def test_wrong_answers_near_those_gaps_are_not_paid(gold, prediction):
+    assert verify(gold, prediction) is False
+
+
 # --- hazards and time limits -----------------------------------------------------------------
 
 HAZARDS = [

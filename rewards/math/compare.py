@@ -100,6 +100,8 @@ class _Comparer:
     def equal(self, gold, pred) -> bool:
         if gold == pred:
             return True
+        if gold[0] == "tuple" and pred[0] == "list" and len(gold[1]) == len(pred[1]):
+            return all(self.equal(x, y) for x, y in zip(gold[1], pred[1]))  # (1, 3) written as 1, 3
         g_items, p_items = _items(gold), _items(pred)
         if len(g_items) > 1 or len(p_items) > 1 or gold[0] == "set" or pred[0] == "set":
             if gold[0] == "set" and pred[0] not in ("set", "list"):
@@ -166,8 +168,8 @@ class _Comparer:
 
     def relation(self, g, p) -> bool:
         if g[0] == p[0] == "rel":
-            if g[1] == p[1] == ["="] and _is_label(g[2][0]) and g[2][0] == p[2][0]:
-                return self.equal(g[2][1], p[2][1])
+            if set(g[1]) == set(p[1]) == {"="} and _is_label(g[2][0]) and g[2][0] == p[2][0]:
+                return self.equal(g[2][-1], p[2][-1])  # x = 5+5+1 = 11: the last side is the value
             if g[1] == p[1] and len(g[2]) == len(p[2]) and all(self.equal(x, y) for x, y in zip(g[2], p[2])):
                 return True
             if all(op == "=" for op in g[1] + p[1]) and len(g[2]) == len(p[2]) == 2:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from rewards.math.compare import Undecided, _contains
 from rewards.math.exact import _decide_exact
-from rewards.math.extraction import _NUMBER, _answer_spans, _boxes, _final_text
+from rewards.math.extraction import _BOX_JOINER, _NUMBER, _answer_spans, _boxes, _final_text
 from rewards.math.options import MAX_ANSWER_CHARS, Options
-from rewards.math.parsing import ParseError, _key, parse
+from rewards.math.parsing import ParseError, _key, _undouble, parse
 
 _CHOICE_GOLD = re.compile(r"\s*(?:\\text(?:bf)?\{\s*)?(?:\(([A-E])\)(?:\s*\})?(?:\s+[^\n=<>]*)?"
                           r"|([A-E])(?:\s*\})?(?:[\s.)]+[A-Za-z][A-Za-z\s]*)?)\s*")
@@ -27,17 +27,39 @@ class _Gold:
     is_text: bool
 
 
+def _gold_boxes(gold: str) -> str | None:
+    """The boxed part of a gold answer; boxes at the end joined by punctuation, "and", "or" or a
+    short phrase with one of them ("\\boxed{1} papers and \\boxed{2} bins") are all of it."""
+    boxes = _boxes(gold)
+    if not boxes:
+        return None
+    first = len(boxes) - 1
+    while first > 0:
+        between = gold[boxes[first - 1][1]:boxes[first][0]]
+        if not (_BOX_JOINER.match(between) or len(between) <= 40 and "\n" not in between
+                and re.search(r"[,;]|\b(?:and|or)\b", between)):
+            break
+        first -= 1
+    return ", ".join(b[2].strip() for b in boxes[first:])
+
+
 def _prepare_gold(gold: str) -> _Gold:
-    gold = str(gold)[:MAX_ANSWER_CHARS * 4].strip()
-    boxed = _boxes(gold)
-    if boxed:
-        gold = boxed[-1][2]
+    gold = _undouble(str(gold)[:MAX_ANSWER_CHARS * 4].strip())
+    gold = _gold_boxes(gold) or gold
     m = _CHOICE_GOLD.fullmatch(gold)
     choice = (m.group(1) or m.group(2)) if m and not re.fullmatch(r"\s*[A-E]\s*[=<>].*", gold) else None
     try:
         tree = parse(gold)
     except ParseError:
         tree = None
+        # a worked solution as the gold: its final answer ("... The final answer is $28\%$.")
+        got = _answer_spans(gold, Options(last_number_fallback=False)) if choice is None else None
+        if got and got[0] in ("phrase", "tag"):
+            try:
+                gold = ", ".join(got[1])
+                tree = parse(gold)
+            except ParseError:
+                tree = None
     is_text = tree is not None and tree[0] == "text"
     return _Gold(gold, _key(gold), tree, choice, is_text)
 
@@ -88,7 +110,7 @@ def _fast(gold: _Gold, prediction: str, options: Options):
     if gold.choice is not None:
         return True, _choice_of(prediction, options) == gold.choice, []
     text, trees = _prediction_trees(prediction, gold, options)
-    if text is None:
+    if text is None or not gold.key:  # an empty gold pays nothing, not even an empty box
         return True, False, []
     key = _key(text)
     if key == gold.key:

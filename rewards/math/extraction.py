@@ -6,14 +6,17 @@ from __future__ import annotations
 import re
 
 from rewards.math.options import MAX_ANSWER_CHARS, Options
-from rewards.math.parsing import _braced, _key
+from rewards.math.parsing import ParseError, _braced, _key, _undouble, parse
 
 _STOP_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>")
 _PHRASE = re.compile(
     r"(?:final\s+answer(?:\s+is)?|the\s+(?:correct\s+)?answer\s+is|\banswer\s*(?:is)?\s*:|"
     r"\*\*\s*answer\s*:?\s*\*\*|^\s*#{1,4}\s*answer\b|^\s*answer\b|^####)\s*:?\s*",
     re.IGNORECASE | re.MULTILINE)
-_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+,\d\d(?![\d,])|\d+(?:\.\d+)?)(?:\s*/\s*\d+)?")
+# 1,234.5 | 1 000 | 1,22 (decimal comma) | 12.5 | .4, then an optional /denominator
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?(?![\d,])"
+                     r"|\d+,\d\d(?![\d,])|\d+(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?")
+_BARE_LATEX = re.compile(r"[-+]?(?:[\w.^{}()\[\]/*+-]|\\[A-Za-z]+)+")  # no spaces, $, = or commas
 _BOX_WORD = re.compile(r"[^\s$]+")
 _MATH_OPENER = re.compile(r"\$|\\[\[(]")
 _BOX_JOINER = re.compile(r"^(?:[\s,;.$]|\\quad|\\qquad|\\[,;:! ]|\\text\{[^{}]*\band\b[^{}]*\}|\\text\{\s*,?\s*\}|\band\b|&|[A-Za-z](?:_\{?\w+\}?)?\s*=|\\\]|\\\[|\\\(|\\\))*$")
@@ -48,8 +51,9 @@ def _segment_after(text: str, pos: int) -> str:
                 end = rest.find(closer, end + 1)
                 if end < 0 or rest[end - 1] != "\\" or closer != "$":
                     break
-            if end >= 0 and not rest[end + len(closer):].strip(" .\t")[:1].isalnum():
-                return rest[len(opener):end]
+            after = rest[end + len(closer):]
+            if end >= 0 and (not after.strip(" .\t")[:1].isalnum() or re.match(r"[ \t]*[.!]\s", after)):
+                return rest[len(opener):end]  # the block ends the phrase, or its sentence
             break
     line = rest.split("\n", 1)[0]
     line = re.split(r"\.\s+I hope|\s+I hope it is correct", line)[0]
@@ -117,7 +121,7 @@ def _last_answer_tag(text: str) -> str | None:
 def _answer_spans(text: str, options: Options) -> tuple[str, list[str]] | None:
     """(kind, answers): kind is 'boxed', 'tag', 'phrase' or 'number'. Several answers come from a
     run of adjacent boxes; ``None`` when nothing is found or the boxes disagree."""
-    text = _final_text(text.replace("\x00", ""))
+    text = _undouble(_final_text(text.replace("\x00", "")))
     tag = _last_answer_tag(text)
     if tag is not None:
         inner = _answer_spans(tag, Options(last_number_fallback=False))
@@ -160,8 +164,28 @@ def _answer_spans(text: str, options: Options) -> tuple[str, list[str]] | None:
             if block and len(block) <= MAX_ANSWER_CHARS:
                 return "math", [block]
         if numbers:
-            return "number", [numbers[-1].group(0)]
+            latex = _latex_around(tail, numbers[-1])
+            return ("math", [latex]) if latex else ("number", [numbers[-1].group(0)])
     return None
+
+
+def _latex_around(text: str, number: re.Match) -> str | None:
+    """The LaTeX expression written without delimiters around a number, as in ``x = \\frac{10}{9}``
+    (whose last number is 9); None when the number stands alone."""
+    start = text.rfind(" ", 0, number.start()) + 1
+    for m in _BARE_LATEX.finditer(text, start, min(len(text), number.end() + 200)):
+        if m.start() <= number.start() and m.end() >= number.end():
+            span = m.group(0).rstrip(".")
+            break
+    else:
+        return None
+    if span == number.group(0) or len(span) > MAX_ANSWER_CHARS or not re.search(r"\\[A-Za-z]|\^|\{", span) or span.count("{") != span.count("}"):
+        return None
+    try:
+        parse(span)
+    except ParseError:
+        return None
+    return span
 
 
 def extract_answer(text: str, *, last_number_fallback: bool = True) -> str | None:

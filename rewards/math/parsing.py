@@ -60,7 +60,10 @@ def _prepare(s: str) -> str:
     """String-level clean-up before tokenising: delimiters, spacing commands, thousands separators,
     degree and percent spellings."""
     s = s.replace("\x00", "").strip()
-    s = re.split(r"\\approx|≈|\\sim(?![a-z])", s)[0]
+    left, *right = re.split(r"\\approx|≈|\\sim(?![a-z])", s)
+    # "x \approx 11" names its value; "\sqrt{2} \approx 1.414" keeps the exact form on the left
+    s = f"{left} = {right[0]}" if right and re.fullmatch(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*", left) else left
+    s = re.sub(r"(?<!\\)\\[][()]", " ", s)  # \( \) \[ \] left around an answer
     s = re.sub(r"\\(?:[dtc]frac)", r"\\frac", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b|\\circ\b", r" \\deg ", s)
     s = re.sub(r"\\%|%|\b(?:percent(?:age)?|pct)\b", " % ", s)
@@ -69,12 +72,25 @@ def _prepare(s: str) -> str:
     s = re.sub(r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)", "", s)
     s = re.sub(r",\\!\s*(?=\d{3})", ",", s)
     s = re.sub(r"(?<!\\)\\(?:[,;:! ]|quad|qquad)|~", " ", s)
-    s = re.sub(r"(?<![\d.(\[,])(\d{1,3})((?:,\d{3})+)(?![\d,)\]])", lambda m: m.group(1) + m.group(2).replace(",", ""), s)
-    if re.fullmatch(r"\s*-?\d{1,3}(?: \d{3})+(?:\.\d+)?\s*", s):
-        s = s.replace(" ", "")
-    if re.fullmatch(r"\s*\d+,\d{2}\s*", s):  # "1,22": a decimal comma
+    # thousands: "1,234,567" and "1 000" (a group of 0 is no thousands group: "0,111")
+    s = re.sub(r"(?<![\d.(\[,])([1-9]\d{0,2})((?:,\d{3})+)(?![\d,)\]])", lambda m: m.group(1) + m.group(2).replace(",", ""), s)
+    s = re.sub(r"(?<![\w.,^_{}])([1-9]\d{0,2})((?: \d{3})+)(?!\d|,\d)", lambda m: m.group(1) + m.group(2).replace(" ", ""), s)
+    if re.fullmatch(r"\s*-?(?:\d+,\d{2}|0,\d{3,})\s*", s):  # "1,22", "0,111": a decimal comma
         s = s.replace(",", ".")
     return s.strip().rstrip(".").strip()
+
+
+_KNOWN_CMD = r"(?:[dtc]?frac|boxed|sqrt|text|textbf|mathrm|mbox|left|right|pi|cdot|times|le|leq|ge|geq|infty|begin|end|in|cup|pm|circ|approx|neq)(?![A-Za-z])"
+_DOUBLED = re.compile(r"(?<!\\)\\\\" + _KNOWN_CMD)
+_SINGLE = re.compile(r"(?<!\\)\\" + _KNOWN_CMD)
+
+
+def _undouble(s: str) -> str:
+    """Text whose LaTeX commands are written with doubled backslashes (JSON-escaped data:
+    ``\\\\frac{1}{2}``) with each run of 2k backslashes made k long; other text unchanged."""
+    if "\\\\" not in s or len(_DOUBLED.findall(s)) <= len(_SINGLE.findall(s)):
+        return s
+    return re.sub(r"\\+", lambda m: m.group(0)[:len(m.group(0)) // 2] if len(m.group(0)) % 2 == 0 else m.group(0), s)
 
 
 def _key(s: str) -> str:
