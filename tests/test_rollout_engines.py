@@ -62,6 +62,13 @@ def test_vllm_weight_sync_makes_rollout_logprobs_follow_the_trainer(tiny_model, 
     again, _ = engine.generate([PROMPTS[0], PROMPTS[0]], twice)
     assert [c.token_ids for c in again.completions] == [c.token_ids for c in first.completions]
 
+    # More prompt tokens than one scheduler step takes (4096 on CPU), sampled with seeds, as any real
+    # data set's prompts are: with chunked prefill, vLLM would rewind the seeded generator of a
+    # half-prefilled request, which a CPU generator cannot do ("CPU Generator does not use offset").
+    long_prompts = [f"Q: {i}{'9' * 150}+{i}=?\n" for i in range(40)]
+    groups = engine.generate(long_prompts, SamplingSettings(n=8, temperature=1.0, max_new_tokens=4, seed=3))
+    assert [len(g.completions) for g in groups] == [8] * 40 and sum(len(g.prompt_ids) for g in groups) * 8 > 4096
+
 
 def test_hf_engine_samples_groups_with_logprobs_and_takes_new_weights(tiny_model, trainer_model):
     engine = make_engine("hf", tiny_model, seed=0)

@@ -45,6 +45,15 @@ class VLLMEngine:
         kwargs = {}
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            # With chunked prefill, a request whose prompt is split across scheduler steps samples a
+            # token that is thrown away, and vLLM (gpu_model_runner._bookkeeping_sync) then rewinds
+            # that request's seeded generator by its Philox offset; a CPU generator has no offset and
+            # raises "CPU Generator does not use offset". Every prompt is prefilled whole instead, as
+            # vLLM itself does on CPUs where chunking is unsupported; a step then takes whole prompts
+            # up to its token budget, which must hold the longest one.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(max_model_len, 4096)
         self.llm = LLM(
             model=str(model_path),
             dtype=dtype,
