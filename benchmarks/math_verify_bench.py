@@ -8,7 +8,9 @@ items are scored one call at a time by each verifier (accuracy per category, ite
 latency); rlwhf's batch API is timed too. Hazard items (category "hazard", plus 1 MB inputs) are
 run for rlwhf in-process under its 2 s limit, and for math-verify each in a child process with
 a 60 s wall-clock cap, because its signal-based timeouts cannot stop work inside one C call.
-Needs `pip install math-verify==0.9.0` (benchmark-only dependency).
+Errors are counted by kind too: wrong answers paid (false positives, what a policy learns to
+exploit) and right answers missed, each listed. Needs `pip install math-verify==0.9.0`
+(benchmark-only dependency).
 """
 
 from __future__ import annotations
@@ -120,8 +122,11 @@ def main() -> None:
         mv(r["gold"], r["prediction"])
 
     results = {}
+    probe_only = rm.stats["probe_only"]
     for name, fn in (("rlwhf", rm.verify), ("math-verify", mv)):
         verdicts, lat = timed(fn, ordinary)
+        if name == "rlwhf":
+            probe_only = rm.stats["probe_only"] - probe_only
         results[name] = {"verdicts": verdicts, "latencies": lat}
         print(f"{name}: {len(ordinary) / sum(lat):.0f} items/s, p50 {1000 * pct(lat, .5):.2f} ms, "
               f"p99 {1000 * pct(lat, .99):.1f} ms, max {1000 * max(lat):.0f} ms")
@@ -154,6 +159,31 @@ def main() -> None:
                      f"**{m_ok}/{n} ({100 * m_ok / n:.1f}%)** |")
     print("\n" + "\n".join(lines))
 
+    # the two kinds of error: a wrong answer paid (false positive, what a policy learns to exploit)
+    # and a right answer missed (false negative)
+    errors = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    negatives, positives = defaultdict(int), defaultdict(int)
+    for i, r in enumerate(ordinary):
+        negatives[r["set"]] += not r["equivalent"]
+        positives[r["set"]] += bool(r["equivalent"])
+        for name in results:
+            got = results[name]["verdicts"][i]
+            errors[r["set"]][name][0] += got and not r["equivalent"]
+            errors[r["set"]][name][1] += r["equivalent"] and not got
+    lines = ["| set | wrong answers paid: rlwhf | math-verify | right answers missed: rlwhf | math-verify |",
+             "|---|---:|---:|---:|---:|"]
+    for set_name, cells in errors.items():
+        neg, pos = negatives[set_name], positives[set_name]
+        lines.append(f"| {set_name} | {cells['rlwhf'][0]}/{neg} | {cells['math-verify'][0]}/{neg} | "
+                     f"{cells['rlwhf'][1]}/{pos} | {cells['math-verify'][1]}/{pos} |")
+    print("\n" + "\n".join(lines))
+    print(f"rlwhf: {probe_only} of {len(ordinary)} items paid on numeric probes alone (no symbolic proof)")
+    for i, r in enumerate(ordinary):
+        for name in results:
+            if results[name]["verdicts"][i] and not r["equivalent"]:
+                print(f"  {name} paid a wrong answer ({r['set']}/{r['category']}): gold {r['gold']!r}, "
+                      f"prediction ...{r['prediction'][-80:]!r}")
+
     # hazards
     rm.stats["timeouts"] = 0
     hz = {"rlwhf": [], "math-verify": []}
@@ -179,6 +209,8 @@ def main() -> None:
             for name, v in results.items()}
         summary["rlwhf"]["batch_items_per_s"] = len(ordinary) / batch_s
         summary["accuracy"] = {f"{s}/{c}": {k: v for k, v in cells.items()} for (s, c), cells in table.items()}
+        summary["wrong_paid_and_right_missed"] = {s: {k: v for k, v in cells.items()} for s, cells in errors.items()}
+        summary["rlwhf"]["probe_only_items"] = probe_only
         Path(args.json).write_text(json.dumps(summary, indent=1))
     rm.shutdown()
 

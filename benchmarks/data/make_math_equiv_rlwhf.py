@@ -1,7 +1,8 @@
 """Writes math_equiv_rlwhf.jsonl: rlwhf's own labelled (gold, model output, equivalent) pairs.
 
 Hand-written pairs, one list per answer category, each answer wrapped in one of several
-model-output styles (boxed, answer tags, closing phrases, think blocks). Labels are ours: a
+model-output styles (boxed, answer tags, closing phrases, think blocks), plus a few whole model
+outputs written the way extraction must cope with (RAW). Labels are ours: a
 pair is equivalent when a careful grader would pay the answer. Rerun after editing:
     python benchmarks/data/make_math_equiv_rlwhf.py
 """
@@ -56,7 +57,7 @@ PAIRS = {
                  ("2 \\pm \\sqrt{3}", "2+\\sqrt{3}, 2-\\sqrt{3}", True)],
     "algebra": [("x^2-9", "(x-3)(x+3)", True), ("(a+b)^2", "a^2+2ab+b^2", True), ("(a+b)^2", "a^2+b^2", False),
                 ("\\frac{x^2-1}{x-1}", "x+1", True), ("2\\cos^2 x - 1", "\\cos(2x)", True),
-                ("\\sin^2 x+\\cos^2 x", "1", True), ("3n+2", "3n-2", False), ("\\ln(xy)", "\\ln x + \\ln y", True)],
+                ("\\sin^2 x+\\cos^2 x", "1", True), ("3n+2", "3n-2", False), ("\\ln(xy)", "\\ln x + \\ln y", False)],
     "equation": [("x=5", "5", True), ("5", "x = 5", True), ("y=3x-2", "y = -2 + 3x", True),
                  ("x+y=1", "2x+2y=2", True), ("x+y=1", "x-y=1", False), ("a+b=4", "4", False),
                  ("f(x)=x^2", "x^2", True)],
@@ -76,6 +77,27 @@ PAIRS = {
                    ("4 \\times 10^{3}", "4000", True), ("4 \\times 10^{3}", "400", False), ("1e6", "1000000", True)],
     "negative": [("-12", "-12", True), ("-12", "12", False), ("-\\frac{3}{2}", "-1.5", True),
                  ("-x+1", "1-x", True), ("-(2)", "-2", True)],
+    # equal only where the variables are positive (ln(xy) above too: not for x, y < 0), and
+    # identities that hold wherever both sides are defined
+    "domain": [("x", "|x|", False), ("x", "\\sqrt{x^2}", False), ("1", "\\frac{|x|}{x}", False),
+               ("\\sin x", "|\\sin x|", False), ("e^x", "e^{|x|}", False), ("2\\ln x", "\\ln(x^2)", False),
+               ("\\sqrt{x}\\sqrt{y}", "\\sqrt{xy}", False), ("x", "\\arccos(\\cos x)", False),
+               ("x+5", "|x+5|", False), ("|x|", "\\sqrt{x^2}", True), ("\\frac{x^2-1}{x-1}", "x+1", True),
+               ("x", "\\ln(e^x)", True), ("\\frac{1}{\\sqrt{x}}", "\\frac{\\sqrt{x}}{x}", True)],
+}
+
+# Whole model outputs, not wrapped in a style: answers written in ways extraction must handle.
+RAW = {
+    "extraction": [
+        ("10/9", "Dividing both sides gives x = \\frac{10}{9}", True),
+        ("0.4", "So the probability is .4", True),
+        ("1000", "The total is 1 000", True),
+        ("(-6, 10)", "Final Answer: The final answer is \\((-6, 10)\\). I hope it is correct.", True),
+        ("\\frac{1}{2}", "So the answer is $\\\\boxed{\\\\frac{1}{2}}$.", True),  # JSON-escaped twice
+        ("\\boxed{1} and \\boxed{2}", "The roots are $\\boxed{1, 2}$.", True),
+        ("\\boxed{1} and \\boxed{2}", "So $x = \\boxed{2}$.", False),
+        ("0,111", "So the answer is $\\boxed{111}$.", False),
+    ],
 }
 
 HAZARDS = [
@@ -94,6 +116,10 @@ def main() -> None:
             style = rng.choice(STYLES)
             rows.append({"gold": gold, "prediction": style.format(a=answer), "equivalent": equivalent,
                          "source": "rlwhf", "category": category})
+    for category, pairs in RAW.items():
+        for gold, prediction, equivalent in pairs:
+            rows.append({"gold": gold, "prediction": prediction, "equivalent": equivalent, "source": "rlwhf",
+                         "category": category})
     for hazard in HAZARDS:
         rows.append({"gold": "1", "prediction": hazard, "equivalent": False, "source": "rlwhf",
                      "category": "hazard"})
