@@ -56,26 +56,36 @@ _TOKEN = re.compile(r"""
 _MATRIX = re.compile(r"\\begin\{(p|b|v|V|B|small)?matrix\}|\\begin\{array\}\{[^{}]*\}")
 
 
+_APPROX = re.compile(r"\\approx|≈|\\sim(?![a-z])")
+_LONE_LABEL = re.compile(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*")
+_DECIMAL_COMMA = re.compile(r"\s*-?(?:\d+,\d{2}|0,\d{3,})\s*")  # "1,22", "0,111"
+# (pattern, replacement) applied in order; compiled once, since _prepare runs several times per item
+_CLEANUPS = tuple((re.compile(p), r) for p, r in (
+    (r"(?<!\\)\\[][()]", " "),  # \( \) \[ \] left around an answer
+    (r"\\(?:[dtc]frac)", r"\\frac"),
+    (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b|\\circ\b", r" \\deg "),
+    (r"\\%|%|\b(?:percent(?:age)?|pct)\b", " % "),
+    (r"\\\$|\$|€|£|¥|\\euro\b|\\pounds\b", " "),
+    (r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)", ""),
+    (r",\\!\s*(?=\d{3})", ","),
+    (r"(?<!\\)\\(?:[,;:! ]|quad|qquad)|~", " "),
+    # thousands: "1,234,567" and "1 000" (a group of 0 is no thousands group: "0,111")
+    (r"(?<![\d.(\[,])([1-9]\d{0,2})((?:,\d{3})+)(?![\d,)\]])", lambda m: m.group(1) + m.group(2).replace(",", "")),
+    (r"(?<![\w.,^_{}])([1-9]\d{0,2})((?: \d{3})+)(?!\d|,\d)", lambda m: m.group(1) + m.group(2).replace(" ", "")),
+))
+
+
 def _prepare(s: str) -> str:
     """String-level clean-up before tokenising: delimiters, spacing commands, thousands separators,
     degree and percent spellings."""
     s = s.replace("\x00", "").strip()
-    left, *right = re.split(r"\\approx|≈|\\sim(?![a-z])", s)
+    left, *right = _APPROX.split(s)
     # "x \approx 11" names its value; "\sqrt{2} \approx 1.414" keeps the exact form on the left
-    s = f"{left} = {right[0]}" if right and re.fullmatch(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*", left) else left
-    s = re.sub(r"(?<!\\)\\[][()]", " ", s)  # \( \) \[ \] left around an answer
-    s = re.sub(r"\\(?:[dtc]frac)", r"\\frac", s)
-    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b|\\circ\b", r" \\deg ", s)
-    s = re.sub(r"\\%|%|\b(?:percent(?:age)?|pct)\b", " % ", s)
-    s = re.sub(r"\\\$|\$|€|£|¥|\\euro\b|\\pounds\b", " ", s)
+    s = f"{left} = {right[0]}" if right and _LONE_LABEL.fullmatch(left) else left
     s = s.replace("²", "^2").replace("³", "^3").replace("−", "-").replace("–", "-")
-    s = re.sub(r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)", "", s)
-    s = re.sub(r",\\!\s*(?=\d{3})", ",", s)
-    s = re.sub(r"(?<!\\)\\(?:[,;:! ]|quad|qquad)|~", " ", s)
-    # thousands: "1,234,567" and "1 000" (a group of 0 is no thousands group: "0,111")
-    s = re.sub(r"(?<![\d.(\[,])([1-9]\d{0,2})((?:,\d{3})+)(?![\d,)\]])", lambda m: m.group(1) + m.group(2).replace(",", ""), s)
-    s = re.sub(r"(?<![\w.,^_{}])([1-9]\d{0,2})((?: \d{3})+)(?!\d|,\d)", lambda m: m.group(1) + m.group(2).replace(" ", ""), s)
-    if re.fullmatch(r"\s*-?(?:\d+,\d{2}|0,\d{3,})\s*", s):  # "1,22", "0,111": a decimal comma
+    for pattern, replacement in _CLEANUPS:
+        s = pattern.sub(replacement, s)
+    if _DECIMAL_COMMA.fullmatch(s):
         s = s.replace(",", ".")
     return s.strip().rstrip(".").strip()
 
