@@ -1,11 +1,23 @@
-"""The run directory on disk: creating it, and finding the checkpoint a resumed run starts from."""
+"""The run directory on disk: creating it, writing checkpoints that are complete or absent, and
+rewinding a resumed run to its last checkpoint so that every step is recorded exactly once.
+
+A checkpoint is written into ``step_N.tmp``, every file fsynced, then renamed to ``step_N`` (a rename
+within one file system is atomic), so a run killed at any moment leaves either the whole checkpoint
+or a ``.tmp`` folder, which resuming removes.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import signal
 from pathlib import Path
 
 from rlwhf.config import Recipe
+
+_CHECKPOINT = re.compile(r"step_(\d+)")
 
 
 def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
@@ -20,6 +32,85 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
     return run_dir
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_directory(tmp: Path, final: Path) -> Path:
+    """Make the finished folder ``tmp`` appear as ``final`` in one step, its contents on disk first.
+    An older ``final`` is replaced; a crash part-way leaves it or the new one, never a mix."""
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            _fsync(file)
+    _fsync(tmp)
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    _fsync(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    return ckpts[-1] if ckpts else None
+    """The newest complete checkpoint of a run. Folders a killed save left behind (``step_N.tmp``,
+    ``step_N.old``) are removed, after putting back a ``.old`` whose replacement never arrived."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    for old in folder.glob("step_*.old"):
+        final = old.with_name(old.name.removesuffix(".old"))
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(final)
+    for tmp in folder.glob("step_*.tmp"):
+        shutil.rmtree(tmp)
+    complete = [p for p in folder.iterdir() if _CHECKPOINT.fullmatch(p.name) and (p / "loop_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def rewind_run_dir(run_dir: Path, step: int) -> None:
+    """Forget what a run recorded after checkpoint ``step``, which the resumed run will record again:
+    metrics lines of later steps and the final evaluation's line, traces of later steps and the
+    final evaluation's, and the summary of a run that had finished."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        kept = []
+        for line in metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the crash
+                continue
+            # A training step's line has its rewards; the line without them at the last step is the
+            # held-out evaluation after RL, which the resumed run will write again at its own end.
+            if record.get("step", 0) < step or (record.get("step") == step and "reward/mean" in record):
+                kept.append(line)
+        tmp = metrics.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(metrics)
+    for trace in (run_dir / "traces").glob("*_step_*"):
+        tag, _, number = trace.name.partition("_step_")
+        later = int(number.split(".")[0]) > step if number.split(".")[0].isdigit() else True
+        if later or tag == "eval_after" or trace.suffix == ".tmp":
+            trace.unlink()
+    (run_dir / "summary.json").unlink(missing_ok=True)
+
+
+def fault_point(phase: str, step: int) -> None:
+    """Fault injection for the crash tests: with ``RLWHF_FAULT=phase@step`` the run dies here by SIGKILL,
+    the driver first, then this process (a worker's, for ``save``), as when a machine goes down.
+    Phases: ``rollout`` (after sampling), ``update`` (while the policy trains), ``save`` (in the
+    policy worker, the checkpoint's files written but not yet renamed into place)."""
+    if os.environ.get("RLWHF_FAULT") != f"{phase}@{step}":
+        return
+    driver = int(os.environ.get("RLWHF_DRIVER_PID", os.getpid()))
+    if driver != os.getpid():
+        os.kill(driver, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import pickle
+import signal
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rlwhf.algo import group_advantages, overlong_penalty, scale_negative, zero_variance_groups
-from rlwhf.checkpoints import latest_checkpoint, prepare_run_dir
-from rlwhf.config import Recipe
+from rlwhf.checkpoints import fault_point, latest_checkpoint, prepare_run_dir, rewind_run_dir
+from rlwhf.config import Recipe, check_references
 from rlwhf.data.source import PromptSource, TaskData, load_task
 from rlwhf.evaluation import describe_accuracy, evaluate, sample, score, trace_rows
 from rlwhf.rollout import SamplingSettings
@@ -54,6 +58,7 @@ class Run:
     tracker: Tracker
     start_step: int
     before: dict  # held-out accuracy before RL: accuracy (greedy) and accuracy/sampled
+    pending: Future | None = None  # one-step off-policy mode: the next step's rollouts, sampled already
 
     def evaluate(self, step: int, tag: str) -> dict:
         return evaluate(self.recipe, self.rollout, self.reward, self.data.test, self.tracker, step, tag)
@@ -76,12 +81,17 @@ class Collected:
     t_reward: float = 0.0
 
 
+class Preempted(Exception):
+    """SIGTERM stopped the run after a step, whose checkpoint was then written; resume continues it."""
+
+
 def train(recipe: Recipe, resume: bool = False) -> dict:
     started = time.perf_counter()
     run = start_run(recipe, resume)
     steps = recipe.train.steps
+    stop = watch_for_sigterm()
     prefetch = ThreadPoolExecutor(1) if recipe.train.off_policy_steps else None
-    pending = None
+    pending = run.pending
     bar = tqdm(range(run.start_step, steps), desc="GRPO", unit="step", initial=run.start_step, total=steps,
                dynamic_ncols=True)
     for step in bar:
@@ -89,34 +99,56 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         # 1-3; in one-step off-policy mode, sampled in the background by the weights before the
         # previous update while that update ran.
         collected = pending.result() if pending is not None else collect(run, step)
-        cursor = run.source.cursor  # a checkpoint resumes here, re-reading any prefetched prompts
         pending = prefetch.submit(collect, run, step + 1) if prefetch and step + 1 < steps else None
         if collected.rows:
             batch, rewards = compute_advantages(run, collected)  # 4
             metrics = {"step": step + 1, **kept_metrics(collected, rewards, batch),
-                       **update_policy(run, batch),  # 5
+                       **update_policy(run, batch, step),  # 5
                        **sync_weights(run)}  # 6
         else:
             batch, metrics = None, skipped_metrics(step, collected)
-        record_step(run, step, collected, batch, metrics, cursor, t_step)  # 7
+        record_step(run, step, collected, batch, metrics, t_step)  # 7
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", refresh=False,
                         acc=f"{metrics.get(f'reward/{recipe.rewards.accuracy}/mean', 0):.2f}",
                         len=f"{metrics['response_length/mean']:.0f}")
+        save_every = recipe.train.save_every
+        if step + 1 == steps or (save_every and (step + 1) % save_every == 0) or stop.is_set():
+            save_checkpoint(run, step + 1, pending)
+        if stop.is_set() and step + 1 < steps:
+            bar.close()
+            raise Preempted(f"stopped by SIGTERM after step {step + 1}, whose checkpoint is written; continue "
+                            f"with `rlwhf train --resume {run.dir}`")
     bar.close()
     if prefetch:
         prefetch.shutdown()
     return finish(run, started)
 
 
+def watch_for_sigterm() -> threading.Event:
+    """SIGTERM (a preemption notice) lets the current step finish, then the loop checkpoints and stops."""
+    stop = threading.Event()
+
+    def on_sigterm(signum, frame):
+        say("SIGTERM: finishing this step, then writing a checkpoint and stopping")
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+    return stop
+
+
 def start_run(recipe: Recipe, resume: bool) -> Run:
     """The run directory, Ray, the data, the starting policy, the three workers and the accuracy before RL."""
+    check_references(recipe)  # before anything starts: a reward that cannot be found, a missing file
     run_dir = prepare_run_dir(recipe, resume)
-    if recipe.rewards.accuracy not in {s.name for s in recipe.rewards.funcs}:
-        raise ValueError(f"rewards.accuracy {recipe.rewards.accuracy!r} is not among rewards.funcs")
+    if os.environ.get("RLWHF_FAULT"):  # crash tests: the workers (started by Ray below) learn who to kill
+        os.environ["RLWHF_DRIVER_PID"] = str(os.getpid())
     init_ray(recipe.ray.address, recipe.ray.num_cpus)
     data = load_task(recipe.data, recipe.run.seed)
     ckpt = latest_checkpoint(run_dir) if resume else None
     state = json.loads((ckpt / "loop_state.json").read_text()) if ckpt else {}
+    if resume:
+        rewind_run_dir(run_dir, state.get("step", 0))
     model_path = str(ckpt) if ckpt else prepare_policy(recipe, run_dir, data.train, say=say)
 
     gpus = 1 if torch.cuda.is_available() else 0
@@ -131,12 +163,14 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
         seed=recipe.run.seed, dtype=recipe.model.dtype, resume_from=str(ckpt) if ckpt else None,
         log_path=str(logs / LOG_FILES["PolicyWorker"]))
     reward = remote(RewardWorker).remote(recipe.rewards.funcs, recipe.rewards.timeout_s, recipe.rewards.num_workers,
+                                         warm_up_timeout_s=recipe.rewards.warm_up_timeout_s,
                                          log_path=str(logs / LOG_FILES["RewardWorker"]))
     tracker = Tracker(run_dir, use_wandb=recipe.tracking.wandb, project=recipe.tracking.wandb_project,
-                      run_name=recipe.run.name, config=recipe.model_dump(mode="json"), resume=bool(ckpt),
+                      run_name=recipe.run.name, config=recipe.model_dump(mode="json"),
                       console_every=recipe.tracking.console_every, total_steps=recipe.train.steps)
     source = PromptSource(data.train, recipe.run.seed, cursor=state.get("cursor", 0))
-    run = Run(recipe, run_dir, data, source, rollout, policy, reward, tracker, state.get("step", 0), {})
+    run = Run(recipe, run_dir, data, source, rollout, policy, reward, tracker, state.get("step", 0), {},
+              pending=saved_rollouts(ckpt))
     if "accuracy_before_rl" in state:
         run.before = {"accuracy": state["accuracy_before_rl"]}
         if "sampled_accuracy_before_rl" in state:
@@ -156,7 +190,8 @@ def collect(run: Run, step: int) -> Collected:
     while len(out.rows) < run.recipe.train.prompts_per_step and out.rounds < algo.max_sampling_rounds:
         rows = next_prompts(run, out)  # 1
         groups, seconds = sample(run.rollout, rows, sampling_settings(run, step, out.rounds))  # 2
-        scored = score(run.reward, rows, groups)  # 3
+        fault_point("rollout", step + 1)
+        scored = score(run.reward, rows, groups, run.recipe.rewards.stop_on_total_failure)  # 3
         out.t_rollout, out.t_reward, out.rounds = out.t_rollout + seconds, out.t_reward + scored.seconds, out.rounds + 1
         for name, count in scored.errors.items():
             out.errors[name] = out.errors.get(name, 0) + count
@@ -225,10 +260,12 @@ def compute_advantages(run: Run, collected: Collected) -> tuple[RolloutBatch, to
     return batch, rewards
 
 
-def update_policy(run: Run, batch: RolloutBatch) -> dict:
+def update_policy(run: Run, batch: RolloutBatch, step: int) -> dict:
     """5. ``train.ppo_epochs`` passes of clipped policy-gradient minibatch updates; their metrics."""
     t0 = time.perf_counter()
-    metrics = ray.get(run.policy.train_on.remote(batch))
+    update = run.policy.train_on.remote(batch)
+    fault_point("update", step + 1)
+    metrics = ray.get(update)
     seconds = time.perf_counter() - t0
     return {**metrics, "time/train": seconds, "tokens_per_s/train": int(batch.attention_mask.sum()) / max(seconds, 1e-9)}
 
@@ -266,20 +303,37 @@ def skipped_metrics(step: int, collected: Collected) -> dict:
 
 
 def record_step(run: Run, step: int, collected: Collected, batch: RolloutBatch | None, metrics: dict,
-                cursor: int, t_step: float) -> None:
-    """7. Held-out accuracy every ``train.eval_every`` steps, the step's metrics and traces, and a
-    checkpoint every ``train.save_every`` steps and at the end."""
-    recipe, done = run.recipe, step + 1 == run.recipe.train.steps
-    if recipe.train.eval_every and (step + 1) % recipe.train.eval_every == 0 and not done:
+                t_step: float) -> None:
+    """7. Held-out accuracy every ``train.eval_every`` steps, and the step's metrics and traces."""
+    recipe = run.recipe
+    if recipe.train.eval_every and (step + 1) % recipe.train.eval_every == 0 and step + 1 < recipe.train.steps:
         metrics.update(run.evaluate(step + 1, f"step{step + 1}"))
     metrics["time/step"] = time.perf_counter() - t_step
     run.tracker.log(metrics)
     if recipe.tracking.traces and batch is not None:
         run.tracker.write_traces(step + 1, trace_rows(step + 1, collected.rows, collected.groups,
                                                       collected.per_reward, collected.totals, batch.advantages))
-    if done or (recipe.train.save_every and (step + 1) % recipe.train.save_every == 0):
-        ray.get(run.policy.save.remote(str(run.dir / "checkpoints" / f"step_{step + 1}"),
-                                       {"step": step + 1, "cursor": cursor, **before_state(run.before)}))
+
+
+def save_checkpoint(run: Run, step: int, pending: Future | None) -> None:
+    """7. A checkpoint after ``step``: the policy, optimizer and RNG states, the data cursor, and in
+    one-step off-policy mode the next step's rollouts, so that a resumed run continues exactly."""
+    extra = {}
+    if pending is not None:  # its prompts are past the cursor already; keep them with the checkpoint
+        extra["pending_rollouts.pkl"] = pickle.dumps(pending.result())
+    path = run.dir / "checkpoints" / f"step_{step}"
+    saved = run.policy.save.remote(str(path), {"step": step, "cursor": run.source.cursor,
+                                               **before_state(run.before)}, extra)
+    ray.get(saved)
+
+
+def saved_rollouts(ckpt: Path | None) -> Future | None:
+    """The rollouts an off-policy run had sampled ahead when it checkpointed, as a finished future."""
+    if ckpt is None or not (ckpt / "pending_rollouts.pkl").is_file():
+        return None
+    future: Future = Future()
+    future.set_result(pickle.loads((ckpt / "pending_rollouts.pkl").read_bytes()))
+    return future
 
 
 def before_state(before: dict) -> dict:

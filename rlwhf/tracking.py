@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 import pandas as pd
@@ -48,8 +49,7 @@ def console_line(metrics: dict, total_steps: int) -> str:
 
 class Tracker:
     def __init__(self, run_dir: Path, *, use_wandb: bool = False, project: str = "rlwhf",
-                 run_name: str = "run", config: dict | None = None, resume: bool = False,
-                 console_every: int = 1, total_steps: int = 0):
+                 run_name: str = "run", config: dict | None = None, console_every: int = 1, total_steps: int = 0):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.traces_dir = self.run_dir / "traces"
@@ -62,8 +62,12 @@ class Tracker:
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
 
+            # One wandb run per run directory: a resumed run logs to the same id.
+            id_file = self.run_dir / "wandb_run_id"
+            run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+            id_file.write_text(run_id)
             self.wandb = wandb.init(project=project, name=run_name, dir=str(self.run_dir), config=config,
-                                    resume="allow" if resume else None, id=run_name if resume else None)
+                                    id=run_id, resume="allow")
 
     def log(self, metrics: dict) -> None:
         """Append one step's metrics to ``metrics.jsonl`` (and wandb); a console line every ``console_every`` steps."""

@@ -142,16 +142,18 @@ class PolicyWorker:
     def state_dict(self):
         return self.trainer.state_dict()
 
-    def save(self, path: str, extra_state: dict) -> str:
-        return str(self.trainer.save(path, extra_state))
+    def save(self, path: str, extra_state: dict, extra_files: dict[str, bytes] | None = None) -> str:
+        return str(self.trainer.save(path, extra_state, extra_files))
 
 
 class RewardWorker:
-    def __init__(self, specs, timeout_s: float, num_workers: int, *, log_path: str | None = None):
+    def __init__(self, specs, timeout_s: float, num_workers: int, *, warm_up_timeout_s: float = 120.0,
+                 log_path: str | None = None):
         log_to(log_path)
         from rlwhf.reward_runner import RewardRunner
 
-        self.runner = RewardRunner(specs, timeout_s=timeout_s, num_workers=num_workers)
+        self.runner = RewardRunner(specs, timeout_s=timeout_s, num_workers=num_workers,
+                                   warm_up_timeout_s=warm_up_timeout_s)
 
     def score(self, groups):
         return self.runner.score(groups)

@@ -184,7 +184,11 @@ class PolicyTrainer:
         return (kl_estimate(logp, ref, self.algo.kl_estimator) * batch.mask).sum(-1).tolist()
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def save(self, path: str | Path, extra_state: dict | None = None) -> Path:
+    def save(self, path: str | Path, extra_state: dict | None = None, extra_files: dict[str, bytes] | None = None) -> Path:
+        """Write a complete checkpoint at ``path``, or none: everything goes to ``path.tmp``, is
+        fsynced, and only then renamed to ``path`` (see ``rlwhf.checkpoints``)."""
+        from rlwhf.checkpoints import commit_directory, fault_point
+
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
@@ -197,12 +201,11 @@ class PolicyTrainer:
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "step": self.step,
         }, tmp / "trainer_state.pt")
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         (tmp / "loop_state.json").write_text(json.dumps(extra_state or {}, indent=2))
-        if path.exists():  # an interrupted save leaves the previous checkpoint intact
-            import shutil
-            shutil.rmtree(path)
-        tmp.rename(path)
-        return path
+        fault_point("save", (extra_state or {}).get("step", -1))
+        return commit_directory(tmp, path)
 
     def load_trainer_state(self, path: str | Path) -> None:
         state = torch.load(Path(path) / "trainer_state.pt", weights_only=False)
