@@ -55,11 +55,18 @@ def train(
     cfg = _load(recipe, overrides)
     import ray
 
+    from rlwhf.evaluation import RewardFailed
+    from rlwhf.loop import Preempted
     from rlwhf.loop import train as run_training
     from rlwhf.workers import describe_failure
 
     try:
         summary = run_training(cfg, resume=resume is not None)
+    except Preempted as exc:
+        typer.echo(f"[rlwhf] {exc}")
+        raise typer.Exit(0) from None
+    except RewardFailed as exc:
+        _fail(str(exc), code=1)
     except (FileExistsError, ValueError) as exc:
         _fail(str(exc))
     except ray.exceptions.RayError as exc:
@@ -80,13 +87,12 @@ def validate(
 ) -> None:
     """Check a recipe without running it (real-model recipes are validated here, run on GPU clusters)."""
     cfg = _load(recipe, list(overrides or []))
-    import rewards
+    from rlwhf.config import ConfigError, check_references
 
-    for spec in cfg.rewards.funcs:
-        try:
-            rewards.get(spec.name)
-        except KeyError as exc:
-            _fail(f"{recipe}: rewards.funcs: {exc}")
+    try:
+        check_references(cfg)
+    except ConfigError as exc:
+        _fail("\n".join(f"{recipe}: {line}" for line in str(exc).splitlines()))
     typer.echo(f"{recipe}: ok ({cfg.model.path}, {cfg.rollout.engine} rollouts, {cfg.train.steps} steps)")
 
 

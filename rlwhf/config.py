@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rlwhf.models.tiny import TinyMoEConfig
 
+# A data.dataset ending in one of these is a local file; anything else is a Hugging Face data set name.
+DATA_FILE_SUFFIXES = ("json", "jsonl", "csv", "parquet")
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -107,7 +110,22 @@ class RewardsConfig(Section):
     )
     accuracy: str = Field("math_accuracy", description="Reward whose mean is reported as held-out accuracy.")
     timeout_s: float = Field(10.0, gt=0, description="Time limit for one reward call (one prompt group).")
+    warm_up_timeout_s: float = Field(120.0, gt=0, description="Time limit for a reward module's warm_up(), run "
+                                     "once per worker; one that hangs disables that module's rewards for the run.")
     num_workers: int = Field(2, ge=1, description="Reward worker processes.")
+    stop_on_total_failure: bool = Field(True, description="Stop the run, showing the first error, when a reward "
+                                        "fails on every group of a step or evaluation; false: score on_error and "
+                                        "carry on.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RewardsConfig:
+        names = [s.name for s in self.funcs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"funcs: each reward may be listed once; got {names}")
+        if self.accuracy not in names:
+            raise ValueError(f"accuracy {self.accuracy!r} is not among funcs ({', '.join(names) or 'none'}): "
+                             "name one of them, or add it to funcs")
+        return self
 
 
 class AlgoConfig(Section):
@@ -292,6 +310,25 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
+def check_references(recipe: Recipe) -> None:
+    """What a recipe names outside itself, checked before anything starts: every reward resolves
+    (registered, entry point, or an importable ``module:function``) and a local data file exists."""
+    import rewards
+
+    problems = []
+    for i, spec in enumerate(recipe.rewards.funcs):
+        try:
+            rewards.get(spec.name)
+        except KeyError as exc:
+            problems.append(f"rewards.funcs[{i}] = {spec.name!r}: {exc}")
+    dataset = recipe.data.dataset
+    if recipe.data.task == "dataset" and dataset and dataset.rsplit(".", 1)[-1] in DATA_FILE_SUFFIXES:
+        if not Path(dataset).is_file():
+            problems.append(f"data.dataset = {dataset!r}: no such file (relative paths start from {Path.cwd()})")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 def recipe_keys_markdown() -> str:
     """The table of recipe keys in docs/recipes.md, generated from the models' fields.
 
@@ -311,3 +348,18 @@ def recipe_keys_markdown() -> str:
             meaning = (f.description or "").replace("<", "&lt;")
             lines.append(f"| `{section}.{name}` | `{shown}` | {meaning} |")
     return "\n".join(lines)
+
+
+RECIPE_KEYS_START, RECIPE_KEYS_END = "<!-- recipe keys: start -->\n", "\n<!-- recipe keys: end -->"
+
+
+def write_recipe_keys(page: Path = Path("docs/recipes.md")) -> None:
+    """Rewrite the key table between the markers of ``page`` from the models (``python -m rlwhf.config``)."""
+    text = page.read_text()
+    head, _, rest = text.partition(RECIPE_KEYS_START)
+    _, _, tail = rest.partition(RECIPE_KEYS_END)
+    page.write_text(head + RECIPE_KEYS_START + recipe_keys_markdown() + RECIPE_KEYS_END + tail)
+
+
+if __name__ == "__main__":
+    write_recipe_keys()

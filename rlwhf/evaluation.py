@@ -39,12 +39,25 @@ def sample(rollout, rows: list[dict], sampling: SamplingSettings) -> tuple[list,
     return groups, time.perf_counter() - t0
 
 
-def score(reward, rows: list[dict], groups: list) -> Scored:
-    """Every completion scored by every reward of the recipe, in the reward actor's worker processes."""
+class RewardFailed(RuntimeError):
+    """A reward failed on every group of a batch: its scores would be ``on_error`` throughout."""
+
+
+def score(reward, rows: list[dict], groups: list, stop_on_total_failure: bool = True) -> Scored:
+    """Every completion scored by every reward of the recipe, in the reward actor's worker processes.
+
+    A reward that fails on every group raises ``RewardFailed`` with its first error, unless
+    ``stop_on_total_failure`` is off (``rewards.stop_on_total_failure``)."""
     t0 = time.perf_counter()
     scores = ray.get(reward.score.remote([
         GroupToScore(g.prompt, [c.text for c in g.completions], columns_of(r)) for g, r in zip(groups, rows)]))
     errors = {name: scores.errors[name] + scores.timeouts[name] for name in scores.errors}
+    if stop_on_total_failure and groups:
+        for name in scores.per_reward:
+            failed = [f for f in scores.failures if f.reward == name]
+            if len(failed) == len(groups):
+                raise RewardFailed(f"reward {name!r} failed on all {len(groups)} groups; the first: {failed[0]}. Fix "
+                                   "the reward, or set rewards.stop_on_total_failure=false to score on_error and carry on")
     return Scored(scores.per_reward, scores.total, errors, scores.failures, time.perf_counter() - t0)
 
 
@@ -72,7 +85,7 @@ def evaluate(recipe, rollout, reward, rows: list[dict], tracker, step: int, tag:
     acc = recipe.rewards.accuracy
     greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=recipe.eval.max_new_tokens, seed=0)
     groups, _ = sample(rollout, rows, greedy)
-    scored = score(reward, rows, groups)
+    scored = score(reward, rows, groups, recipe.rewards.stop_on_total_failure)
     tracker.write_traces(step, trace_rows(step, rows, groups, scored.per_reward, scored.total), tag=f"eval_{tag}")
     out = {"accuracy": float(np.mean([s or 0.0 for s in scored.per_reward[acc]]))}
     if recipe.eval.samples:
@@ -80,7 +93,7 @@ def evaluate(recipe, rollout, reward, rows: list[dict], tracker, step: int, tag:
         sampled = SamplingSettings(n=recipe.eval.samples, temperature=rc.temperature, top_p=rc.top_p,
                                    max_new_tokens=recipe.eval.max_new_tokens, seed=1)
         groups, _ = sample(rollout, rows, sampled)
-        scored = score(reward, rows, groups)
+        scored = score(reward, rows, groups, recipe.rewards.stop_on_total_failure)
         out["accuracy/sampled"] = float(np.mean([s or 0.0 for s in scored.per_reward[acc]]))
     return out
 

@@ -1,8 +1,11 @@
 """Score completions with every reward of a recipe, in worker processes, under a time limit.
 
-One call scores one prompt group with one reward. A call that raises, returns the wrong number of
-scores or outlives ``timeout_s`` scores ``on_error`` for the whole group and is counted; a hung
-worker is killed and replaced. Nothing a reward does stops the run.
+One call scores one prompt group with one reward. A call that raises, returns anything but one
+finite number (or None) per completion, or outlives ``timeout_s`` scores ``on_error`` for the whole
+group and is counted; a hung worker is killed and replaced. A reward module's ``warm_up()`` runs once
+per worker before its first call, under ``warm_up_timeout_s``; one that hangs disables the rewards of
+that module for the rest of the run (each of their calls then fails at once, saying why), instead of
+costing every call the start-up time. Whether a failing reward stops the run is the loop's choice.
 
 Workers are started with the 'spawn' method (safe inside threads, Ray actors and vLLM) on first use.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import numbers
 import queue
 import sys
 import threading
@@ -31,6 +35,7 @@ def _worker_main(conn, preload: tuple[str, ...] = ()) -> None:
             warm_up = getattr(sys.modules.get(fn.__module__), "warm_up", None)
             if callable(warm_up) and fn.__module__ not in warmed:
                 warmed.add(fn.__module__)
+                conn.send(("warming", fn.__module__))  # the parent times each warm_up() on its own
                 warm_up()
         except Exception:  # reported by the call that needs it
             pass
@@ -45,42 +50,72 @@ def _worker_main(conn, preload: tuple[str, ...] = ()) -> None:
         name, completions, prompts, columns = task
         try:
             fn = cache.get(name) or cache.setdefault(name, rewards.get(name))
-            scores = list(fn(completions, prompts=prompts, **columns))
-            if len(scores) != len(completions):
-                raise ValueError(f"returned {len(scores)} scores for {len(completions)} completions")
-            clean = []
-            for s in scores:
-                if s is not None and not (isinstance(s, (int, float)) and math.isfinite(s)):
-                    raise ValueError(f"returned {s!r}; expected a finite number or None")
-                clean.append(None if s is None else float(s))
-            conn.send(("ok", clean))
+            conn.send(("ok", checked_scores(fn(completions, prompts=prompts, **columns), len(completions))))
         except Exception:  # the reward's own bug: report, keep serving
             conn.send(("error", traceback.format_exc(limit=5)))
 
 
-class _Worker:
-    STARTUP_TIMEOUT_S = 120.0  # start-up (interpreter, imports) is not charged to a call's limit
+def checked_scores(scores, expected: int) -> list[float | None]:
+    """A reward's return value as floats: one per completion, each a finite real number or None."""
+    try:
+        scores = list(scores)
+    except TypeError:
+        raise ValueError(f"returned {type(scores).__name__}; expected a list of {expected} numbers") from None
+    if len(scores) != expected:
+        raise ValueError(f"returned {len(scores)} scores for {expected} completions")
+    clean = []
+    for i, s in enumerate(scores):
+        if s is not None and not (isinstance(s, numbers.Real) and math.isfinite(s)):
+            raise ValueError(f"returned {s!r} for completion {i}; expected a finite number or None")
+        clean.append(None if s is None else float(s))
+    return clean
 
-    def __init__(self, ctx, preload: tuple[str, ...] = ()):
+
+class WarmUpHung(RuntimeError):
+    """A reward module's ``warm_up()`` did not finish within its time limit."""
+
+    def __init__(self, module: str, seconds: float):
+        super().__init__(f"warm_up() of module {module!r} did not finish within {seconds:g} s")
+        self.module = module
+
+
+class _Worker:
+    STARTUP_TIMEOUT_S = 120.0  # interpreter and imports; neither is charged to a call's limit
+
+    def __init__(self, ctx, preload, warm_up_timeout_s: float = 120.0):
         self.ctx = ctx
-        self.preload = preload
+        self.preload = preload  # a callable: the reward names to import and warm up at start
+        self.warm_up_timeout_s = warm_up_timeout_s
         self.process = None
         self.conn = None
+        self.starts = 0
 
     def _start(self) -> None:
         parent, child = self.ctx.Pipe()
-        self.process = self.ctx.Process(target=_worker_main, args=(child, self.preload), daemon=True)
+        self.process = self.ctx.Process(target=_worker_main, args=(child, tuple(self.preload())), daemon=True)
         self.process.start()
+        self.starts += 1
         child.close()
         self.conn = parent
-        if not (parent.poll(self.STARTUP_TIMEOUT_S) and parent.recv()[0] == "ready"):
-            self.kill()
-            raise RuntimeError(f"reward worker process did not start within {self.STARTUP_TIMEOUT_S:g} s")
+        warming = None
+        while True:
+            limit = self.warm_up_timeout_s if warming else self.STARTUP_TIMEOUT_S
+            if not parent.poll(limit):
+                self.kill()
+                if warming:
+                    raise WarmUpHung(warming, limit)
+                raise RuntimeError(f"reward worker process did not start within {limit:g} s")
+            kind, payload = parent.recv()
+            if kind == "ready":
+                return
+            warming = payload
 
     def call(self, task, timeout_s: float):
         if self.process is None or not self.process.is_alive():
             try:
                 self._start()
+            except WarmUpHung:
+                raise
             except (RuntimeError, OSError, EOFError) as exc:
                 return ("error", str(exc))
         self.conn.send(task)
@@ -140,25 +175,39 @@ class Scores:
 
 
 class RewardRunner:
-    def __init__(self, specs: list[RewardSpec], *, timeout_s: float = 10.0, num_workers: int = 2):
-        for spec in specs:  # fail at start-up on a name that cannot resolve, not mid-run
-            rewards.get(spec.name)
+    def __init__(self, specs: list[RewardSpec], *, timeout_s: float = 10.0, num_workers: int = 2,
+                 warm_up_timeout_s: float = 120.0):
+        # fail at start-up on a name that cannot resolve, not mid-run
+        self.modules = {spec.name: rewards.get(spec.name).__module__ for spec in specs}
         if len({s.name for s in specs}) != len(specs):
             raise ValueError("each reward may be listed once in rewards.funcs")
         self.specs = specs
         self.timeout_s = timeout_s
+        self.disabled: dict[str, str] = {}  # reward name -> why its calls fail at once
         ctx = mp.get_context("spawn")
         self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._workers = [_Worker(ctx, tuple(s.name for s in specs)) for _ in range(num_workers)]
+        self._workers = [_Worker(ctx, self._preload, warm_up_timeout_s) for _ in range(num_workers)]
         for w in self._workers:
             self._idle.put(w)
         self._pool = ThreadPoolExecutor(num_workers)
         self._lock = threading.Lock()
 
+    def _preload(self) -> list[str]:
+        return [s.name for s in self.specs if s.name not in self.disabled]
+
     def _run(self, task):
+        name = task[0]
         worker = self._idle.get()
         try:
-            return worker.call(task, self.timeout_s)
+            while name not in self.disabled:
+                try:
+                    return worker.call(task, self.timeout_s)
+                except WarmUpHung as exc:  # disable that module's rewards; the worker restarts without them
+                    with self._lock:
+                        for reward_name, module in self.modules.items():
+                            if module == exc.module:
+                                self.disabled.setdefault(reward_name, f"disabled for this run: {exc}")
+            return ("error", self.disabled[name])
         finally:
             self._idle.put(worker)
 

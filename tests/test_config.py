@@ -28,6 +28,8 @@ def test_shipped_recipes_validate():
     ("algo.advantage=ppo", "algo.advantage = 'ppo': expected 'grpo', 'dr_grpo' or 'rloo'"),
     ("train.minibatch_size=100000", "train.minibatch_size (100000) is larger than the completions per step"),
     ("data.min_digits=5", "min_digits (5) must be <= max_digits (3)"),
+    ("rewards.accuracy=format_typo", "rewards: accuracy 'format_typo' is not among funcs (math_accuracy, format)"),
+    ("rewards.funcs=[{name: format}, {name: format}]", "funcs: each reward may be listed once"),
 ])
 def test_bad_values_are_rejected_naming_key_value_and_expectation(override, expected):
     with pytest.raises(ConfigError) as info:
@@ -58,22 +60,28 @@ def test_missing_recipe_and_non_mapping_yaml_are_clear_errors(tmp_path):
         load_recipe(tmp_path / "list.yaml")
 
 
-RECIPE_KEYS_START, RECIPE_KEYS_END = "<!-- recipe keys: start -->\n", "\n<!-- recipe keys: end -->"
-REGENERATE_RECIPE_KEYS = (
-    ".venv/bin/python -c \"import re, pathlib, rlwhf.config as c; p = pathlib.Path('docs/recipes.md'); "
-    "p.write_text(re.sub(r'(?s)(<!-- recipe keys: start -->\\n).*?(\\n<!-- recipe keys: end -->)', "
-    "lambda m: m[1] + c.recipe_keys_markdown() + m[2], p.read_text()))\""
-)
-
-
 def test_docs_recipe_key_table_matches_the_config_models():
     from pathlib import Path
 
-    from rlwhf.config import recipe_keys_markdown
+    from rlwhf.config import RECIPE_KEYS_END, RECIPE_KEYS_START, recipe_keys_markdown
 
     page = (Path(__file__).parent.parent / "docs" / "recipes.md").read_text()
     assert RECIPE_KEYS_START in page and RECIPE_KEYS_END in page, "docs/recipes.md lost its recipe-key markers"
     table = page.split(RECIPE_KEYS_START, 1)[1].split(RECIPE_KEYS_END, 1)[0]
     assert table == recipe_keys_markdown(), (
-        "docs/recipes.md's key table differs from rlwhf/config.py; regenerate it from the repository root with\n"
-        + REGENERATE_RECIPE_KEYS)
+        "docs/recipes.md's key table differs from rlwhf/config.py; regenerate it from the repository root with "
+        "`.venv/bin/python -m rlwhf.config`")
+
+
+def test_validate_resolves_rewards_and_data_files_before_anything_starts(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rewards:\n  funcs: [{name: math_accuracy}, {name: 'no_such_module_xyz:fn'}]\n"
+                      "data: {task: dataset, dataset: missing.jsonl}\n")
+    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "validate", str(recipe)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "rewards.funcs[1] = 'no_such_module_xyz:fn': reward 'no_such_module_xyz:fn': cannot import" in proc.stderr
+    assert "data.dataset = 'missing.jsonl': no such file" in proc.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rlwhf.config import DataConfig
+from rlwhf.config import DATA_FILE_SUFFIXES, DataConfig
 
 
 @dataclass
@@ -34,7 +34,7 @@ def _load_dataset(cfg: DataConfig, seed: int) -> TaskData:
 
     def read(split: str):
         suffix = cfg.dataset.rsplit(".", 1)[-1]
-        if suffix in {"json", "jsonl", "csv", "parquet"}:
+        if suffix in DATA_FILE_SUFFIXES:
             builder = "json" if suffix in {"json", "jsonl"} else suffix
             return datasets.load_dataset(builder, data_files={split: cfg.dataset}, split=split)
         return datasets.load_dataset(cfg.dataset, cfg.subset, split=split)

@@ -27,3 +27,21 @@ def length(completions, **_):
 
 def echo_answer(completions, *, answer, **_):
     return [1.0 if c == a else 0.0 for c, a in zip(completions, answer)]
+
+
+def nan(completions, **_):
+    return [float("nan")] * len(completions)
+
+
+def inf(completions, **_):
+    return [float("inf")] * len(completions)
+
+
+def text(completions, **_):
+    return ["1.0"] * len(completions)
+
+
+def numpy_floats(completions, **_):
+    import numpy as np
+
+    return [np.float32(0.5) for _ in completions]
