@@ -123,7 +123,7 @@ def test_clipped_tokens_get_zero_gradient_and_the_others_minus_a_ratio_over_n():
 def test_metrics_are_plain_floats_with_the_agreed_keys():
     _, m = policy_loss(*_batch())
     for key in ["pg_loss", "kl", "entropy", "clip_fraction", "clip_fraction_low", "clip_fraction_high",
-                "ratio_mean", "ratio_max", "approx_kl"]:
+                "ratio_mean", "ratio_max", "ratio_spread", "approx_kl"]:
         assert type(m[key]) is float, key
 
 
@@ -167,7 +167,9 @@ def test_gspo_sequence_ratio_by_hand_and_its_gradient_is_shared_by_the_tokens():
     assert loss.item() == pytest.approx(-s)
     # d(-s)/d logp_t = -s / 2 for both tokens (token-level would give -e^.1/2 and -e^.3/2)
     assert_close(logp.grad, [[-s / 2, -s / 2]])
-    assert m["ratio_max"] == pytest.approx(s)
+    assert m["ratio_max"] == pytest.approx(s) and m["ratio_spread"] == 0.0
+    _, token_level = policy_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 2), clip_high=0.3)
+    assert token_level["ratio_spread"] == pytest.approx(math.exp(0.3) - math.exp(0.1))
 
 
 def test_gspo_clips_the_whole_sequence():

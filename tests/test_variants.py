@@ -57,6 +57,13 @@ def test_variant_recipe_runs_and_updates(variant, runs_dir):
         assert after_update and min(after_update) > 1e-3, mismatch
     else:
         assert max(mismatch) < 1e-3, mismatch  # synchronous: same weights, only kernel noise
+    # GSPO's one ratio per completion reached the loss: its tokens never disagree, even in the second
+    # minibatch, where the ratio has moved away from 1; token-level ratios there do disagree.
+    moved = [m for m in metrics if m["ratio_max"] > 1 + 1e-6]
+    if variant == "tiny-gspo":
+        assert moved and all(m["ratio_spread"] == 0.0 for m in metrics), metrics
+    elif variant == "tiny-dapo":
+        assert moved and any(m["ratio_spread"] > 0.0 for m in moved)
     if variant in ("tiny", "tiny-dapo"):  # the default recipe is DAPO at a lower temperature
         assert all(m["groups/sampling_rounds"] >= 1 for m in metrics)
         assert (run_dir / "config.yaml").read_text().count("dynamic_sampling: true") == 1
@@ -69,7 +76,7 @@ def test_dapo_step_without_signal_is_still_logged_evaluated_and_checkpointed(run
     run_cli("train", ROOT / "recipes" / "tiny-dapo.yaml", *SHORT, "run.name=no-signal", "train.steps=2",
             "train.eval_every=1", "algo.overlong_penalty=false", "rewards.accuracy=length_penalty",
             "rewards.funcs=[{name: length_penalty, kwargs: {max_chars: 100000}}]",
-            f"run.output_dir={runs_dir}", cwd=runs_dir)
+            f"run.output_dir={runs_dir}", cwd=runs_dir, paying=())
     run_dir = runs_dir / "no-signal"
     lines = step_metrics(run_dir)
     assert [(m["step"], m["update/skipped"]) for m in lines] == [(1, 1), (2, 1)]
@@ -77,3 +84,16 @@ def test_dapo_step_without_signal_is_still_logged_evaluated_and_checkpointed(run
     assert lines[0]["groups/sampling_rounds"] == 3 and "accuracy" in lines[0]
     assert (run_dir / "checkpoints" / "step_2" / "config.json").exists()
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_kl_folded_into_the_reward_lowers_it_by_the_policys_distance_from_the_reference(runs_dir):
+    run_cli("train", ROOT / "recipes" / "tiny-grpo.yaml", *SHORT, VARYING_REWARD, "run.name=kl-in-reward",
+            "train.steps=2", "train.learning_rate=3e-3", "train.warmup_steps=0", "algo.kl_in_reward=true",
+            "algo.kl_coef=0.5", f"run.output_dir={runs_dir}", cwd=runs_dir)
+    second = step_metrics(runs_dir / "kl-in-reward")[1]
+    unpenalised = (second["reward/math_accuracy/mean"] + 0.1 * second["reward/format/mean"]
+                   + second["reward/length_penalty/mean"])
+    # Step 1 trained the policy away from the reference, so step 2's summed k3 estimates are positive.
+    assert second["reward/mean"] < unpenalised - 1e-4, second
+    assert second["kl"] == 0.0  # folded into the reward, not added to the loss

@@ -70,6 +70,16 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     return -(logp.exp() * finite_logp).sum(-1)
 
 
+def _ratio_spread(ratio: Tensor, mask: Tensor) -> float:
+    """Mean over completions with tokens of ``max - min`` of their tokens' ratios."""
+    rows = mask.any(-1)
+    if not rows.any():
+        return 0.0
+    high = ratio.masked_fill(~mask, float("-inf")).amax(-1)
+    low = ratio.masked_fill(~mask, float("inf")).amin(-1)
+    return float((high - low)[rows].mean())
+
+
 def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
                 clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
                 ratio_level: str = "token", aggregation: str = "token_mean", norm_constant: float | None = None,
@@ -104,7 +114,9 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     ``entropy``, 0.0 without it), ``clip_fraction`` (share of tokens whose gradient clipping
     removed: ``clip_fraction_low`` for ``A < 0, rho < 1 - clip_low``, ``clip_fraction_high`` for
     ``A > 0, rho > 1 + clip_high``, ``clip_fraction_dual`` for ``A < 0, rho > dual_clip``),
-    ``ratio_mean``, ``ratio_max`` and ``approx_kl`` (k3 estimate of KL(pi_old || pi), token mean).
+    ``ratio_mean``, ``ratio_max``, ``ratio_spread`` (mean over completions of the largest minus the
+    smallest ratio among its tokens: exactly 0 with ``ratio_level="sequence"``, where they share one)
+    and ``approx_kl`` (k3 estimate of KL(pi_old || pi), token mean).
     """
     check_option("ratio_level", ratio_level, RATIO_LEVELS)
     check_option("aggregation", aggregation, AGGREGATIONS)
@@ -163,6 +175,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
             "clip_fraction_dual": float(_masked_mean(dual.float(), mask)),
             "ratio_mean": float(_masked_mean(r, mask)),
             "ratio_max": float(r[m].max()) if m.any() else 1.0,
+            "ratio_spread": _ratio_spread(r, m),
             "approx_kl": float(_masked_mean(kl_estimate(old_logp.detach(), logp.detach(), "k3"), mask)),
         }
     return loss, metrics
