@@ -21,19 +21,32 @@ def tiny_model(tmp_path_factory):
 
 
 # Overrides that make any tiny recipe run in seconds: a few prompts, short completions, a 20-step SFT.
-SHORT = ["data.num_train=200", "data.num_test=8", "eval.num_prompts=8", "sft.steps=20",
+# Half the SFT traces answer directly, a format 20 steps can teach, so the format reward pays.
+SHORT = ["data.num_train=200", "data.num_test=8", "eval.num_prompts=8", "sft.steps=20", "data.direct_fraction=0.5",
          "train.prompts_per_step=4", "rollout.group_size=4", "train.minibatch_size=8",
          "rollout.max_new_tokens=32", "eval.max_new_tokens=32", "train.save_every=1"]
 
 
-def run_cli(*args, cwd):
-    """``python -m rlwhf.cli ARGS`` in ``cwd``; fails the test with the output's tail unless it exits 0."""
+def run_cli(*args, cwd, paying=("format",)):
+    """``python -m rlwhf.cli ARGS`` in ``cwd``; fails the test with the output's tail unless it exits 0.
+
+    A training run must also have worked as a run: no reward call of any step failed, and each reward
+    in ``paying`` paid something (a mean above 0) at some step."""
+    import json
     import subprocess
 
     env = {**os.environ, "WANDB_MODE": "offline", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    env.pop("RLWHF_FAULT", None)
     proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    if args and args[0] == "train":
+        summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+        steps = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        errors = {k: v for m in steps for k, v in m.items() if k.endswith("/errors") and v}
+        assert not errors, f"reward calls failed in the run: {errors}"
+        for name in paying:
+            assert any(m.get(f"reward/{name}/mean", 0) > 0 for m in steps), f"reward {name!r} never paid"
     return proc
 
 

@@ -87,10 +87,14 @@ def test_train_refuses_a_bad_recipe_with_a_readable_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_code_recipe_runs_grpo_with_the_sandboxed_code_reward(tmp_path):
+def test_code_recipe_runs_grpo_with_the_sandboxed_code_reward(tmp_path, sandbox):
+    # The recipe's own prompt lengths and seeded sampling (its first evaluation used to die in vLLM's
+    # chunked prefill on CPU); fewer and shorter steps.
     rlwhf("train", str(ROOT / "recipes" / "tiny-code.yaml"), "train.steps=1", "sft.steps=10",
           "data.num_train=64", "data.num_test=4", "eval.num_prompts=4", "train.prompts_per_step=2",
-          "rollout.group_size=4", "train.minibatch_size=8", f"run.output_dir={tmp_path}", cwd=tmp_path)
+          "rollout.group_size=4", "train.minibatch_size=8", f"run.output_dir={tmp_path}", cwd=tmp_path, paying=())
+    from rewards.code import code_tests
+    from rlwhf.data.coding_tasks import make_coding_tasks
     from rlwhf.traces import load
 
     traces = load(tmp_path / "tiny-code")
@@ -98,3 +102,21 @@ def test_code_recipe_runs_grpo_with_the_sandboxed_code_reward(tmp_path):
     assert traces["reward_code_tests"].between(0.0, 1.0).all()
     summary = json.loads((tmp_path / "tiny-code" / "summary.json").read_text())
     assert summary["steps"] == 1
+    # The scores are the sandbox's verdicts, not a blocked sandbox's zeros: the same reward pays the
+    # reference programs of the very prompts the run sampled in full.
+    tasks = {t["prompt"]: t for t in make_coding_tasks(64 + 4, 0)}
+    traced = [tasks[p] for p in traces["prompt"].unique()]
+    assert code_tests([t["solution"] for t in traced], prompts=[t["prompt"] for t in traced],
+                      tests=[t["tests"] for t in traced]) == [1.0] * len(traced)
+
+
+@pytest.mark.slow
+def test_a_reward_that_fails_on_every_group_stops_the_run_with_its_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / "tiny-base.yaml"), *SHORT,
+         "sft.enabled=false", "rewards.funcs=[{name: math_accuracy}, {name: 'misbehaving_rewards:raises'}]",
+         f"run.output_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert ("error: reward 'misbehaving_rewards:raises' failed on all 8 groups; the first: reward "
+            "'misbehaving_rewards:raises' on group 0: error: RuntimeError: this reward always fails") in proc.stderr
