@@ -6,6 +6,9 @@ A reward function follows TRL's ``reward_funcs`` convention::
 
 ``columns`` are the dataset's other columns (``answer``, ``tests``, ...), one value per completion.
 ``None`` means "this reward does not apply to this sample" and is scored as 0 in the total.
+As in TRL, when the data set's prompts are conversations (lists of ``{"role", "content"}``
+messages), ``prompts`` are those lists and each completion is ``[{"role": "assistant", "content":
+text}]``; ``text_of`` turns either shape into text, as the built-in rewards do.
 
 Three ways to make a reward known by name:
 
@@ -33,6 +36,16 @@ _builtins_loaded = False
 class UnknownRewardError(KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; this one is a sentence.
         return str(self.args[0])
+
+
+def text_of(item) -> str:
+    """A prompt or completion as text: a string as it is; a conversation (TRL's shape, a list of
+    ``{"role", "content"}`` messages) as the content of its last message."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, (list, tuple)) and item and isinstance(item[-1], dict):
+        return str(item[-1].get("content", ""))
+    return "" if item is None else str(item)
 
 
 def reward(name: str) -> Callable[[RewardFn], RewardFn]:

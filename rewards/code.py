@@ -64,7 +64,7 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from rewards import reward
+from rewards import reward, text_of
 from rewards._sandbox import pool as _pool
 from rewards._sandbox.worker import EXIT_MEMORY
 
@@ -551,7 +551,7 @@ def code_tests(completions: list[str], *, prompts: list[str] | None = None, test
     n = len(completions)
     timeouts = columns.get("test_timeout_s") or [None] * n
     memories = columns.get("test_memory_mb") or [None] * n
-    jobs = [(c, t, to or TEST_TIMEOUT_S, mb or TEST_MEMORY_MB)
+    jobs = [(text_of(c), t, to or TEST_TIMEOUT_S, mb or TEST_MEMORY_MB)
             for c, t, to, mb in zip(completions, tests, timeouts, memories)]
     workers = _max_workers()
     with ThreadPoolExecutor(max_workers=workers) as inner, ThreadPoolExecutor(max_workers=workers) as outer:

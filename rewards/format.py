@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from rewards import reward
+from rewards import reward, text_of
 
 _THINK_ANSWER = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
 
@@ -12,7 +12,7 @@ _THINK_ANSWER = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$",
 @reward("format")
 def format_reward(completions: list[str], **_) -> list[float]:
     """1.0 when the completion is exactly ``<think>...</think><answer>...</answer>``, else 0.0."""
-    return [1.0 if _THINK_ANSWER.match(c) else 0.0 for c in completions]
+    return [1.0 if _THINK_ANSWER.match(text_of(c)) else 0.0 for c in completions]
 
 
 @reward("length_penalty")
@@ -22,5 +22,5 @@ def length_penalty(completions: list[str], *, max_chars: int | list[int] = 512, 
     out = []
     for c, limit in zip(completions, limits):
         half = limit / 2
-        out.append(-min(1.0, max(0.0, (len(c) - half) / half)))
+        out.append(-min(1.0, max(0.0, (len(text_of(c)) - half) / half)))
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from rewards import reward
+from rewards import reward, text_of
 
 _ADDITION = re.compile(r"(\d+)\s*\+\s*(\d+)\s*=\s*\?")
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
@@ -29,12 +29,12 @@ def arithmetic_steps(completions: list[str], *, prompts: list[str], **_) -> list
 
     scores: list[float | None] = []
     for completion, prompt in zip(completions, prompts):
-        problem = _ADDITION.search(prompt)
+        problem = _ADDITION.search(text_of(prompt))
         if problem is None:
             scores.append(None)
             continue
         expected = addition_trace(int(problem.group(1)), int(problem.group(2))).split("\n")
-        think = _THINK.search(completion)
+        think = _THINK.search(text_of(completion))
         written = [line.strip() for line in think.group(1).strip().split("\n")] if think else []
         right = sum(w == e for w, e in zip(written, expected))
         scores.append(right / max(len(expected), len(written)))

@@ -14,8 +14,10 @@ import re
 import shutil
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rlwhf.config import Recipe
+if TYPE_CHECKING:
+    from rlwhf.config import Recipe
 
 _CHECKPOINT = re.compile(r"step_(\d+)")
 

@@ -96,6 +96,22 @@ def validate(
     typer.echo(f"{recipe}: ok ({cfg.model.path}, {cfg.rollout.engine} rollouts, {cfg.train.steps} steps)")
 
 
+@app.command()
+def plan(
+    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides."),
+    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU, in GiB."),
+) -> None:
+    """Before anything starts: the policy's size, each device's memory (trainer, rollout engine), whether it fits."""
+    cfg = _load(recipe, list(overrides or []))
+    from rlwhf.plan import plan_text
+
+    try:
+        typer.echo(plan_text(cfg, gpu_memory))
+    except ValueError as exc:
+        _fail(f"{recipe}: {exc}")
+
+
 @app.command("rewards")
 def list_rewards() -> None:
     """List the rewards a recipe can name."""

@@ -45,7 +45,8 @@ class ModelConfig(Section):
         "directory or a Hub id (downloaded, so only where a network is available).",
     )
     tiny: TinyMoEConfig = Field(default_factory=TinyMoEConfig, description="Shape of the 'tiny' model.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights and compute dtype.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Compute dtype of the trainer (autocast; "
+                                                  "its weights and optimizer state stay float32) and of vLLM.")
 
 
 class DataConfig(Section):
@@ -64,6 +65,14 @@ class DataConfig(Section):
     test_split: str | None = Field(None, description="task=dataset: held-out split (else num_test rows split off).")
     prompt_column: str = Field("prompt", description="task=dataset: column holding the prompt.")
     answer_column: str = Field("answer", description="task=dataset: column holding the gold answer.")
+    chat_template: Literal["auto", "none"] = Field("auto", description="'auto': render prompts with the tokenizer's "
+                                                   "chat template when it has one; 'none': plain text.")
+    system_prompt: str | None = Field(None, description="A system message put before every prompt.")
+    prompt_template: str = Field("{prompt}", description="The user's message for a text prompt; {prompt} is "
+                                 "replaced by it, e.g. '{prompt} Put your final answer within \\boxed{}.'")
+    overlong_prompts: Literal["drop", "error"] = Field("drop", description="Prompts longer than "
+                                                       "rollout.max_prompt_tokens as rendered: dropped (and counted) "
+                                                       "or refused.")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -71,6 +80,8 @@ class DataConfig(Section):
             raise ValueError(f"min_digits ({self.min_digits}) must be <= max_digits ({self.max_digits})")
         if self.task == "dataset" and not self.dataset:
             raise ValueError("task 'dataset' needs data.dataset (a file path or HF dataset name)")
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError(f"prompt_template {self.prompt_template!r} has no {{prompt}} to put the prompt in")
         return self
 
 
@@ -168,6 +179,18 @@ class TrainConfig(Section):
     save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only at the end).")
     eval_every: int = Field(40, ge=0, description="Held-out accuracy every N steps (0: before and after only).")
     threads: int = Field(0, ge=0, description="torch threads in the policy worker (0: every core; half in async mode).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the policy trains: 'auto' is the GPU "
+                                                   "when its worker has one (see resources), else the CPU.")
+    micro_batch_tokens: int = Field(0, ge=0, description="Padded tokens per forward/backward pass; a minibatch's "
+                                    "gradients accumulate over its micro-batches (0: the whole minibatch at once).")
+    logits_chunk_mib: int = Field(1024, ge=1, description="Largest float32 logits block held at once when "
+                                  "scoring tokens; longer micro-batches are scored in chunks of positions.")
+    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward "
+                                         "pass instead of keeping them (less memory, about a third more compute).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Learning rate after the "
+                                                                 "warm-up, over the run's optimizer steps.")
+    lr_min_ratio: float = Field(0.0, ge=0, le=1, description="Where linear and cosine decay end, as a fraction of "
+                                "learning_rate.")
 
 
 class EvalConfig(Section):
@@ -183,6 +206,14 @@ class TrackingConfig(Section):
     traces: bool = Field(True, description="Write every completion to traces/ (Parquet).")
     console_every: int = Field(10, ge=1, description="Print a metrics line every N steps (and for the last step and "
                                "any step without an update).")
+
+
+class ResourcesConfig(Section):
+    gpus_per_policy_worker: float = Field(0.0, ge=0, description="GPUs Ray gives the policy worker; the trainer "
+                                          "uses one when it sees one (train.device). 0.5 here and for the rollout "
+                                          "engine shares one GPU between them, in turns.")
+    gpus_per_rollout_engine: float = Field(0.0, ge=0, description="GPUs Ray gives the rollout engine (vLLM needs "
+                                           "one on a GPU machine; 0 runs it on the CPU).")
 
 
 class RayConfig(Section):
@@ -201,6 +232,7 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

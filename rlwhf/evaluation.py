@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
+from rlwhf.data.prompts import is_conversation
 from rlwhf.reward_runner import GroupToScore
 from rlwhf.rollout import SamplingSettings
 
@@ -29,13 +30,24 @@ class Scored:
 
 def columns_of(row: dict) -> dict:
     """The dataset columns a reward receives besides the completion and the prompt."""
-    return {k: v for k, v in row.items() if k not in ("prompt", "solution")}
+    return {k: v for k, v in row.items() if k not in ("prompt", "solution", "prompt_text", "prompt_ids")}
+
+
+def reward_completions(prompt, group) -> list:
+    """A group's completions as rewards receive them: text, or for a conversational prompt TRL's
+    shape, one assistant message each."""
+    if is_conversation(prompt):
+        return [[{"role": "assistant", "content": c.text}] for c in group.completions]
+    return [c.text for c in group.completions]
 
 
 def sample(rollout, rows: list[dict], sampling: SamplingSettings) -> tuple[list, float]:
-    """``sampling.n`` completions of each row's prompt from the rollout actor; and the seconds it took."""
+    """``sampling.n`` completions of each row's prompt from the rollout actor; and the seconds it took.
+    Rows prepared by ``rlwhf.data.prompts`` are sampled from their rendered token ids."""
     t0 = time.perf_counter()
-    groups = ray.get(rollout.generate.remote([r["prompt"] for r in rows], sampling))
+    groups = ray.get(rollout.generate.remote([r.get("prompt_ids", r["prompt"]) for r in rows], sampling))
+    for group, row in zip(groups, rows):
+        group.prompt = row.get("prompt_text", group.prompt)
     return groups, time.perf_counter() - t0
 
 
@@ -49,8 +61,8 @@ def score(reward, rows: list[dict], groups: list, stop_on_total_failure: bool = 
     A reward that fails on every group raises ``RewardFailed`` with its first error, unless
     ``stop_on_total_failure`` is off (``rewards.stop_on_total_failure``)."""
     t0 = time.perf_counter()
-    scores = ray.get(reward.score.remote([
-        GroupToScore(g.prompt, [c.text for c in g.completions], columns_of(r)) for g, r in zip(groups, rows)]))
+    scores = ray.get(reward.score.remote([GroupToScore(r["prompt"], reward_completions(r["prompt"], g),
+                                                       columns_of(r)) for g, r in zip(groups, rows)]))
     errors = {name: scores.errors[name] + scores.timeouts[name] for name in scores.errors}
     if stop_on_total_failure and groups:
         for name in scores.per_reward:

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from rlwhf.algo import group_advantages, overlong_penalty, scale_negative, zero_variance_groups
 from rlwhf.checkpoints import fault_point, latest_checkpoint, prepare_run_dir, rewind_run_dir
 from rlwhf.config import Recipe, check_references
+from rlwhf.data.prompts import PromptRenderer, prepare_prompts
 from rlwhf.data.source import PromptSource, TaskData, load_task
 from rlwhf.evaluation import describe_accuracy, evaluate, sample, score, trace_rows
 from rlwhf.rollout import SamplingSettings
@@ -150,17 +151,18 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     if resume:
         rewind_run_dir(run_dir, state.get("step", 0))
     model_path = str(ckpt) if ckpt else prepare_policy(recipe, run_dir, data.train, say=say)
+    data = render_prompts(recipe, data, model_path)
 
-    gpus = 1 if torch.cuda.is_available() else 0
-    rc, logs = recipe.rollout, run_dir / "logs"
-    rollout = remote(RolloutWorker, gpus * 0.5).remote(
+    rc, logs, resources = recipe.rollout, run_dir / "logs", recipe.resources
+    rollout = remote(RolloutWorker, resources.gpus_per_rollout_engine).remote(
         rc.engine, model_path, shared_cores=recipe.train.off_policy_steps > 0, dtype=recipe.model.dtype,
         seed=recipe.run.seed, kv_cache_gib=rc.kv_cache_gib,
         max_model_len=rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
         gpu_memory_utilization=rc.gpu_memory_utilization, log_path=str(logs / LOG_FILES["RolloutWorker"]))
-    policy = remote(PolicyWorker, gpus * 0.5).remote(
+    policy = remote(PolicyWorker, resources.gpus_per_policy_worker).remote(
         model_path, recipe.algo, recipe.train, temperature=rc.temperature, max_new_tokens=rc.max_new_tokens,
         seed=recipe.run.seed, dtype=recipe.model.dtype, resume_from=str(ckpt) if ckpt else None,
+        completions_per_step=recipe.train.prompts_per_step * rc.group_size,
         log_path=str(logs / LOG_FILES["PolicyWorker"]))
     reward = remote(RewardWorker).remote(recipe.rewards.funcs, recipe.rewards.timeout_s, recipe.rewards.num_workers,
                                          warm_up_timeout_s=recipe.rewards.warm_up_timeout_s,
@@ -180,6 +182,20 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
         run.before = run.evaluate(0, "before")
         say(f"held-out accuracy before RL: {describe_accuracy(run.before)}")
     return run
+
+
+def render_prompts(recipe: Recipe, data: TaskData, model_path: str) -> TaskData:
+    """Every prompt as the policy's tokenizer renders it (``rlwhf.data.prompts``); over-long ones dropped."""
+    renderer = PromptRenderer.from_pretrained(model_path, recipe.data)
+    limit, on_overlong = recipe.rollout.max_prompt_tokens, recipe.data.overlong_prompts
+    train = prepare_prompts(data.train, renderer, limit, on_overlong, "training")
+    test = prepare_prompts(data.test, renderer, limit, on_overlong, "held-out")
+    for split, prepared in (("training", train), ("held-out", test)):
+        if prepared.dropped:
+            say(f"dropped {prepared.dropped} {split} prompts longer than rollout.max_prompt_tokens={limit} tokens")
+    if not train.rows:
+        raise ValueError(f"no training prompt fits in rollout.max_prompt_tokens={limit} tokens")
+    return TaskData(train.rows, test.rows)
 
 
 def collect(run: Run, step: int) -> Collected:

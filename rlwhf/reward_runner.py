@@ -147,8 +147,8 @@ class _Worker:
 
 @dataclass
 class GroupToScore:
-    prompt: str
-    completions: list[str]
+    prompt: object  # the data set's prompt: text, or a conversation (TRL's list of messages)
+    completions: list  # text, or for a conversational prompt one [{"role": "assistant", ...}] each
     columns: dict = field(default_factory=dict)  # one value per group (e.g. the gold answer)
 
 

@@ -90,18 +90,31 @@ def claim_cores(shared: bool) -> None:
     torch.set_num_threads(usable_cores(shared))
 
 
+class ProgressBoard:
+    """The latest ``(step, loss)`` that a long task reports, read by the driver for its progress bar."""
+
+    def __init__(self):
+        self.latest: tuple[int, float | None] = (0, None)
+
+    def report(self, step: int, loss: float | None) -> None:
+        self.latest = (step, loss)
+
+    def read(self) -> tuple[int, float | None]:
+        return self.latest
+
+
 # max_calls=1: the task's worker process exits afterwards and frees the SFT model's memory.
 @ray.remote(num_cpus=0, max_calls=1)
 def cold_start_sft_task(*args, log_path: str | None = None, progress=None, **kwargs) -> int:
     """``cold_start_sft`` as a Ray task, on every usable core (see ``claim_cores``); returns the thread
-    count. ``progress``: a ``ray.util.queue.Queue`` that receives ``(step, loss)`` after each step."""
+    count. ``progress``: a ``ProgressBoard`` actor that hears ``(step, loss)`` after each step."""
     import torch
 
     from rlwhf.train.sft import cold_start_sft
 
     log_to(log_path)
     claim_cores(False)
-    on_step = (lambda step, loss: progress.put_nowait((step, loss))) if progress is not None else None
+    on_step = (lambda step, loss: progress.report.remote(step, loss)) if progress is not None else None
     cold_start_sft(*args, on_step=on_step, **kwargs)
     return torch.get_num_threads()
 

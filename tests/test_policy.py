@@ -1,11 +1,13 @@
-"""The policy trainer on a real tiny MoE: frozen routers, expert-load counting, Dr. GRPO normaliser."""
+"""The policy trainer on a real tiny MoE: frozen routers, expert-load counting, Dr. GRPO normaliser,
+micro-batches that change nothing but memory, chunked log-probs, the learning-rate schedule."""
 
 import pytest
 import torch
 
 from rlwhf.config import AlgoConfig, TrainConfig
-from rlwhf.train.batch import pack
-from rlwhf.train.policy import ExpertLoad, PolicyTrainer, token_logprobs
+from rlwhf.train.batch import micro_batches, pack
+from rlwhf.train.logprobs import token_logprobs
+from rlwhf.train.policy import ExpertLoad, PolicyTrainer, lr_multiplier
 
 
 def batch_of(n_completions=4, advantages=None):
@@ -41,7 +43,7 @@ def test_expert_load_counts_top_k_routes_on_completion_positions_only(tiny_model
     batch = batch_of(2)
     load = ExpertLoad(policy.model)
     with torch.no_grad():
-        load.measure(lambda: token_logprobs(policy.model, batch, 1.0), batch.mask)
+        load.measure(lambda: token_logprobs(policy.model, batch.input_ids, batch.attention_mask, 1.0), batch.mask)
     # 2 completions x 3 tokens, each routed to its top-2 of 8 experts, in each of 4 layers.
     assert [int(c.sum()) for c in load.counts] == [2 * 3 * 2] * 4
     metrics = load.metrics()
@@ -61,3 +63,85 @@ def test_dr_grpo_normaliser_is_the_generation_budget_not_the_padded_width(tiny_m
     # Ratio 1 on the first update: each completion's 3 tokens sum to -3 * A, divided by the budget
     # (not by the batch's padded width, 6), then averaged over the 4 completions.
     assert losses == [pytest.approx(-3 * 0.75 / 8), pytest.approx(-3 * 0.75 / 16)]
+
+
+def uneven_batch(seed=0, n=12):
+    """Completions of different lengths after prompts of different lengths, with mixed advantages."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(5, 90, (3 + i % 4,), generator=g).tolist() for i in range(n)]
+    completions = [torch.randint(5, 90, (2 + (7 * i) % 11,), generator=g).tolist() for i in range(n)]
+    advantages = torch.randn(n, generator=g).tolist()
+    logps = [[-1.0] * len(c) for c in completions]
+    return pack(prompts, completions, logps, advantages, [False] * n, pad_id=0)
+
+
+@pytest.mark.parametrize("loss_agg, ratio_level", [("token_mean", "token"), ("seq_mean_token_mean", "token"),
+                                                    ("seq_mean_token_sum_norm", "token"),
+                                                    ("seq_mean_token_mean", "sequence"), ("token_mean", "sequence")])
+def test_micro_batches_give_the_gradients_and_parameters_of_one_pass_over_the_minibatch(tiny_model, loss_agg,
+                                                                                      ratio_level):
+    # A KL term and an entropy bonus, so every loss term is accumulated. Gradients are compared
+    # directly: Adam's first step is about lr * sign(g) and would hide a wrong gradient scale.
+    algo = AlgoConfig(loss_agg=loss_agg, ratio_level=ratio_level, kl_coef=0.1, entropy_coef=0.01)
+    grads, params = [], []
+    for budget in (0, 20):  # 20 padded tokens: micro-batches of one to three sequences
+        torch.manual_seed(0)
+        policy = PolicyTrainer(tiny_model, algo, TrainConfig(learning_rate=1e-6, warmup_steps=0, minibatch_size=6,
+                                                            micro_batch_tokens=budget), temperature=0.8, max_new_tokens=16)
+        steps = []
+        policy.optimizer.register_step_pre_hook(lambda opt, args, kwargs, steps=steps: steps.append(
+            [p.grad.clone() for group in opt.param_groups for p in group["params"] if p.grad is not None]))
+        metrics = policy.train_on(uneven_batch())
+        grads.append(steps)
+        params.append(policy.model.state_dict())
+    assert len(micro_batches(uneven_batch().lengths[:6], 20)) > 2
+    for whole, split in zip(*grads):  # both optimizer steps (two minibatches of 6)
+        for a, b in zip(whole, split):
+            assert torch.allclose(a, b, atol=1e-5 * float(a.abs().max()), rtol=0)
+    for name, value in params[0].items():
+        assert torch.allclose(value, params[1][name], atol=1e-5, rtol=0), name
+    assert metrics["kl"] > 0 and metrics["entropy"] > 0
+
+
+def test_micro_batches_pack_similar_lengths_within_the_budget():
+    groups = micro_batches([5, 30, 6, 29, 7, 100], 60)
+    assert groups == [[5], [1, 3], [4, 2, 0]]  # longest first; 2 x 30 and 3 x 7 fit in 60; 100 alone
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert micro_batches([5, 6], 0) == [[0, 1]] and micro_batches([], 10) == []
+
+
+def test_chunked_logprobs_equal_the_plain_pass_in_value_and_gradient(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    batch = uneven_batch(n=5)
+    results = []
+    for chunk in (0, 7):  # 7 positions' logits at a time: many chunks, each recomputed in backward
+        model.zero_grad()
+        logp, entropy = token_logprobs(model, batch.input_ids, batch.attention_mask, 0.7, True, chunk)
+        ((logp * batch.mask).sum() + entropy.sum()).backward()
+        results.append((logp.detach(), entropy.detach(), model.lm_head.weight.grad.clone(),
+                        model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    for plain, chunked in zip(*results):
+        assert torch.allclose(plain, chunked, atol=1e-5), (plain - chunked).abs().max()
+
+
+def test_learning_rate_warms_up_then_follows_its_schedule():
+    assert [lr_multiplier(s, 2, 10, "constant", 0.0) for s in (0, 1, 5, 9)] == [0.5, 1.0, 1.0, 1.0]
+    assert lr_multiplier(6, 2, 10, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_multiplier(6, 2, 10, "cosine", 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_multiplier(10, 2, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_multiplier(50, 2, 10, "linear", 0.0) == 0.0  # dynamic sampling may take fewer steps, never more
+
+
+def test_bfloat16_compute_keeps_float32_master_weights_that_small_updates_move(tiny_model):
+    policy = PolicyTrainer(tiny_model, AlgoConfig(), TrainConfig(learning_rate=1e-6, warmup_steps=0),
+                           temperature=1.0, max_new_tokens=8, dtype="bfloat16")
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    policy.train_on(batch_of())
+    assert all(p.dtype == torch.float32 for p in policy.model.parameters())
+    assert policy.optimizer.state[next(iter(policy.model.parameters()))]["exp_avg"].dtype == torch.float32
+    moved = [k for k, v in policy.model.state_dict().items() if not torch.equal(v, before[k])]
+    # An update of ~1e-6 is below bf16's resolution near 1 (2^-8): in bf16 weights it would round away.
+    assert "model.norm.weight" in moved
+    assert all(v.dtype == torch.bfloat16 for v in policy.state_dict().values() if v.is_floating_point())

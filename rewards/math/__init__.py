@@ -27,7 +27,7 @@ Modules: ``extraction`` (the answer in a model's output), ``parsing`` (answer st
 
 from __future__ import annotations
 
-from rewards import reward
+from rewards import reward, text_of
 from rewards.math import pool as _pool_module
 from rewards.math.decide import _fast, _Gold, _prepare_gold
 from rewards.math.extraction import extract_answer
@@ -106,4 +106,4 @@ def answers_equal(gold: str, answer: str, *, timeout_s: float = DEFAULT_TIMEOUT_
 @reward("math_accuracy")
 def math_accuracy(completions: list[str], *, answer: list[str], **_) -> list[float]:
     """1.0 when the completion's final answer equals the gold ``answer`` column, else 0.0."""
-    return [1.0 if ok else 0.0 for ok in verify_batch(list(answer), list(completions))]
+    return [1.0 if ok else 0.0 for ok in verify_batch(list(answer), [text_of(c) for c in completions])]

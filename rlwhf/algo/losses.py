@@ -23,7 +23,8 @@ def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(m, x, 0.0).sum() / m.sum().clamp(min=1)
 
 
-def aggregate(values: Tensor, mask: Tensor, mode: str = "token_mean", norm_constant: float | None = None) -> Tensor:
+def aggregate(values: Tensor, mask: Tensor, mode: str = "token_mean", norm_constant: float | None = None,
+              denominator: float | None = None) -> Tensor:
     """Reduce per-token ``values [B, T]`` to a scalar over the tokens where ``mask`` is set.
 
     - ``"token_mean"``: sum over all tokens of the batch / number of tokens. DAPO (Yu et al. 2025,
@@ -39,15 +40,21 @@ def aggregate(values: Tensor, mask: Tensor, mode: str = "token_mean", norm_const
 
     Rows with no unmasked token are not completions for the sequence modes (they count in no mean),
     so appending padding rows or columns never changes the result. An all-masked batch gives 0.
+
+    ``denominator`` replaces what the sum is divided by (this batch's tokens for ``token_mean``, its
+    completions for the sequence modes) with the count over a larger batch that this one is a part
+    of: a micro-batch of a minibatch, or one rank's share of it. The parts' results then add up to
+    the whole batch's, so gradients accumulated over micro-batches (and summed over ranks) equal one
+    pass over the whole (see ``normaliser``).
     """
     check_option("aggregation mode", mode, AGGREGATIONS)
     if values.shape != mask.shape:
         raise ValueError(f"values {tuple(values.shape)} and mask {tuple(mask.shape)} must have the same shape")
     m = mask.bool()
     masked = torch.where(m, values, 0.0)
+    count = normaliser(mask, mode) if denominator is None else float(denominator)
     if mode == "token_mean":
-        return masked.sum() / m.sum().clamp(min=1)
-    rows = m.any(-1)
+        return masked.sum() / max(count, 1.0)
     if mode == "seq_mean_token_mean":
         per_seq = masked.sum(-1) / m.sum(-1).clamp(min=1)
     else:
@@ -55,7 +62,15 @@ def aggregate(values: Tensor, mask: Tensor, mode: str = "token_mean", norm_const
         if constant <= 0:
             raise ValueError(f"norm_constant {norm_constant!r}: expected a positive number of tokens")
         per_seq = masked.sum(-1) / constant
-    return per_seq.sum() / rows.sum().clamp(min=1)
+    return per_seq.sum() / max(count, 1.0)
+
+
+def normaliser(mask: Tensor, mode: str) -> float:
+    """What ``aggregate(mode)`` divides by over the batch of ``mask``: its tokens (``token_mean``) or
+    its completions with at least one token (the sequence modes)."""
+    check_option("aggregation mode", mode, AGGREGATIONS)
+    m = mask.bool()
+    return float(m.sum() if mode == "token_mean" else m.any(-1).sum())
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
@@ -85,7 +100,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
                 ratio_level: str = "token", aggregation: str = "token_mean", norm_constant: float | None = None,
                 ref_logp: Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
                 entropy: Tensor | None = None, entropy_coef: float = 0.0,
-                is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+                is_weights: Tensor | None = None, denominator: float | None = None) -> tuple[Tensor, dict[str, float]]:
     """Clipped surrogate loss to minimise, with optional KL-to-reference and entropy terms.
 
     Per token, with ratio ``rho = pi(y_t) / pi_old(y_t)`` and advantage ``A`` of the completion,
@@ -104,7 +119,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     ``is_weights`` (detached) multiply each token's surrogate: truncated importance sampling for the
     rollout/trainer mismatch (``rlwhf.algo.truncated_is_weights``). The terms are reduced by
     ``aggregate(aggregation)``; then ``+ kl_coef * KL(pi || ref)`` (estimator ``kl_estimator``,
-    the same aggregation) and ``- entropy_coef * entropy``.
+    the same aggregation) and ``- entropy_coef * entropy``. ``denominator``: see ``aggregate``; with
+    it, the loss of a micro-batch is its share of the whole minibatch's loss.
 
     ``advantages``, ``old_logp``, ``ref_logp`` are treated as constants. Log ratios are bounded to
     +-20 before ``exp`` so backward never meets ``inf * 0``.
@@ -148,17 +164,17 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     pg = -surrogate
     if is_weights is not None:
         pg = pg * torch.where(m, is_weights.detach(), 0.0)
-    pg_loss = aggregate(pg, mask, aggregation, norm_constant)
+    pg_loss = aggregate(pg, mask, aggregation, norm_constant, denominator)
     loss = pg_loss
 
     kl_value = 0.0
     if ref_logp is not None:
         kl = kl_estimate(torch.where(m, logp, 0.0), torch.where(m, ref_logp.detach(), 0.0), kl_estimator)
         if kl_coef:
-            loss = loss + kl_coef * aggregate(kl, mask, aggregation, norm_constant)
+            loss = loss + kl_coef * aggregate(kl, mask, aggregation, norm_constant, denominator)
         kl_value = float(_masked_mean(kl.detach(), mask))
     if entropy is not None and entropy_coef:
-        loss = loss - entropy_coef * aggregate(entropy, mask, aggregation, norm_constant)
+        loss = loss - entropy_coef * aggregate(entropy, mask, aggregation, norm_constant, denominator)
 
     with torch.no_grad():
         r = ratio.detach()

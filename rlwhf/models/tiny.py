@@ -7,16 +7,13 @@ loads with ``AutoModelForCausalLM``/``AutoTokenizer`` and with vLLM, like any Hu
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field
 
-# Tags that carry structure in completions; one token each keeps sequences short.
-STRUCTURE_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed{"]
-SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
-CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+from rlwhf.models.tokenizer import build_tokenizer
 
 
 class TinyMoEConfig(BaseModel):
@@ -31,38 +28,15 @@ class TinyMoEConfig(BaseModel):
     experts_per_token: int = Field(2, description="Experts each token is routed to (top-k).")
     expert_hidden_size: int = Field(128, description="Hidden width of one expert's MLP.")
     max_position_embeddings: int = Field(512, description="Longest sequence the model accepts.")
+    chat_format: Literal["plain", "chatml"] = Field("plain", description="The tokenizer's chat template: 'plain' "
+                                                    "(a prompt renders as itself) or 'chatml' (Qwen-style turns).")
 
 
-def build_tokenizer():
-    """A character-level fast tokenizer with the structure tags as single tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+def hf_config(config: TinyMoEConfig, vocab_size: int, tokenizer=None):
+    """The ``Qwen3MoeConfig`` of the tiny model of this shape."""
+    from transformers import Qwen3MoeConfig
 
-    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
-    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=SPECIAL_TOKENS["pad"],
-        bos_token=SPECIAL_TOKENS["bos"],
-        eos_token=SPECIAL_TOKENS["eos"],
-        unk_token=SPECIAL_TOKENS["unk"],
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.add_tokens(STRUCTURE_TOKENS)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def build_model(config: TinyMoEConfig, vocab_size: int, tokenizer=None, seed: int = 0):
-    """A randomly initialised ``Qwen3MoeForCausalLM`` of the given shape."""
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-
-    hf_config = Qwen3MoeConfig(
+    return Qwen3MoeConfig(
         vocab_size=vocab_size,
         hidden_size=config.hidden_size,
         intermediate_size=config.expert_hidden_size * config.experts_per_token,
@@ -82,17 +56,27 @@ def build_model(config: TinyMoEConfig, vocab_size: int, tokenizer=None, seed: in
         eos_token_id=tokenizer.eos_token_id if tokenizer else 2,
         torch_dtype="float32",
     )
+
+
+def build_model(config: TinyMoEConfig, vocab_size: int, tokenizer=None, seed: int = 0):
+    """A randomly initialised ``Qwen3MoeForCausalLM`` of the given shape."""
+    from transformers import Qwen3MoeForCausalLM
+
     torch.manual_seed(seed)
-    return Qwen3MoeForCausalLM(hf_config)
+    return Qwen3MoeForCausalLM(hf_config(config, vocab_size, tokenizer))
 
 
 def build_tiny_moe(out_dir: str | Path, config: TinyMoEConfig | None = None, seed: int = 0) -> Path:
     """Write a tokenizer and a randomly initialised tiny MoE model to ``out_dir`` (HF format)."""
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer()
-    model = build_model(config or TinyMoEConfig(), len(tokenizer), tokenizer, seed)
+    config = config or TinyMoEConfig()
+    tokenizer = build_tokenizer(config.chat_format)
+    model = build_model(config, len(tokenizer), tokenizer, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if config.chat_format == "chatml":  # a turn ends at <|im_end|> too
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id,
+                                                tokenizer.convert_tokens_to_ids("<|im_end|>")]
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -51,7 +51,11 @@ class Group:
     completions: list[Completion] = field(default_factory=list)
 
 
+# A prompt as text (the engine tokenizes it) or as token ids (used as they are).
+Prompt = str | list[int]
+
+
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Group]: ...
+    def generate(self, prompts: list[Prompt], sampling: SamplingSettings) -> list[Group]: ...
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...

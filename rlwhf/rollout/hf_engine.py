@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlwhf.rollout.base import Completion, Group, SamplingSettings
+from rlwhf.rollout.base import Completion, Group, Prompt, SamplingSettings
 
 
 class HFEngine:
@@ -19,16 +19,17 @@ class HFEngine:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Group]:
+    def generate(self, prompts: list[Prompt], sampling: SamplingSettings) -> list[Group]:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         greedy = sampling.temperature == 0
         eos = self.tokenizer.eos_token_id
-        flat = [p for p in prompts for _ in range(sampling.n)]
+        prompt_ids = [self.tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompts]
+        flat = [ids for ids in prompt_ids for _ in range(sampling.n)]
         results: list[Completion] = []
         for start in range(0, len(flat), self.batch_size):
             chunk = flat[start:start + self.batch_size]
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True)
+            enc = self.tokenizer.pad({"input_ids": chunk}, return_tensors="pt", padding=True)  # on the left
             out = self.model.generate(
                 **enc,
                 do_sample=not greedy,
@@ -53,9 +54,9 @@ class HFEngine:
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 results.append(Completion(text, ids, lp[:length], finish))
         groups = []
-        for i, prompt in enumerate(prompts):
-            ids = self.tokenizer(prompt).input_ids
-            groups.append(Group(prompt, ids, results[i * sampling.n:(i + 1) * sampling.n]))
+        for i, (prompt, ids) in enumerate(zip(prompts, prompt_ids)):
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
+            groups.append(Group(text, ids, results[i * sampling.n:(i + 1) * sampling.n]))
         return groups
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:

@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from rlwhf.rollout.base import Completion, Group, SamplingSettings, prompt_seeds
+from rlwhf.rollout.base import Completion, Group, Prompt, SamplingSettings, prompt_seeds
 
 
 def _prepare_environment(kv_cache_gib: float) -> None:
@@ -69,18 +69,21 @@ class VLLMEngine:
         with torch.device("meta"):
             self._layout_twin = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
 
-    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[Group]:
+    def generate(self, prompts: list[Prompt], sampling: SamplingSettings) -> list[Group]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         params = [
             SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                            max_tokens=sampling.max_new_tokens, seed=seed, logprobs=0)
             for seed in prompt_seeds(sampling.seed, len(prompts))
         ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
         groups = []
         for prompt, out in zip(prompts, outputs):
-            group = Group(prompt=prompt, prompt_ids=list(out.prompt_token_ids))
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt)
+            group = Group(prompt=text, prompt_ids=list(out.prompt_token_ids))
             for c in out.outputs:
                 ids = list(c.token_ids)
                 logprobs = [entry[tok].logprob for tok, entry in zip(ids, c.logprobs)]

@@ -25,8 +25,39 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def select(self, index: torch.Tensor) -> RolloutBatch:
+    def select(self, index) -> RolloutBatch:
         return RolloutBatch(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+
+    @property
+    def lengths(self) -> list[int]:
+        """Each sequence's length, prompt and completion, without padding."""
+        return self.attention_mask.sum(-1).tolist()
+
+    def trimmed(self) -> RolloutBatch:
+        """The same batch without the padding columns that no sequence of it reaches."""
+        width = max(1, int(self.attention_mask.sum(-1).max()))
+        cut = {"input_ids": width, "attention_mask": width, "mask": width - 1, "rollout_logp": width - 1}
+        return RolloutBatch(*(getattr(self, f)[:, :cut[f]] if f in cut else getattr(self, f)
+                              for f in self.__dataclass_fields__))
+
+    def to(self, device) -> RolloutBatch:
+        return RolloutBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def micro_batches(lengths: list[int], budget_tokens: int) -> list[list[int]]:
+    """Indices of a batch's sequences in groups whose padded size (rows x longest) stays within
+    ``budget_tokens``: longest first, so each group's sequences have similar lengths and padding
+    stays small. A sequence longer than the budget gets a group of its own. ``budget_tokens`` 0 (no
+    budget): one group of every index, in order."""
+    if budget_tokens <= 0:
+        return [list(range(len(lengths)))] if lengths else []
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= budget_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], rollout_logps: list[list[float]],

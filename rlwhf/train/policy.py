@@ -2,37 +2,62 @@
 
 A plain class; ``rlwhf.workers`` wraps it in a Ray actor. It owns the model, the optimizer, the
 optional frozen reference model and checkpoints (HF ``save_pretrained`` + optimizer + RNG).
+
+Memory is bounded by ``train.micro_batch_tokens``: every pass (the old and reference log-probs,
+each minibatch's forward and backward) runs over micro-batches of about that many padded tokens,
+gradients accumulate over a minibatch's micro-batches, and every loss aggregation divides by the
+whole minibatch's tokens or completions, so the update equals one pass over the minibatch. The
+weights and optimizer state stay in float32 (master weights); ``model.dtype: bfloat16`` runs the
+passes under autocast in bfloat16.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from rlwhf.algo import (
-    entropy_from_logits,
     kl_estimate,
     logprob_mismatch,
     mask_truncated,
+    normaliser,
     policy_loss,
     truncated_is_weights,
 )
-from rlwhf.config import AlgoConfig, TrainConfig
-from rlwhf.train.batch import RolloutBatch
+from rlwhf.train.batch import RolloutBatch, micro_batches
+from rlwhf.train.logprobs import token_logprobs
+
+if TYPE_CHECKING:  # the trainer reads attributes only, so it runs where pydantic is not installed
+    from rlwhf.config import AlgoConfig, TrainConfig
 
 
-def token_logprobs(model, batch: RolloutBatch, temperature: float, with_entropy: bool = False):
-    """Log-prob of each next token (``[N, L-1]``), and optionally each position's entropy."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-    if temperature > 0:
-        logits = logits / temperature
-    targets = batch.input_ids[:, 1:]
-    logp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (logp, entropy_from_logits(logits)) if with_entropy else (logp, None)
+def resolve_device(name: str) -> torch.device:
+    """``train.device``: ``auto`` is CUDA when this process sees a GPU (Ray shows an actor the GPUs
+    its recipe's resources gave it), else the CPU; ``cuda`` without a GPU is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but this process sees no GPU (on Ray, give the policy "
+                           "workers GPUs in the recipe's resources)")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def lr_multiplier(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """The learning rate's factor at optimizer step ``step`` (0-based): a linear warm-up over
+    ``warmup`` steps, then ``constant``, or a ``linear`` / ``cosine`` decay to ``min_ratio`` at
+    ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    shape = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * shape
 
 
 class ExpertLoad:
@@ -50,8 +75,8 @@ class ExpertLoad:
 
     def _hook(self, layer: int):
         def hook(module, inputs, output):
-            chosen = output[-1].reshape(-1, module.top_k)[self._positions]
-            self.counts[layer] += torch.bincount(chosen.flatten(), minlength=module.num_experts).float()
+            chosen = output[-1].reshape(-1, module.top_k)[self._positions.to(output[-1].device)]
+            self.counts[layer] += torch.bincount(chosen.flatten(), minlength=module.num_experts).float().cpu()
         return hook
 
     def measure(self, fn, mask: torch.Tensor):
@@ -80,9 +105,33 @@ def trainable_params(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
+# How each metric of policy_loss combines over a minibatch's micro-batches: the loss terms are
+# already shares of the minibatch's (they divide by its count), maxima take the largest, and the
+# means over tokens or completions are weighted by each micro-batch's tokens or completions.
+_SUMMED, _LARGEST, _PER_COMPLETION = {"pg_loss", "loss"}, {"ratio_max"}, {"ratio_spread"}
+
+
+def combine_micro_batch_metrics(parts: list[tuple[dict, float, float]]) -> dict[str, float]:
+    """One minibatch's metrics from its micro-batches' ``(metrics, tokens, completions)``."""
+    tokens = sum(t for _, t, _ in parts) or 1.0
+    completions = sum(c for _, _, c in parts) or 1.0
+    out = {}
+    for key in parts[0][0]:
+        values = [(m[key], t, c) for m, t, c in parts]
+        if key in _SUMMED:
+            out[key] = sum(v for v, _, _ in values)
+        elif key in _LARGEST:
+            out[key] = max(v for v, _, _ in values)
+        elif key in _PER_COMPLETION:
+            out[key] = sum(v * c for v, _, c in values) / completions
+        else:
+            out[key] = sum(v * t for v, t, _ in values) / tokens
+    return out
+
+
 class PolicyTrainer:
     def __init__(self, model_path: str, algo: AlgoConfig, train: TrainConfig, *, temperature: float,
-                 max_new_tokens: int, seed: int = 0, dtype: str = "float32"):
+                 max_new_tokens: int, seed: int = 0, dtype: str = "float32", completions_per_step: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if train.threads:
@@ -90,14 +139,21 @@ class PolicyTrainer:
         torch.manual_seed(seed)
         self.algo, self.train_cfg, self.temperature = algo, train, temperature
         self.max_new_tokens = max_new_tokens  # Dr. GRPO's constant normaliser: the generation budget
+        self.device = resolve_device(train.device)
+        self.compute_dtype = getattr(torch, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        # Master weights in float32 whatever the compute dtype: bf16 weights round most small updates away.
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
         self.model.config.output_router_logits = False
+        self.model.config.use_cache = False  # the trainer never decodes; a KV cache would only cost memory
+        if train.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
         self.reference = None
-        if algo.kl_coef > 0:  # kl_coef == 0 loads no reference model at all
-            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
-            self.reference.requires_grad_(False)
+        if algo.kl_coef > 0:  # kl_coef == 0 loads no reference model at all; it never trains, so compute dtype
+            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.compute_dtype)
+            self.reference.to(self.device).eval().requires_grad_(False)
+            self.reference.config.output_router_logits = False
         if train.freeze_router:
             for name, param in self.model.named_parameters():
                 if name.endswith("mlp.gate.weight"):
@@ -105,27 +161,56 @@ class PolicyTrainer:
         self.optimizer = torch.optim.AdamW(trainable_params(self.model), lr=train.learning_rate,
                                            weight_decay=train.weight_decay,
                                            betas=(0.9, 0.99), eps=train.adam_eps)
+        per_step = math.ceil((completions_per_step or train.minibatch_size) / train.minibatch_size)
+        total = train.steps * train.ppo_epochs * per_step  # with dynamic sampling, at most this many
         warmup = max(1, train.warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_multiplier(
+            s, warmup, total, train.lr_schedule, train.lr_min_ratio))
         self.step = 0
+
+    def _autocast(self):
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
+    def _logprobs(self, model, batch: RolloutBatch, with_entropy: bool = False):
+        """``token_logprobs`` of a batch already trimmed and on the device, in the compute dtype."""
+        chunk = self.train_cfg.logits_chunk_mib * 2**20 // (4 * model.config.vocab_size)
+        with self._autocast():
+            return token_logprobs(model, batch.input_ids, batch.attention_mask, self.temperature, with_entropy,
+                                  chunk_tokens=chunk)
 
     # -- weights ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        """The weights for the rollout engine: on the CPU, in the compute dtype."""
+        return {k: v.detach().to("cpu", self.compute_dtype if v.is_floating_point() else v.dtype, copy=True)
+                for k, v in self.model.state_dict().items()}
 
     def refresh_reference(self) -> None:
         if self.reference is not None:
             self.reference.load_state_dict(self.model.state_dict())
 
     # -- one GRPO update ---------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, model, batch: RolloutBatch, load: ExpertLoad | None = None) -> torch.Tensor:
+        """Log-probs ``[N, L-1]`` (on the CPU) of a whole batch under ``model``, micro-batch by micro-batch."""
+        out = torch.zeros(batch.mask.shape)
+        for micro in micro_batches(batch.lengths, self.train_cfg.micro_batch_tokens):
+            part = batch.select(micro).trimmed().to(self.device)
+            if load is None:
+                logp, _ = self._logprobs(model, part)
+            else:
+                logp, _ = load.measure(lambda p=part: self._logprobs(model, p), part.mask)
+            out[micro, :logp.shape[1]] = logp.float().cpu()
+        return out
+
     def train_on(self, batch: RolloutBatch) -> dict[str, float]:
         """``ppo_epochs`` passes of minibatch updates over one step's rollouts; returns mean metrics."""
         load = ExpertLoad(self.model)
-        with torch.no_grad():
-            self.model.eval()
-            old_logp, _ = load.measure(lambda: token_logprobs(self.model, batch, self.temperature), batch.mask)
-            ref_logp = token_logprobs(self.reference, batch, self.temperature)[0] if self.reference is not None else None
-            self.model.train()
+        self.model.eval()
+        old_logp = self.score(self.model, batch, load)
+        ref_logp = self.score(self.reference, batch) if self.reference is not None else None
+        self.model.train()
         metrics: dict[str, list[float]] = {}
         for key, value in logprob_mismatch(old_logp, batch.rollout_logp, batch.mask).items():
             metrics.setdefault(f"rollout/{key}", []).append(value)
@@ -137,26 +222,8 @@ class PolicyTrainer:
             order = torch.randperm(len(batch))
             for start in range(0, len(batch), size):
                 idx = order[start:start + size]
-                mb = batch.select(idx)
-                logp, entropy = token_logprobs(self.model, mb, self.temperature, with_entropy=True)
-                loss, stats = policy_loss(
-                    logp, old_logp[idx], mb.advantages, mask[idx],
-                    clip_low=self.algo.clip_low, clip_high=self.algo.clip_high, dual_clip=self.algo.dual_clip,
-                    ratio_level=self.algo.ratio_level, aggregation=self.algo.loss_agg,
-                    norm_constant=float(self.max_new_tokens),
-                    ref_logp=None if ref_logp is None or self.algo.kl_in_reward else ref_logp[idx],
-                    kl_coef=0.0 if self.algo.kl_in_reward else self.algo.kl_coef,
-                    kl_estimator=self.algo.kl_estimator,
-                    entropy=entropy, entropy_coef=self.algo.entropy_coef,
-                    is_weights=None if is_weights is None else is_weights[idx],
-                )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable_params(self.model), self.train_cfg.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                stats["loss"] = float(loss.detach())
-                stats["grad_norm"] = float(grad_norm)
+                stats = self._update(batch.select(idx), old_logp[idx], None if ref_logp is None else ref_logp[idx],
+                                     mask[idx], None if is_weights is None else is_weights[idx])
                 for key, value in stats.items():
                     metrics.setdefault(key, []).append(float(value))
         self.step += 1
@@ -167,20 +234,44 @@ class PolicyTrainer:
         out.update(load.metrics())
         return out
 
-    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
-        """Reference log-probs for folding KL into the reward (``algo.kl_in_reward``)."""
-        if self.reference is None:
-            return None
-        with torch.no_grad():
-            return token_logprobs(self.reference, batch, self.temperature)[0]
+    def _update(self, minibatch: RolloutBatch, old_logp, ref_logp, mask, is_weights) -> dict[str, float]:
+        """One optimizer step on a minibatch: gradients accumulated over its micro-batches, each loss
+        divided by the whole minibatch's tokens or completions (``normaliser``)."""
+        algo = self.algo
+        denominator = normaliser(mask, algo.loss_agg)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = []
+        for micro in micro_batches(minibatch.lengths, self.train_cfg.micro_batch_tokens):
+            part = minibatch.select(micro).trimmed().to(self.device)
+            width = part.mask.shape[1]
+
+            def cut(x, micro=micro, width=width):
+                return None if x is None else x[micro, :width].to(self.device)
+
+            logp, entropy = self._logprobs(self.model, part, with_entropy=True)
+            part_mask = cut(mask)
+            loss, stats = policy_loss(
+                logp, cut(old_logp), part.advantages, part_mask,
+                clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
+                ratio_level=algo.ratio_level, aggregation=algo.loss_agg, norm_constant=float(self.max_new_tokens),
+                ref_logp=None if algo.kl_in_reward else cut(ref_logp),
+                kl_coef=0.0 if algo.kl_in_reward else algo.kl_coef, kl_estimator=algo.kl_estimator,
+                entropy=entropy, entropy_coef=algo.entropy_coef, is_weights=cut(is_weights),
+                denominator=denominator)
+            loss.backward()
+            stats["loss"] = float(loss.detach())
+            parts.append((stats, float(part_mask.sum()), float(part_mask.bool().any(-1).sum())))
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable_params(self.model), self.train_cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {**combine_micro_batch_metrics(parts), "grad_norm": float(grad_norm)}
 
     def sequence_kl(self, batch: RolloutBatch) -> list[float]:
         """Summed per-token KL estimate to the reference, per completion (``algo.kl_in_reward``)."""
-        ref = self.reference_logprobs(batch)
-        if ref is None:
+        if self.reference is None:
             return [0.0] * len(batch)
-        with torch.no_grad():
-            logp, _ = token_logprobs(self.model, batch, self.temperature)
+        ref = self.score(self.reference, batch)
+        logp = self.score(self.model, batch)
         return (kl_estimate(logp, ref, self.algo.kl_estimator) * batch.mask).sum(-1).tolist()
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -194,11 +285,14 @@ class PolicyTrainer:
         tmp.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save({
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "reference": self.reference.state_dict() if self.reference is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng,
             "step": self.step,
         }, tmp / "trainer_state.pt")
         for name, data in (extra_files or {}).items():
@@ -208,13 +302,14 @@ class PolicyTrainer:
         return commit_directory(tmp, path)
 
     def load_trainer_state(self, path: str | Path) -> None:
-        state = torch.load(Path(path) / "trainer_state.pt", weights_only=False)
+        state = torch.load(Path(path) / "trainer_state.pt", weights_only=False, map_location=self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.reference is not None and state["reference"] is not None:
             self.reference.load_state_dict(state["reference"])
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         self.step = state["step"]
-

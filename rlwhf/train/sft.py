@@ -46,9 +46,13 @@ def cold_start_sft(
     os.environ.setdefault("WANDB_DISABLED", "true")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype="float32")
-    train = datasets.Dataset.from_list(
-        [{"prompt": e["prompt"], "completion": e["solution"]} for e in examples]
-    )
+    from rlwhf.data.prompts import is_conversation
+
+    # A conversational prompt takes its solution as the assistant's message (TRL renders both with the
+    # tokenizer's chat template); a text prompt, as text.
+    train = datasets.Dataset.from_list([
+        {"prompt": e["prompt"], "completion": [{"role": "assistant", "content": e["solution"]}]
+         if is_conversation(e["prompt"]) else e["solution"]} for e in examples])
     args = SFTConfig(
         output_dir=str(Path(out_dir) / "sft_work"),
         max_steps=steps,
@@ -139,12 +143,11 @@ def prepare_policy(recipe, run_dir: Path, train_rows: list[dict], say: Callable[
 def _sft_with_progress(recipe, model_path: str, rows: list[dict], sft_dir: Path, log_path: Path) -> int:
     """Run the SFT task and draw its progress bar here, from the (step, loss) pairs it sends."""
     import ray
-    from ray.util.queue import Empty, Queue
     from tqdm.auto import tqdm
 
-    from rlwhf.workers import cold_start_sft_task
+    from rlwhf.workers import ProgressBoard, cold_start_sft_task, remote
 
-    progress = Queue(actor_options={"num_cpus": 0})
+    progress = remote(ProgressBoard).remote()
     task = cold_start_sft_task.remote(
         model_path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
         learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed, log_path=str(log_path), progress=progress)
@@ -152,13 +155,10 @@ def _sft_with_progress(recipe, model_path: str, rows: list[dict], sft_dir: Path,
         done = []
         while not done:
             done, _ = ray.wait([task], timeout=0.5)
-            try:
-                for step, loss in progress.get_nowait_batch(progress.qsize()):
-                    bar.update(step - bar.n)
-                    if loss is not None:
-                        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            except Empty:
-                pass
+            step, loss = ray.get(progress.read.remote())
+            bar.update(step - bar.n)
+            if loss is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     threads = ray.get(task)
-    progress.shutdown()
+    ray.kill(progress)
     return threads
