@@ -46,7 +46,9 @@ def settings(args) -> SimpleNamespace:
     prompt = args.length // 8
     rollout = SimpleNamespace(max_prompt_tokens=prompt, max_new_tokens=args.length - prompt, group_size=1,
                               engine="vllm", kv_cache_gib=1.0)
-    return SimpleNamespace(algo=algo, train=train, rollout=rollout, model=SimpleNamespace(dtype=args.dtype))
+    resources = SimpleNamespace(policy_workers=1, rollout_engines=1, gpus_per_policy_worker=int(args.device == "cuda"))
+    return SimpleNamespace(algo=algo, train=train, rollout=rollout, model=SimpleNamespace(dtype=args.dtype),
+                           resources=resources)
 
 
 def build(size: str, out: Path) -> str:
