@@ -10,7 +10,7 @@ EXTRAS ?= cpu,dev
 LOCK ?= constraints.txt
 CONSTRAIN := $(if $(LOCK),-c $(LOCK))
 
-.PHONY: setup demo test test-fast lint lock clean
+.PHONY: setup demo test test-fast lint format lock clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# The formatter, on the files you name: make format FILES="rlwhf/plan.py tests/test_plan.py"
+format: setup
+	$(if $(FILES),,$(error name the files to format: make format FILES="path ..."))
+	$(VENV)/bin/ruff format $(FILES)
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow"

@@ -1,5 +1,6 @@
-"""The run directory on disk: creating it, writing checkpoints that are complete or absent, and
-rewinding a resumed run to its last checkpoint so that every step is recorded exactly once.
+"""The run directory on disk: creating it, writing checkpoints that are complete or absent,
+rewinding a resumed run to its last checkpoint so that every step is recorded exactly once, and
+stopping cleanly on a preemption notice.
 
 A checkpoint is written into ``step_N.tmp``, every file fsynced, then renamed to ``step_N`` (a rename
 within one file system is atomic), so a run killed at any moment leaves either the whole checkpoint
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,10 +113,57 @@ def fault_point(phase: str, step: int) -> None:
     """Fault injection for the crash tests: with ``RLWHF_FAULT=phase@step`` the run dies here by SIGKILL,
     the driver first, then this process (a worker's, for ``save``), as when a machine goes down.
     Phases: ``rollout`` (after sampling), ``update`` (while the policy trains), ``save`` (in the
-    policy worker, the checkpoint's files written but not yet renamed into place)."""
+    policy worker, the checkpoint's files written but not yet renamed into place); and, for a worker
+    that dies alone, ``engine`` and ``reward`` (its ``step``-th call; with ``RLWHF_FAULT_MARK`` naming a
+    file, only once: the restarted worker finds the file and lives)."""
     if os.environ.get("RLWHF_FAULT") != f"{phase}@{step}":
         return
+    if phase in ("engine", "reward"):
+        mark = os.environ.get("RLWHF_FAULT_MARK")
+        if mark and os.path.exists(mark):
+            return
+        if mark:
+            Path(mark).write_text(phase)
+        os.kill(os.getpid(), signal.SIGKILL)
     driver = int(os.environ.get("RLWHF_DRIVER_PID", os.getpid()))
     if driver != os.getpid():
         os.kill(driver, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save_checkpoint(policy, run_dir: Path, step: int, state: dict, pending: Future | None = None) -> None:
+    """Checkpoint after ``step`` through the policy (``rlwhf.groups.PolicyGroup``): the policy,
+    optimizer and RNG states, the loop's ``state`` (data cursor, accuracy before RL) and, in one-step
+    off-policy mode, the next step's rollouts (``pending``), so that a resumed run continues exactly."""
+    extra = {}
+    if pending is not None:  # its prompts are past the cursor already; keep them with the checkpoint
+        extra["pending_rollouts.pkl"] = pickle.dumps(pending.result())
+    policy.save(str(Path(run_dir) / "checkpoints" / f"step_{step}"), {"step": step, **state}, extra)
+
+
+def saved_rollouts(ckpt: Path | None) -> Future | None:
+    """The rollouts an off-policy run had sampled ahead when it checkpointed, as a finished future."""
+    if ckpt is None or not (ckpt / "pending_rollouts.pkl").is_file():
+        return None
+    future: Future = Future()
+    future.set_result(pickle.loads((ckpt / "pending_rollouts.pkl").read_bytes()))
+    return future
+
+
+class Preempted(Exception):
+    """SIGTERM stopped the run after a step, whose checkpoint was then written; resume continues it."""
+
+
+def watch_for_sigterm() -> threading.Event:
+    """SIGTERM (a preemption notice) lets the current step finish, then the loop checkpoints and stops."""
+    from rlwhf.tracking import say
+
+    stop = threading.Event()
+
+    def on_sigterm(signum, frame):
+        say("SIGTERM: finishing this step, then writing a checkpoint and stopping")
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+    return stop

@@ -55,8 +55,8 @@ def train(
     cfg = _load(recipe, overrides)
     import ray
 
+    from rlwhf.checkpoints import Preempted
     from rlwhf.evaluation import RewardFailed
-    from rlwhf.loop import Preempted
     from rlwhf.loop import train as run_training
     from rlwhf.workers import describe_failure
 

@@ -105,6 +105,7 @@ class RolloutConfig(Section):
     max_prompt_tokens: int = Field(512, ge=1, description="Longest prompt; vLLM's context is this plus max_new_tokens.")
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV-cache size (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM on GPU: memory fraction.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM on GPUs: GPUs one engine spreads the model over.")
 
 
 class RewardSpec(Section):
@@ -209,11 +210,26 @@ class TrackingConfig(Section):
 
 
 class ResourcesConfig(Section):
-    gpus_per_policy_worker: float = Field(0.0, ge=0, description="GPUs Ray gives the policy worker; the trainer "
+    policy_workers: int = Field(1, ge=1, description="Policy workers (N): one torch.distributed group that shards "
+                                "the policy with FSDP2 (1: the whole policy in one process).")
+    rollout_engines: int = Field(1, ge=1, description="Rollout engines (M): a step's prompts are split across them.")
+    gpus_per_policy_worker: float = Field(0.0, ge=0, description="GPUs Ray gives each policy worker; the trainer "
                                           "uses one when it sees one (train.device). 0.5 here and for the rollout "
                                           "engine shares one GPU between them, in turns.")
-    gpus_per_rollout_engine: float = Field(0.0, ge=0, description="GPUs Ray gives the rollout engine (vLLM needs "
+    gpus_per_rollout_engine: float = Field(0.0, ge=0, description="GPUs Ray gives each rollout engine (vLLM needs "
                                            "one on a GPU machine; 0 runs it on the CPU).")
+    cpus_per_policy_worker: float = Field(0.0, ge=0, description="CPUs Ray reserves for each policy worker (0: the "
+                                          "workers take turns on the machine's cores).")
+    cpus_per_rollout_engine: float = Field(0.0, ge=0, description="CPUs Ray reserves for each rollout engine.")
+    placement: Literal["pack", "spread"] = Field("pack", description="How the placement group of the workers that "
+                                                 "reserve CPUs or GPUs lays them on nodes: 'pack' fills a node first.")
+    max_restarts: int = Field(3, ge=0, description="Times a rollout or reward worker that dies is restarted (its "
+                              "work redone) before the run stops.")
+
+
+class SyncConfig(Section):
+    bucket_mb: float = Field(256.0, gt=0, description="Weight sync: the policy's weights go to the rollout engines "
+                             "in buckets of about this many MiB.")
 
 
 class RayConfig(Section):
@@ -233,6 +249,7 @@ class Recipe(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import ray
 
 from rlwhf.data.prompts import is_conversation
 from rlwhf.reward_runner import GroupToScore
@@ -42,10 +41,11 @@ def reward_completions(prompt, group) -> list:
 
 
 def sample(rollout, rows: list[dict], sampling: SamplingSettings) -> tuple[list, float]:
-    """``sampling.n`` completions of each row's prompt from the rollout actor; and the seconds it took.
-    Rows prepared by ``rlwhf.data.prompts`` are sampled from their rendered token ids."""
+    """``sampling.n`` completions of each row's prompt from the rollout engines (``RolloutGroup``);
+    and the seconds it took. Rows prepared by ``rlwhf.data.prompts`` are sampled from their rendered
+    token ids."""
     t0 = time.perf_counter()
-    groups = ray.get(rollout.generate.remote([r.get("prompt_ids", r["prompt"]) for r in rows], sampling))
+    groups = rollout.generate([r.get("prompt_ids", r["prompt"]) for r in rows], sampling)
     for group, row in zip(groups, rows):
         group.prompt = row.get("prompt_text", group.prompt)
     return groups, time.perf_counter() - t0
@@ -56,13 +56,13 @@ class RewardFailed(RuntimeError):
 
 
 def score(reward, rows: list[dict], groups: list, stop_on_total_failure: bool = True) -> Scored:
-    """Every completion scored by every reward of the recipe, in the reward actor's worker processes.
+    """Every completion scored by every reward of the recipe, in the reward worker's processes (``RewardGroup``).
 
     A reward that fails on every group raises ``RewardFailed`` with its first error, unless
     ``stop_on_total_failure`` is off (``rewards.stop_on_total_failure``)."""
     t0 = time.perf_counter()
-    scores = ray.get(reward.score.remote([GroupToScore(r["prompt"], reward_completions(r["prompt"], g),
-                                                       columns_of(r)) for g, r in zip(groups, rows)]))
+    scores = reward.score([GroupToScore(r["prompt"], reward_completions(r["prompt"], g), columns_of(r))
+                           for g, r in zip(groups, rows)])
     errors = {name: scores.errors[name] + scores.timeouts[name] for name in scores.errors}
     if stop_on_total_failure and groups:
         for name in scores.per_reward:

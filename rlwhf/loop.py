@@ -20,29 +20,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
-import signal
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import ray
 import torch
 from tqdm.auto import tqdm
 
+from rlwhf import checkpoints
 from rlwhf.algo import group_advantages, overlong_penalty, scale_negative, zero_variance_groups
-from rlwhf.checkpoints import fault_point, latest_checkpoint, prepare_run_dir, rewind_run_dir
 from rlwhf.config import Recipe, check_references
-from rlwhf.data.prompts import PromptRenderer, prepare_prompts
+from rlwhf.data.prompts import render_task
 from rlwhf.data.source import PromptSource, TaskData, load_task
 from rlwhf.evaluation import describe_accuracy, evaluate, sample, score, trace_rows
+from rlwhf.groups import PolicyGroup, RewardGroup, RolloutGroup, reserve
 from rlwhf.rollout import SamplingSettings
-from rlwhf.tracking import Tracker, say
+from rlwhf.tracking import Tracker, say, skipped_step_metrics, step_metrics
 from rlwhf.train.batch import RolloutBatch, pack
 from rlwhf.train.sft import prepare_policy
-from rlwhf.workers import LOG_FILES, PolicyWorker, RewardWorker, RolloutWorker, init_ray, remote
+from rlwhf.workers import init_ray
 
 
 @dataclasses.dataclass
@@ -82,15 +78,11 @@ class Collected:
     t_reward: float = 0.0
 
 
-class Preempted(Exception):
-    """SIGTERM stopped the run after a step, whose checkpoint was then written; resume continues it."""
-
-
 def train(recipe: Recipe, resume: bool = False) -> dict:
     started = time.perf_counter()
     run = start_run(recipe, resume)
     steps = recipe.train.steps
-    stop = watch_for_sigterm()
+    stop = checkpoints.watch_for_sigterm()
     prefetch = ThreadPoolExecutor(1) if recipe.train.off_policy_steps else None
     pending = run.pending
     bar = tqdm(range(run.start_step, steps), desc="GRPO", unit="step", initial=run.start_step, total=steps,
@@ -103,76 +95,62 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         pending = prefetch.submit(collect, run, step + 1) if prefetch and step + 1 < steps else None
         if collected.rows:
             batch, rewards = compute_advantages(run, collected)  # 4
-            metrics = {"step": step + 1, **kept_metrics(collected, rewards, batch),
+            metrics = {"step": step + 1, **step_metrics(collected, rewards, batch.advantages),
                        **update_policy(run, batch, step),  # 5
                        **sync_weights(run)}  # 6
         else:
-            batch, metrics = None, skipped_metrics(step, collected)
+            batch, metrics = None, skipped_step_metrics(step + 1, collected)
         record_step(run, step, collected, batch, metrics, t_step)  # 7
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", refresh=False,
                         acc=f"{metrics.get(f'reward/{recipe.rewards.accuracy}/mean', 0):.2f}",
                         len=f"{metrics['response_length/mean']:.0f}")
         save_every = recipe.train.save_every
         if step + 1 == steps or (save_every and (step + 1) % save_every == 0) or stop.is_set():
-            save_checkpoint(run, step + 1, pending)
+            checkpoints.save_checkpoint(run.policy, run.dir, step + 1,
+                                        {"cursor": run.source.cursor, **before_state(run.before)}, pending)
         if stop.is_set() and step + 1 < steps:
             bar.close()
-            raise Preempted(f"stopped by SIGTERM after step {step + 1}, whose checkpoint is written; continue "
-                            f"with `rlwhf train --resume {run.dir}`")
+            raise checkpoints.Preempted(f"stopped by SIGTERM after step {step + 1}, whose checkpoint is written; "
+                                        f"continue with `rlwhf train --resume {run.dir}`")
     bar.close()
     if prefetch:
         prefetch.shutdown()
     return finish(run, started)
 
 
-def watch_for_sigterm() -> threading.Event:
-    """SIGTERM (a preemption notice) lets the current step finish, then the loop checkpoints and stops."""
-    stop = threading.Event()
-
-    def on_sigterm(signum, frame):
-        say("SIGTERM: finishing this step, then writing a checkpoint and stopping")
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_sigterm)
-    return stop
-
-
 def start_run(recipe: Recipe, resume: bool) -> Run:
     """The run directory, Ray, the data, the starting policy, the three workers and the accuracy before RL."""
     check_references(recipe)  # before anything starts: a reward that cannot be found, a missing file
-    run_dir = prepare_run_dir(recipe, resume)
+    run_dir = checkpoints.prepare_run_dir(recipe, resume)
     if os.environ.get("RLWHF_FAULT"):  # crash tests: the workers (started by Ray below) learn who to kill
         os.environ["RLWHF_DRIVER_PID"] = str(os.getpid())
     init_ray(recipe.ray.address, recipe.ray.num_cpus)
     data = load_task(recipe.data, recipe.run.seed)
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt = checkpoints.latest_checkpoint(run_dir) if resume else None
     state = json.loads((ckpt / "loop_state.json").read_text()) if ckpt else {}
     if resume:
-        rewind_run_dir(run_dir, state.get("step", 0))
+        checkpoints.rewind_run_dir(run_dir, state.get("step", 0))
     model_path = str(ckpt) if ckpt else prepare_policy(recipe, run_dir, data.train, say=say)
-    data = render_prompts(recipe, data, model_path)
+    data = render_task(recipe, data, model_path)
 
-    rc, logs, resources = recipe.rollout, run_dir / "logs", recipe.resources
-    rollout = remote(RolloutWorker, resources.gpus_per_rollout_engine).remote(
-        rc.engine, model_path, shared_cores=recipe.train.off_policy_steps > 0, dtype=recipe.model.dtype,
-        seed=recipe.run.seed, kv_cache_gib=rc.kv_cache_gib,
-        max_model_len=rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
-        gpu_memory_utilization=rc.gpu_memory_utilization, log_path=str(logs / LOG_FILES["RolloutWorker"]))
-    policy = remote(PolicyWorker, resources.gpus_per_policy_worker).remote(
-        model_path, recipe.algo, recipe.train, temperature=rc.temperature, max_new_tokens=rc.max_new_tokens,
-        seed=recipe.run.seed, dtype=recipe.model.dtype, resume_from=str(ckpt) if ckpt else None,
-        completions_per_step=recipe.train.prompts_per_step * rc.group_size,
-        log_path=str(logs / LOG_FILES["PolicyWorker"]))
-    reward = remote(RewardWorker).remote(recipe.rewards.funcs, recipe.rewards.timeout_s, recipe.rewards.num_workers,
-                                         warm_up_timeout_s=recipe.rewards.warm_up_timeout_s,
-                                         log_path=str(logs / LOG_FILES["RewardWorker"]))
+    rc, logs = recipe.rollout, run_dir / "logs"
+    pg = reserve(recipe.resources)
+    rollout = RolloutGroup(recipe, model_path, pg, logs, shared_cores=recipe.train.off_policy_steps > 0,
+                           dtype=recipe.model.dtype, seed=recipe.run.seed, kv_cache_gib=rc.kv_cache_gib,
+                           max_model_len=rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
+                           gpu_memory_utilization=rc.gpu_memory_utilization,
+                           tensor_parallel_size=rc.tensor_parallel_size)
+    policy = PolicyGroup(recipe, model_path, pg, logs, str(ckpt) if ckpt else None, temperature=rc.temperature,
+                         max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed, dtype=recipe.model.dtype,
+                         completions_per_step=recipe.train.prompts_per_step * rc.group_size)
+    rollout.weights = lambda: policy.weight_buckets(recipe.sync.bucket_mb)[0]  # to reload a restarted engine
+    reward = RewardGroup(recipe, logs)
     tracker = Tracker(run_dir, use_wandb=recipe.tracking.wandb, project=recipe.tracking.wandb_project,
                       run_name=recipe.run.name, config=recipe.model_dump(mode="json"),
                       console_every=recipe.tracking.console_every, total_steps=recipe.train.steps)
     source = PromptSource(data.train, recipe.run.seed, cursor=state.get("cursor", 0))
     run = Run(recipe, run_dir, data, source, rollout, policy, reward, tracker, state.get("step", 0), {},
-              pending=saved_rollouts(ckpt))
+              pending=checkpoints.saved_rollouts(ckpt))
     if "accuracy_before_rl" in state:
         run.before = {"accuracy": state["accuracy_before_rl"]}
         if "sampled_accuracy_before_rl" in state:
@@ -184,20 +162,6 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     return run
 
 
-def render_prompts(recipe: Recipe, data: TaskData, model_path: str) -> TaskData:
-    """Every prompt as the policy's tokenizer renders it (``rlwhf.data.prompts``); over-long ones dropped."""
-    renderer = PromptRenderer.from_pretrained(model_path, recipe.data)
-    limit, on_overlong = recipe.rollout.max_prompt_tokens, recipe.data.overlong_prompts
-    train = prepare_prompts(data.train, renderer, limit, on_overlong, "training")
-    test = prepare_prompts(data.test, renderer, limit, on_overlong, "held-out")
-    for split, prepared in (("training", train), ("held-out", test)):
-        if prepared.dropped:
-            say(f"dropped {prepared.dropped} {split} prompts longer than rollout.max_prompt_tokens={limit} tokens")
-    if not train.rows:
-        raise ValueError(f"no training prompt fits in rollout.max_prompt_tokens={limit} tokens")
-    return TaskData(train.rows, test.rows)
-
-
 def collect(run: Run, step: int) -> Collected:
     """Steps 1-3 for one training step; with DAPO's dynamic sampling, groups whose completions all
     score the same are dropped and more prompts sampled, for up to ``algo.max_sampling_rounds`` rounds."""
@@ -206,7 +170,7 @@ def collect(run: Run, step: int) -> Collected:
     while len(out.rows) < run.recipe.train.prompts_per_step and out.rounds < algo.max_sampling_rounds:
         rows = next_prompts(run, out)  # 1
         groups, seconds = sample(run.rollout, rows, sampling_settings(run, step, out.rounds))  # 2
-        fault_point("rollout", step + 1)
+        checkpoints.fault_point("rollout", step + 1)
         scored = score(run.reward, rows, groups, run.recipe.rewards.stop_on_total_failure)  # 3
         out.t_rollout, out.t_reward, out.rounds = out.t_rollout + seconds, out.t_reward + scored.seconds, out.rounds + 1
         for name, count in scored.errors.items():
@@ -268,7 +232,7 @@ def compute_advantages(run: Run, collected: Collected) -> tuple[RolloutBatch, to
                  [c.finish_reason == "length" for c in completions], pad_id=0)
     rewards = torch.tensor(collected.totals)
     if algo.kl_in_reward and algo.kl_coef > 0:
-        rewards = rewards - algo.kl_coef * torch.tensor(ray.get(run.policy.sequence_kl.remote(batch)))
+        rewards = rewards - algo.kl_coef * torch.tensor(run.policy.sequence_kl(batch))
     batch.advantages = group_advantages(rewards, run.recipe.rollout.group_size, estimator=algo.advantage,
                                         eps=algo.eps, batch_std_norm=algo.batch_std_norm)
     if algo.negative_scale != 1.0:
@@ -279,43 +243,19 @@ def compute_advantages(run: Run, collected: Collected) -> tuple[RolloutBatch, to
 def update_policy(run: Run, batch: RolloutBatch, step: int) -> dict:
     """5. ``train.ppo_epochs`` passes of clipped policy-gradient minibatch updates; their metrics."""
     t0 = time.perf_counter()
-    update = run.policy.train_on.remote(batch)
-    fault_point("update", step + 1)
-    metrics = ray.get(update)
+    metrics = run.policy.train_on(batch, while_running=lambda: checkpoints.fault_point("update", step + 1))
     seconds = time.perf_counter() - t0
     return {**metrics, "time/train": seconds, "tokens_per_s/train": int(batch.attention_mask.sum()) / max(seconds, 1e-9)}
 
 
 def sync_weights(run: Run) -> dict:
-    """6. The policy's new weights into the running rollout engine, without restarting it."""
+    """6. The policy's new weights into the running rollout engines, without restarting them: put in
+    Ray's object store once, in buckets, and read bucket by bucket by every engine."""
     t0 = time.perf_counter()
-    ray.get(run.rollout.update_weights.remote(run.policy.state_dict.remote()))
-    return {"time/sync": time.perf_counter() - t0}
-
-
-def kept_metrics(collected: Collected, rewards: torch.Tensor, batch: RolloutBatch) -> dict:
-    """A step's rollout metrics over the groups it trained on."""
-    completions = [c for grp in collected.groups for c in grp.completions]
-    lengths = np.array([len(c.token_ids) for c in completions])
-    return {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
-            **{f"reward/{n}/mean": float(np.mean([v or 0.0 for v in vals])) for n, vals in collected.per_reward.items()},
-            **{f"reward/{n}/errors": c for n, c in collected.errors.items()},
-            "response_length/mean": float(lengths.mean()), "response_length/max": int(lengths.max()),
-            "response_length/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
-            "groups/zero_variance_frac": collected.zero_var_frac, "groups/sampling_rounds": collected.rounds,
-            "advantage/mean": float(batch.advantages.mean()), "advantage/std": float(batch.advantages.std()),
-            "time/rollout": collected.t_rollout, "time/reward": collected.t_reward,
-            "tokens_per_s/rollout": float(lengths.sum() / max(collected.t_rollout, 1e-9))}
-
-
-def skipped_metrics(step: int, collected: Collected) -> dict:
-    """A step whose every group scored all-equal in every sampling round: nothing to learn from, but
-    it is still logged (over every sampled completion), evaluated and checkpointed on schedule."""
-    return {"step": step + 1, "update/skipped": 1, "reward/mean": float(np.mean(collected.seen_totals)),
-            **{f"reward/{n}/errors": c for n, c in collected.errors.items()},
-            "response_length/mean": float(np.mean(collected.seen_lengths)),
-            "groups/zero_variance_frac": collected.zero_var_frac, "groups/sampling_rounds": collected.rounds,
-            "time/rollout": collected.t_rollout, "time/reward": collected.t_reward}
+    buckets, size = run.policy.weight_buckets(run.recipe.sync.bucket_mb)
+    run.rollout.update_weights(buckets)
+    return {"time/sync": time.perf_counter() - t0, "sync/bytes": size, "sync/buckets": len(buckets),
+            "workers/restarts": run.rollout.restarts + run.reward.restarts}
 
 
 def record_step(run: Run, step: int, collected: Collected, batch: RolloutBatch | None, metrics: dict,
@@ -331,27 +271,6 @@ def record_step(run: Run, step: int, collected: Collected, batch: RolloutBatch |
                                                       collected.per_reward, collected.totals, batch.advantages))
 
 
-def save_checkpoint(run: Run, step: int, pending: Future | None) -> None:
-    """7. A checkpoint after ``step``: the policy, optimizer and RNG states, the data cursor, and in
-    one-step off-policy mode the next step's rollouts, so that a resumed run continues exactly."""
-    extra = {}
-    if pending is not None:  # its prompts are past the cursor already; keep them with the checkpoint
-        extra["pending_rollouts.pkl"] = pickle.dumps(pending.result())
-    path = run.dir / "checkpoints" / f"step_{step}"
-    saved = run.policy.save.remote(str(path), {"step": step, "cursor": run.source.cursor,
-                                               **before_state(run.before)}, extra)
-    ray.get(saved)
-
-
-def saved_rollouts(ckpt: Path | None) -> Future | None:
-    """The rollouts an off-policy run had sampled ahead when it checkpointed, as a finished future."""
-    if ckpt is None or not (ckpt / "pending_rollouts.pkl").is_file():
-        return None
-    future: Future = Future()
-    future.set_result(pickle.loads((ckpt / "pending_rollouts.pkl").read_bytes()))
-    return future
-
-
 def before_state(before: dict) -> dict:
     """The accuracy before RL as ``summary.json`` and checkpoints keep it."""
     return {"accuracy_before_rl": before["accuracy"],
@@ -365,7 +284,7 @@ def finish(run: Run, started: float) -> dict:
     after = run.evaluate(recipe.train.steps, "after")
     run.tracker.log({"step": recipe.train.steps, **after, **before_state(run.before)})
     run.tracker.close()
-    ray.get(run.reward.close.remote())
+    run.reward.close()
     summary = {"run_dir": str(run.dir), **before_state(run.before), "accuracy_after_rl": after["accuracy"],
                **({"sampled_accuracy_after_rl": after["accuracy/sampled"]} if "accuracy/sampled" in after else {}),
                "steps": recipe.train.steps, "wall_seconds": round(time.perf_counter() - started, 1),

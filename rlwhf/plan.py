@@ -106,6 +106,12 @@ def activation_elements(size: ModelSize) -> int:
     return attention + mlp
 
 
+# What a training process holds besides its tensors, measured by benchmarks/trainer_memory.py on the
+# CPU (the first passes' kernel scratch and allocator caches). On a GPU the estimate is compared with
+# torch.cuda.max_memory_allocated, which counts tensors only.
+CPU_OVERHEAD = 0.25 * 2**30
+
+
 @dataclass
 class TrainerMemory:
     weights: float  # bytes
@@ -114,17 +120,25 @@ class TrainerMemory:
     reference: float
     activations: float
     logits: float
+    optimizer_step: float  # AdamW's temporaries while it steps (its moments' square roots and ratios)
+    overhead: float
     micro_batch_tokens: int
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.reference + self.activations + self.logits
+        """The peak of a step after the first: the states persist, and the backward pass's activations
+        and the optimizer's temporaries come at different moments."""
+        states = self.weights + self.gradients + self.optimizer + self.reference + self.overhead
+        return states + max(self.activations + self.logits, self.optimizer_step)
 
 
 def trainer_memory(recipe: Recipe, size: ModelSize, *, gradient_checkpointing: bool | None = None,
                    micro_batch_tokens: int | None = None) -> TrainerMemory:
-    """Peak bytes of one unsharded policy worker for this recipe (overrides for comparisons)."""
+    """Peak bytes of one policy worker for this recipe (overrides for comparisons). With
+    ``resources.policy_workers`` N > 1 the weights, gradients, optimizer state and reference model
+    are sharded N ways (FSDP2), plus one layer's whole weights while it is gathered."""
     train = recipe.train
+    workers = getattr(getattr(recipe, "resources", None), "policy_workers", 1)
     checkpointing = train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     budget = train.micro_batch_tokens if micro_batch_tokens is None else micro_batch_tokens
     longest = recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens
@@ -138,7 +152,11 @@ def trainer_memory(recipe: Recipe, size: ModelSize, *, gradient_checkpointing: b
     chunk = max(1, train.logits_chunk_mib * 2**20 // (4 * size.vocab))
     logits = min(tokens, chunk) * size.vocab * 4 * 3  # float32 logits, their log-softmax, their gradient
     reference = size.total * compute if recipe.algo.kl_coef > 0 else 0
-    return TrainerMemory(4 * size.total, 4 * size.total, 8 * size.total, reference, activations, logits, tokens)
+    gathered = 4 * size.total / size.layers if workers > 1 else 0  # about one layer, gathered for its pass
+    on_cpu = getattr(getattr(recipe, "resources", None), "gpus_per_policy_worker", 0) == 0
+    return TrainerMemory(4 * size.total / workers + gathered, 4 * size.total / workers, 8 * size.total / workers,
+                         reference / workers, activations, logits, 8 * size.total / workers,
+                         CPU_OVERHEAD if on_cpu else 0.0, tokens)
 
 
 @dataclass
@@ -153,11 +171,13 @@ class RolloutMemory:
 
 
 def rollout_memory(recipe: Recipe, size: ModelSize) -> RolloutMemory:
+    """One engine's memory per GPU: tensor parallelism splits its weights and KV cache."""
     compute = 2 if recipe.model.dtype == "bfloat16" else 4
     rc = recipe.rollout
-    sequences = recipe.train.prompts_per_step * rc.group_size
-    return RolloutMemory(size.total * compute, 2 * size.layers * size.kv_width * compute,
-                         sequences * (rc.max_prompt_tokens + rc.max_new_tokens))
+    tp = rc.tensor_parallel_size
+    sequences = recipe.train.prompts_per_step * rc.group_size / recipe.resources.rollout_engines
+    return RolloutMemory(size.total * compute / tp, 2 * size.layers * size.kv_width * compute / tp,
+                         int(sequences * (rc.max_prompt_tokens + rc.max_new_tokens)))
 
 
 def _gib(x: float) -> str:
@@ -178,11 +198,13 @@ def plan_text(recipe: Recipe, gpu_memory_gib: float = 80.0) -> str:
     res = recipe.resources
     on_gpu = res.gpus_per_policy_worker > 0
     device = f"a {gpu_memory_gib:g} GiB GPU" if on_gpu else "the CPU"
+    n, m = res.policy_workers, res.rollout_engines
+    sharding = f"sharded over {n} policy workers (FSDP2)" if n > 1 else "not sharded"
     lines = [f"policy {recipe.model.path}: {_count(size.total)} parameters"
              + (f", {_count(size.active)} active per token ({size.experts_per_token} of {size.experts} experts)"
                 if size.experts else ""),
              "",
-             f"trainer, one policy worker on {device} (not sharded):",
+             f"trainer, per policy worker on {device} ({sharding}):",
              f"  weights (float32 master)       {_gib(mem.weights)}",
              f"  gradients (float32)            {_gib(mem.gradients)}",
              f"  AdamW moments (float32)        {_gib(mem.optimizer)}"]
@@ -191,13 +213,17 @@ def plan_text(recipe: Recipe, gpu_memory_gib: float = 80.0) -> str:
     lines += [f"  activations, {mem.micro_batch_tokens:,} tokens per pass {'(checkpointed)' if recipe.train.gradient_checkpointing else ''}".rstrip()
               + f": {_gib(mem.activations)}",
               f"  logits chunk                   {_gib(mem.logits)}",
-              f"  peak                           {_gib(mem.total)}"]
+              f"  AdamW step temporaries         {_gib(mem.optimizer_step)} (not at the same time as activations)"]
+    if mem.overhead:
+        lines.append(f"  runtime (kernels, allocator)   {_gib(mem.overhead)}")
+    lines.append(f"  peak                           {_gib(mem.total)}")
     other = trainer_memory(recipe, size, gradient_checkpointing=not recipe.train.gradient_checkpointing)
     lines.append(f"  (with gradient_checkpointing={not recipe.train.gradient_checkpointing}: {_gib(other.total)})")
-    lines += ["", f"rollout engine ({recipe.rollout.engine}, {recipe.model.dtype}):",
+    lines += ["", f"rollout engine, each of {m} ({recipe.rollout.engine}, {recipe.model.dtype}):",
               f"  weights                        {_gib(roll.weights)}",
-              f"  KV cache for the step's {recipe.train.prompts_per_step * recipe.rollout.group_size:,} sequences "
-              f"at full length at once: {_gib(roll.kv_for_batch)} ({_gib(roll.kv_per_token)} per token)"]
+              f"  KV cache for its share of the step's sequences at full length at once: {_gib(roll.kv_for_batch)} "
+              f"({_gib(roll.kv_per_token)} per token" + (f", per GPU of {recipe.rollout.tensor_parallel_size}"
+                                                         if recipe.rollout.tensor_parallel_size > 1 else "") + ")"]
     lines.append("")
     if not on_gpu:
         lines.append(f"placement: on the CPU (resources give no GPU); the trainer needs about {_gib(mem.total)} "
@@ -208,14 +234,16 @@ def plan_text(recipe: Recipe, gpu_memory_gib: float = 80.0) -> str:
     shared = res.gpus_per_policy_worker + res.gpus_per_rollout_engine <= 1 and res.gpus_per_rollout_engine > 0
     policy_budget = budget * (1 - recipe.rollout.gpu_memory_utilization) if shared else budget
     verdict = "fits" if mem.total <= policy_budget else "does NOT fit"
-    lines.append(f"placement: policy worker on {res.gpus_per_policy_worker:g} GPU, rollout engine on "
-                 f"{res.gpus_per_rollout_engine:g} GPU" + (" (sharing one GPU, in turns)" if shared else ""))
+    lines.append(f"placement: {n} policy worker(s) on {res.gpus_per_policy_worker:g} GPU each, {m} rollout "
+                 f"engine(s) on {res.gpus_per_rollout_engine:g} GPU each" + (" (sharing GPUs, in turns)" if shared else "")
+                 + f": {math.ceil(n * res.gpus_per_policy_worker + m * res.gpus_per_rollout_engine)} GPUs in all")
     lines.append(f"trainer: {_gib(mem.total)} against {_gib(policy_budget)} available: {verdict}")
     if mem.total > policy_budget:
-        states = mem.weights + mem.gradients + mem.optimizer + mem.reference
-        devices = math.ceil(states / policy_budget)
-        lines.append(f"  the weights, gradients and optimizer state alone take {_gib(states)}: this policy needs "
-                     f"to be sharded over at least {devices} such GPUs (FSDP), which rlwhf does not do yet")
+        total_states = 16 * size.total + (size.total * (2 if recipe.model.dtype == "bfloat16" else 4)
+                                          if recipe.algo.kl_coef > 0 else 0)
+        devices = math.ceil(total_states / policy_budget)
+        lines.append(f"  the weights, gradients and optimizer state alone take {_gib(total_states)} in all: shard "
+                     f"the policy over at least {devices} such GPUs (resources.policy_workers >= {devices})")
     engine_budget = budget * recipe.rollout.gpu_memory_utilization
     cache = engine_budget - roll.weights
     if cache <= 0:

@@ -38,7 +38,10 @@ def describe_failure(exc: BaseException, log_dir) -> str:
     worker = next((name for name in LOG_FILES if name in where), None)
     if worker is None:
         return f"a worker failed: {headline} (worker logs: {Path(log_dir)})"
-    return f"{worker} failed: {headline}\n  its full log: {Path(log_dir) / LOG_FILES[worker]}"
+    hint = ("\n  a policy rank cannot rejoin its group mid-step: continue from the last checkpoint with "
+            f"`rlwhf train --resume {Path(log_dir).parent}`") if worker == "PolicyWorker" else ""
+    return f"{worker} failed: {headline}\n  its full log (one per rank or engine when there are several): " \
+           f"{Path(log_dir) / LOG_FILES[worker]}{hint}"
 
 
 def log_to(path: str | None) -> None:
@@ -71,23 +74,24 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
                  log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
 
-def usable_cores(shared: bool = False) -> int:
-    """Cores this process may run on (its CPU affinity); half of them when ``shared``; at least 1."""
+def usable_cores(shared: bool = False, parts: int = 1) -> int:
+    """Cores this process may run on (its CPU affinity), split among ``parts`` processes that run at
+    once, and halved again when ``shared``; at least 1."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // 2 if shared else cores)
+    return max(1, cores // (parts * (2 if shared else 1)))
 
 
-def claim_cores(shared: bool) -> None:
-    """Give torch every usable core in this actor, half of them when ``shared``.
+def claim_cores(shared: bool, parts: int = 1) -> None:
+    """Give torch this actor's share of the usable cores (``usable_cores``).
 
     Ray sets OMP_NUM_THREADS=1 in an actor started with num_cpus=0, which leaves one core idle while
     the other trains or generates. The synchronous loop's actors take turns on the cores, so each
     may use all of them; in one-step async mode the rollout engine and the trainer run at once and
-    split them.
+    split them; N policy workers (or M engines) run at once and split them N (or M) ways.
     """
     import torch
 
-    torch.set_num_threads(usable_cores(shared))
+    torch.set_num_threads(usable_cores(shared, parts))
 
 
 class ProgressBoard:
@@ -120,31 +124,61 @@ def cold_start_sft_task(*args, log_path: str | None = None, progress=None, **kwa
 
 
 class RolloutWorker:
-    def __init__(self, kind: str, model_path: str, *, shared_cores: bool = False, log_path: str | None = None,
-                 **engine_kwargs):
+    def __init__(self, kind: str, model_path: str, *, shared_cores: bool = False, engines: int = 1,
+                 log_path: str | None = None, **engine_kwargs):
         log_to(log_path)
         from rlwhf.rollout import make_engine
 
-        claim_cores(shared_cores)
+        claim_cores(shared_cores, engines)
         self.engine = make_engine(kind, model_path, **engine_kwargs)
+        self.calls = 0
+
+    def ping(self) -> bool:
+        return True
 
     def generate(self, prompts, sampling):
+        from rlwhf.checkpoints import fault_point
+
+        self.calls += 1
+        fault_point("engine", self.calls)
         return self.engine.generate(prompts, sampling)
 
-    def update_weights(self, state_dict) -> None:
-        self.engine.update_weights(state_dict)
+    def update_weights(self, weights) -> None:
+        """A state dict, or the object-store references of its buckets (``PolicyWorker.weight_buckets``),
+        read one bucket at a time."""
+        if isinstance(weights, list) and weights and isinstance(weights[0], ray.ObjectRef):
+            weights = (ray.get(ref) for ref in weights)
+        self.engine.update_weights(weights)
 
 
 class PolicyWorker:
-    def __init__(self, model_path: str, algo, train, *, resume_from: str | None = None, log_path: str | None = None,
-                 **trainer_kwargs):
-        log_to(log_path)
-        from rlwhf.train.policy import PolicyTrainer
+    """One rank of the policy. Built in one step (``model_path`` given), or in two for a sharded
+    group: created empty, then ``setup`` on every rank at once, after rank 0's ``address``."""
 
-        claim_cores(train.off_policy_steps > 0)  # PolicyTrainer then applies train.threads when set
-        self.trainer = PolicyTrainer(model_path, algo, train, **trainer_kwargs)
+    def __init__(self, model_path: str | None = None, algo=None, train=None, *, log_path: str | None = None,
+                 **setup_kwargs):
+        log_to(log_path)
+        if model_path is not None:
+            self.setup(model_path, algo, train, **setup_kwargs)
+
+    def address(self) -> tuple[str, int]:
+        from rlwhf.train.distributed import free_address
+
+        return free_address()
+
+    def setup(self, model_path: str, algo, train, *, rank: int = 0, world: int = 1, address=None,
+              resume_from: str | None = None, **trainer_kwargs) -> None:
+        import torch
+
+        from rlwhf.train.distributed import init_group
+        from rlwhf.train.policy import PolicyTrainer, resolve_device
+
+        claim_cores(train.off_policy_steps > 0, world)  # PolicyTrainer then applies train.threads when set
+        mesh = init_group(rank, world, *address, resolve_device(train.device)) if world > 1 else None
+        self.trainer = PolicyTrainer(model_path, algo, train, mesh=mesh, **trainer_kwargs)
         if resume_from:
             self.trainer.load_trainer_state(resume_from)
+        self.threads = torch.get_num_threads()
 
     def train_on(self, batch):
         return self.trainer.train_on(batch)
@@ -154,6 +188,25 @@ class PolicyWorker:
 
     def state_dict(self):
         return self.trainer.state_dict()
+
+    def weight_buckets(self, bucket_mb: float) -> tuple[list, int]:
+        """The weights in the compute dtype, in buckets of about ``bucket_mb`` MiB each put in Ray's
+        object store, and their bytes: rank 0's; the other ranks take part in gathering them and
+        return none. The gathered state dict is read bucket by bucket, so the object store holds the
+        only copy of the whole model."""
+        weights = self.trainer.full_state_dict()
+        refs, bucket, size, total = [], {}, 0, 0
+        for name in list(weights):
+            tensor = weights.pop(name).detach()
+            if tensor.is_floating_point():
+                tensor = tensor.to(self.trainer.compute_dtype)
+            bucket[name] = tensor
+            size += tensor.numel() * tensor.element_size()
+            if size >= bucket_mb * 2**20 or not weights:
+                refs.append(ray.put(bucket))
+                total += size
+                bucket, size = {}, 0
+        return refs, total
 
     def save(self, path: str, extra_state: dict, extra_files: dict[str, bytes] | None = None) -> str:
         return str(self.trainer.save(path, extra_state, extra_files))
@@ -167,8 +220,13 @@ class RewardWorker:
 
         self.runner = RewardRunner(specs, timeout_s=timeout_s, num_workers=num_workers,
                                    warm_up_timeout_s=warm_up_timeout_s)
+        self.calls = 0
 
     def score(self, groups):
+        from rlwhf.checkpoints import fault_point
+
+        self.calls += 1
+        fault_point("reward", self.calls)
         return self.runner.score(groups)
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ SHORT = ["data.num_train=200", "data.num_test=8", "eval.num_prompts=8", "sft.ste
          "rollout.max_new_tokens=32", "eval.max_new_tokens=32", "train.save_every=1"]
 
 
-def run_cli(*args, cwd, paying=("format",)):
+def run_cli(*args, cwd, paying=("format",), env=None):
     """``python -m rlwhf.cli ARGS`` in ``cwd``; fails the test with the output's tail unless it exits 0.
 
     A training run must also have worked as a run: no reward call of any step failed, and each reward
@@ -35,13 +35,15 @@ def run_cli(*args, cwd, paying=("format",)):
     import json
     import subprocess
 
-    env = {**os.environ, "WANDB_MODE": "offline", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    env.pop("RLWHF_FAULT", None)
+    env = {**os.environ, "WANDB_MODE": "offline", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", **(env or {})}
+    if "RLWHF_FAULT" not in (env or {}):
+        env.pop("RLWHF_FAULT", None)
     proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     if args and args[0] == "train":
-        summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+        # the summary is the last JSON object the CLI prints; Ray may print a notice after it
+        summary, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.rindex('\n{\n  "run_dir"') + 1:])
         steps = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
         errors = {k: v for m in steps for k, v in m.items() if k.endswith("/errors") and v}
         assert not errors, f"reward calls failed in the run: {errors}"

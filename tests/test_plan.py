@@ -27,9 +27,15 @@ def test_every_shipped_recipe_has_a_plan(recipe):
 
 
 def test_the_30b_recipes_say_plainly_that_one_gpu_cannot_hold_them():
-    text = plan("qwen3-30b-a3b-dapo.yaml", "--gpu-memory", "141")
+    text = plan("qwen3-30b-a3b-dapo.yaml", "--gpu-memory", "80")
     assert "Qwen/Qwen3-30B-A3B-Base: 30.53B parameters, 3.35B active per token (8 of 128 experts)" in text
-    assert "does NOT fit" in text and "needs to be sharded over at least 4 such GPUs" in text
+    one_gpu = plan("qwen3-30b-a3b-dapo.yaml", "resources.policy_workers=1", "--gpu-memory", "141")
+    assert "does NOT fit" in one_gpu and "shard the policy over at least 4 such GPUs" in one_gpu
+    # As shipped: 2 nodes x 8 GPUs, the policy over 12, one 4-GPU engine.
+    assert "trainer: " in text and "available: fits" in text and "16 GPUs in all" in text
+    eight = plan("qwen3-30b-a3b-dapo.yaml", "resources.policy_workers=8", "resources.rollout_engines=2",
+                 "--gpu-memory", "80")
+    assert "16 GPUs in all" in eight and "does NOT fit" in eight
 
 
 def test_parameter_counts_are_the_real_models_and_the_estimate_follows_the_settings(tiny_model):

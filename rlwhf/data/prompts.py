@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlwhf.config import DataConfig
+from rlwhf.data.source import TaskData
 
 
 def is_conversation(prompt) -> bool:
@@ -79,3 +80,20 @@ def prepare_prompts(rows: list[dict], renderer: PromptRenderer, max_tokens: int,
             continue
         kept.append({**row, "prompt_text": text, "prompt_ids": ids})
     return Prepared(kept, dropped)
+
+
+def render_task(recipe, data: TaskData, model_path: str) -> TaskData:
+    """Every prompt of both splits as the policy's tokenizer renders it; over-long ones dropped (and
+    said) or refused, as ``data.overlong_prompts`` says."""
+    from rlwhf.tracking import say
+
+    renderer = PromptRenderer.from_pretrained(model_path, recipe.data)
+    limit, on_overlong = recipe.rollout.max_prompt_tokens, recipe.data.overlong_prompts
+    train = prepare_prompts(data.train, renderer, limit, on_overlong, "training")
+    test = prepare_prompts(data.test, renderer, limit, on_overlong, "held-out")
+    for split, prepared in (("training", train), ("held-out", test)):
+        if prepared.dropped:
+            say(f"dropped {prepared.dropped} {split} prompts longer than rollout.max_prompt_tokens={limit} tokens")
+    if not train.rows:
+        raise ValueError(f"no training prompt fits in rollout.max_prompt_tokens={limit} tokens")
+    return TaskData(train.rows, test.rows)

@@ -8,6 +8,7 @@ apply them in place, without a restart. Which engine runs is chosen in the recip
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,6 +22,9 @@ class SamplingSettings:
     top_p: float = 1.0
     max_new_tokens: int = 64
     seed: int | None = None
+    # Each prompt's own seed, when the caller splits a batch across engines and keeps every prompt's
+    # seed what the whole batch would give it (``prompt_seeds``); else derived from ``seed``.
+    prompt_seeds: list[int | None] | None = None
 
 
 def prompt_seeds(seed: int | None, count: int) -> list[int | None]:
@@ -55,7 +59,16 @@ class Group:
 Prompt = str | list[int]
 
 
+# New weights as the trainer holds them (its parameter names and in-memory layout): a whole state
+# dict, or an iterable of partial ones (buckets) that the engine reads one at a time.
+WeightBuckets = dict[str, torch.Tensor] | Iterable[dict[str, torch.Tensor]]
+
+
+def as_buckets(weights: WeightBuckets) -> Iterable[dict[str, torch.Tensor]]:
+    return [weights] if isinstance(weights, dict) else weights
+
+
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[Prompt], sampling: SamplingSettings) -> list[Group]: ...
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
+    def update_weights(self, weights: WeightBuckets) -> None: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlwhf.rollout.base import Completion, Group, Prompt, SamplingSettings
+from rlwhf.rollout.base import Completion, Group, Prompt, SamplingSettings, WeightBuckets, as_buckets
 
 
 class HFEngine:
@@ -59,5 +59,10 @@ class HFEngine:
             groups.append(Group(text, ids, results[i * sampling.n:(i + 1) * sampling.n]))
         return groups
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state_dict)
+    def update_weights(self, weights: WeightBuckets) -> None:
+        missing = set(self.model.state_dict())
+        for bucket in as_buckets(weights):
+            self.model.load_state_dict(bucket, strict=False)
+            missing -= set(bucket)
+        if missing:
+            raise ValueError(f"update_weights: no new value for {len(missing)} weights, e.g. {sorted(missing)[:3]}")

@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from rlwhf.rollout.base import Completion, Group, Prompt, SamplingSettings, prompt_seeds
+from rlwhf.rollout.base import Completion, Group, Prompt, SamplingSettings, WeightBuckets, as_buckets, prompt_seeds
 
 
 def _prepare_environment(kv_cache_gib: float) -> None:
@@ -33,7 +33,7 @@ def _prepare_environment(kv_cache_gib: float) -> None:
 
 class VLLMEngine:
     def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0, max_model_len: int = 512,
-                 kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.5):
+                 kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1):
         _prepare_environment(kv_cache_gib)
         from transformers import AutoConfig, AutoModelForCausalLM
         from vllm import LLM
@@ -45,6 +45,7 @@ class VLLMEngine:
         kwargs = {}
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["tensor_parallel_size"] = tensor_parallel_size
         else:
             # With chunked prefill, a request whose prompt is split across scheduler steps samples a
             # token that is thrown away, and vLLM (gpu_model_runner._bookkeeping_sync) then rewinds
@@ -76,7 +77,7 @@ class VLLMEngine:
         params = [
             SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                            max_tokens=sampling.max_new_tokens, seed=seed, logprobs=0)
-            for seed in prompt_seeds(sampling.seed, len(prompts))
+            for seed in (sampling.prompt_seeds or prompt_seeds(sampling.seed, len(prompts)))
         ]
         inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
@@ -91,14 +92,18 @@ class VLLMEngine:
             groups.append(group)
         return groups
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def update_weights(self, buckets: WeightBuckets) -> None:
         from transformers.core_model_loading import revert_weight_conversion
 
-        checkpoint_layout = revert_weight_conversion(self._layout_twin, dict(state_dict))
-        self.llm.collective_rpc(
-            "reload_weights",
-            kwargs={"weights_iterator": list(checkpoint_layout.items()), "is_checkpoint_format": True},
-        )
+        def checkpoint_layout():  # one bucket at a time, each turned into the checkpoint's names and shapes
+            for bucket in as_buckets(buckets):
+                yield from revert_weight_conversion(self._layout_twin, dict(bucket)).items()
+
+        # The engine runs in this process, so vLLM can read the buckets as they arrive; several
+        # workers (tensor parallel) need the whole list, sent to each.
+        weights = checkpoint_layout() if self.llm.llm_engine.vllm_config.parallel_config.world_size == 1 \
+            else list(checkpoint_layout())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         if not torch.cuda.is_available():
             self.llm.collective_rpc(_repack_cpu_weights)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights

@@ -40,17 +40,26 @@ def _chunk_logprobs(head, hidden, targets, temperature: float, with_entropy: boo
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
-                   with_entropy: bool = False, chunk_tokens: int = 0):
+                   with_entropy: bool = False, chunk_tokens: int = 0, num_chunks: int | None = None):
     """Log-prob of each next token, ``[N, L-1]`` (position ``t`` scores token ``t+1``), and optionally
     each position's entropy (else None), both float32.
 
     ``chunk_tokens`` > 0 bounds the logits held at once to about that many positions' worth (a
     batch whose ``N * (L-1)`` is smaller runs in one piece, exactly like the plain forward pass).
     Models whose logits are not a plain linear head (soft-capped, scaled) always run in one piece.
+
+    ``num_chunks`` instead runs the decoder, then the head exactly that many times (some chunks
+    empty when there are fewer positions): a sharded model's ranks must call each sharded module
+    equally often, whatever their batch's shape.
     """
     targets = input_ids[:, 1:]
     n, positions = targets.shape
-    parts = _head_and_decoder(model) if chunk_tokens and n * positions > chunk_tokens else None
+    if num_chunks is not None:
+        parts = _head_and_decoder(model)
+        if parts is None:
+            raise ValueError(f"{type(model).__name__}: num_chunks needs a model with a plain linear LM head")
+    else:
+        parts = _head_and_decoder(model) if chunk_tokens and n * positions > chunk_tokens else None
     if parts is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
         if temperature > 0:
@@ -59,9 +68,10 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         return (logp, entropy_from_logits(logits)) if with_entropy else (logp, None)
     head, decoder = parts
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask)[0][:, :-1]
-    width = max(1, chunk_tokens // n)
+    width = max(1, -(-positions // num_chunks)) if num_chunks else max(1, chunk_tokens // n)
+    starts = [i * width for i in range(num_chunks)] if num_chunks else range(0, positions, width)
     logps, entropies = [], []
-    for start in range(0, positions, width):
+    for start in starts:
         args = (head, hidden[:, start:start + width], targets[:, start:start + width], temperature, with_entropy)
         if torch.is_grad_enabled():
             logp, entropy = checkpoint(_chunk_logprobs, *args, use_reentrant=False)

@@ -31,7 +31,8 @@ from rlwhf.algo import (
     policy_loss,
     truncated_is_weights,
 )
-from rlwhf.train.batch import RolloutBatch, micro_batches
+from rlwhf.train import distributed
+from rlwhf.train.batch import RolloutBatch
 from rlwhf.train.logprobs import token_logprobs
 
 if TYPE_CHECKING:  # the trainer reads attributes only, so it runs where pydantic is not installed
@@ -131,7 +132,10 @@ def combine_micro_batch_metrics(parts: list[tuple[dict, float, float]]) -> dict[
 
 class PolicyTrainer:
     def __init__(self, model_path: str, algo: AlgoConfig, train: TrainConfig, *, temperature: float,
-                 max_new_tokens: int, seed: int = 0, dtype: str = "float32", completions_per_step: int | None = None):
+                 max_new_tokens: int, seed: int = 0, dtype: str = "float32", completions_per_step: int | None = None,
+                 mesh=None):
+        """``mesh``: a 1-D device mesh over the policy's ranks (``rlwhf.train.distributed``) to shard
+        the policy over; None trains it whole in this process."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if train.threads:
@@ -158,6 +162,12 @@ class PolicyTrainer:
             for name, param in self.model.named_parameters():
                 if name.endswith("mlp.gate.weight"):
                     param.requires_grad_(False)
+        self.mesh, self.rank, self.world, self.chunkable = mesh, 0, 1, True
+        if mesh is not None:
+            self.rank, self.world = mesh.get_local_rank(), mesh.size()
+            self.chunkable = distributed.shard(self.model, mesh)
+            if self.reference is not None:
+                distributed.shard(self.reference, mesh)
         self.optimizer = torch.optim.AdamW(trainable_params(self.model), lr=train.learning_rate,
                                            weight_decay=train.weight_decay,
                                            betas=(0.9, 0.99), eps=train.adam_eps)
@@ -173,36 +183,66 @@ class PolicyTrainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
-    def _logprobs(self, model, batch: RolloutBatch, with_entropy: bool = False):
-        """``token_logprobs`` of a batch already trimmed and on the device, in the compute dtype."""
-        chunk = self.train_cfg.logits_chunk_mib * 2**20 // (4 * model.config.vocab_size)
+    def _logprobs(self, model, batch: RolloutBatch, with_entropy: bool = False, widest: int = 0):
+        """``token_logprobs`` of a batch already trimmed and on the device, in the compute dtype. When
+        sharded, the head runs as many times on every rank: enough chunks for ``widest`` tokens."""
+        chunk = max(1, self.train_cfg.logits_chunk_mib * 2**20 // (4 * model.config.vocab_size))
+        chunks = max(1, -(-widest // chunk)) if self.mesh is not None and self.chunkable else None
         with self._autocast():
             return token_logprobs(model, batch.input_ids, batch.attention_mask, self.temperature, with_entropy,
-                                  chunk_tokens=chunk)
+                                  chunk_tokens=chunk if self.chunkable else 0, num_chunks=chunks)
 
     # -- weights ---------------------------------------------------------------------------
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's float32 weights on the CPU: gathered from every rank onto rank 0 when
+        sharded (a collective: every rank calls it; the others get an empty dict)."""
+        if self.mesh is None:
+            return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights for the rollout engine: on the CPU, in the compute dtype."""
+        """The weights for the rollout engine: on the CPU, in the compute dtype (rank 0's; see
+        ``full_state_dict``)."""
         return {k: v.detach().to("cpu", self.compute_dtype if v.is_floating_point() else v.dtype, copy=True)
-                for k, v in self.model.state_dict().items()}
+                for k, v in self.full_state_dict().items()}
 
     def refresh_reference(self) -> None:
         if self.reference is not None:
             self.reference.load_state_dict(self.model.state_dict())
 
     # -- one GRPO update ---------------------------------------------------------------------
+    def _micro_batches(self, batch: RolloutBatch) -> list[tuple[list[int] | None, int]]:
+        """This rank's passes over ``batch``: micro-batches, ``None`` for an empty pass, each with the
+        widest pass of any rank at that point (see ``distributed.rank_micro_batches``)."""
+        return distributed.rank_micro_batches(batch.lengths, self.train_cfg.micro_batch_tokens, self.world, self.rank)
+
+    def _empty_pass(self, model, widest: int, backward: bool) -> None:
+        """A forward (and backward) of one token whose loss is zero: the collectives of a sharded
+        model's pass, for a rank that has no rows left in this one."""
+        ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
+        logp, _ = self._logprobs(model, RolloutBatch(ids, torch.ones_like(ids), *[torch.zeros(1, 1)] * 2,
+                                                     torch.zeros(1), torch.zeros(1, dtype=torch.bool)), widest=widest)
+        if backward:
+            (logp.sum() * 0.0).backward()
+
     @torch.no_grad()
     def score(self, model, batch: RolloutBatch, load: ExpertLoad | None = None) -> torch.Tensor:
-        """Log-probs ``[N, L-1]`` (on the CPU) of a whole batch under ``model``, micro-batch by micro-batch."""
+        """Log-probs ``[N, L-1]`` (on the CPU) of a whole batch under ``model``, micro-batch by
+        micro-batch; when sharded, each rank scores its share and the shares are summed."""
         out = torch.zeros(batch.mask.shape)
-        for micro in micro_batches(batch.lengths, self.train_cfg.micro_batch_tokens):
+        for micro, widest in self._micro_batches(batch):
+            if micro is None:
+                self._empty_pass(model, widest, backward=False)
+                continue
             part = batch.select(micro).trimmed().to(self.device)
             if load is None:
-                logp, _ = self._logprobs(model, part)
+                logp, _ = self._logprobs(model, part, widest=widest)
             else:
-                logp, _ = load.measure(lambda p=part: self._logprobs(model, p), part.mask)
+                logp, _ = load.measure(lambda p=part, w=widest: self._logprobs(model, p, widest=w), part.mask)
             out[micro, :logp.shape[1]] = logp.float().cpu()
-        return out
+        return distributed.all_reduce_sum(out)
 
     def train_on(self, batch: RolloutBatch) -> dict[str, float]:
         """``ppo_epochs`` passes of minibatch updates over one step's rollouts; returns mean metrics."""
@@ -231,6 +271,8 @@ class PolicyTrainer:
             self.refresh_reference()
         out = {k: float(np.mean(v)) for k, v in metrics.items()}
         out["lr"] = self.scheduler.get_last_lr()[0]
+        for counts in load.counts:
+            distributed.all_reduce_sum(counts)
         out.update(load.metrics())
         return out
 
@@ -241,14 +283,17 @@ class PolicyTrainer:
         denominator = normaliser(mask, algo.loss_agg)
         self.optimizer.zero_grad(set_to_none=True)
         parts = []
-        for micro in micro_batches(minibatch.lengths, self.train_cfg.micro_batch_tokens):
+        for micro, widest in self._micro_batches(minibatch):
+            if micro is None:
+                self._empty_pass(self.model, widest, backward=True)
+                continue
             part = minibatch.select(micro).trimmed().to(self.device)
             width = part.mask.shape[1]
 
             def cut(x, micro=micro, width=width):
                 return None if x is None else x[micro, :width].to(self.device)
 
-            logp, entropy = self._logprobs(self.model, part, with_entropy=True)
+            logp, entropy = self._logprobs(self.model, part, with_entropy=True, widest=widest)
             part_mask = cut(mask)
             loss, stats = policy_loss(
                 logp, cut(old_logp), part.advantages, part_mask,
@@ -262,8 +307,11 @@ class PolicyTrainer:
             stats["loss"] = float(loss.detach())
             parts.append((stats, float(part_mask.sum()), float(part_mask.bool().any(-1).sum())))
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable_params(self.model), self.train_cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor when sharded: the norm over every rank's shard
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.scheduler.step()
+        parts = [p for rank_parts in distributed.all_objects(parts) for p in rank_parts]
         return {**combine_micro_batch_metrics(parts), "grad_norm": float(grad_norm)}
 
     def sequence_kl(self, batch: RolloutBatch) -> list[float]:
@@ -277,24 +325,34 @@ class PolicyTrainer:
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, path: str | Path, extra_state: dict | None = None, extra_files: dict[str, bytes] | None = None) -> Path:
         """Write a complete checkpoint at ``path``, or none: everything goes to ``path.tmp``, is
-        fsynced, and only then renamed to ``path`` (see ``rlwhf.checkpoints``)."""
+        fsynced, and only then renamed to ``path`` (see ``rlwhf.checkpoints``). The weights and the
+        optimizer state are saved whole (gathered onto rank 0 when sharded: every rank calls this),
+        so a run resumes onto any number of ranks."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
         from rlwhf.checkpoints import commit_directory, fault_point
 
+        whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = self.full_state_dict()
+        optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=whole)
+        reference = None
+        if self.reference is not None:
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+            reference = get_model_state_dict(self.reference, options=whole) if self.mesh is not None else \
+                {k: v.cpu() for k, v in self.reference.state_dict().items()}
         path = Path(path)
+        if self.rank != 0:
+            return path
         tmp = path.with_name(path.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(tmp)
+        self.model.save_pretrained(tmp, state_dict=weights)
         self.tokenizer.save_pretrained(tmp)
         rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save({
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "reference": self.reference.state_dict() if self.reference is not None else None,
-            "rng": rng,
-            "step": self.step,
-        }, tmp / "trainer_state.pt")
+        torch.save({"optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "reference": reference,
+                    "rng": rng, "step": self.step}, tmp / "trainer_state.pt")
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         (tmp / "loop_state.json").write_text(json.dumps(extra_state or {}, indent=2))
@@ -302,14 +360,23 @@ class PolicyTrainer:
         return commit_directory(tmp, path)
 
     def load_trainer_state(self, path: str | Path) -> None:
-        state = torch.load(Path(path) / "trainer_state.pt", weights_only=False, map_location=self.device)
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from a checkpoint's optimizer, schedule, reference model and random state (its
+        weights are the model this trainer was built from); onto any number of ranks."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        state = torch.load(Path(path) / "trainer_state.pt", weights_only=False, map_location="cpu")
+        whole = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=state["optimizer"], options=whole)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.reference is not None and state["reference"] is not None:
-            self.reference.load_state_dict(state["reference"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
+            set_model_state_dict(self.reference, state["reference"], options=whole)
+        torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         self.step = state["step"]
