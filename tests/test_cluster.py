@@ -73,10 +73,16 @@ def ray_head(tmp_path):
 def test_ray_job_submit_and_a_joining_driver_run_a_recipe_on_a_real_head(ray_head, tmp_path):
     runs = tmp_path / "runs"  # a path every node sees (one node here)
     short = [*SHORT, "train.steps=2", f"run.output_dir={runs}"]
-    submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_head["jobs"], "--working-dir", str(ROOT), "--",
-         "rlwhf", "train", "recipes/tiny-base.yaml", *short, "run.name=submitted"],
-        env=ray_head["env"], capture_output=True, text=True, timeout=1200)
+    deadline = time.time() + 300
+    while True:
+        submit = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", ray_head["jobs"], "--working-dir", str(ROOT), "--",
+             "rlwhf", "train", "recipes/tiny-base.yaml", *short, "run.name=submitted"],
+            env=ray_head["env"], capture_output=True, text=True, timeout=1200)
+        # the job server answers before the head's agent, which runs the job, is up (slow on a busy machine)
+        if "No available agent" not in submit.stdout + submit.stderr or time.time() > deadline:
+            break
+        time.sleep(5)
     log = submit.stdout[-4000:] + submit.stderr[-2000:]
     assert submit.returncode == 0 and "succeeded" in submit.stdout, log  # "Job 'raysubmit_...' succeeded"
     summary = json.loads((runs / "submitted" / "summary.json").read_text())
