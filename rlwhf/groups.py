@@ -39,6 +39,20 @@ def _actor(cls, cpus: float, gpus: float, bundles: list | None, index: int, max_
     return ray.remote(cls).options(**options)
 
 
+def wait_for_restart(actor, timeout_s: float = 600.0) -> None:
+    """Block until ``actor``, restarted by Ray after it died, answers again (calls made while it
+    restarts fail at once, and must not count as more deaths)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.ping.remote(), timeout=60)
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def reserve(resources, timeout_s: float = 600.0):
     """A placement group with one bundle per policy worker, then per rollout engine, when they reserve
     CPUs or GPUs; None when they take turns on whatever the node has."""
@@ -135,20 +149,12 @@ class RolloutGroup:
             except ray.exceptions.RayActorError:
                 self._recover(i)
 
-    def _recover(self, i: int, timeout_s: float = 600.0) -> None:
+    def _recover(self, i: int) -> None:
         """Wait for engine ``i`` to come back from its restart, then load the current weights into it."""
         self.restarts += 1
         if self.restarts > self.recipe.resources.max_restarts * len(self.engines):
             raise RuntimeError(f"rollout engines died {self.restarts} times; see their logs")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                ray.get(self.engines[i].ping.remote(), timeout=60)
-                break
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
+        wait_for_restart(self.engines[i])
         if self.weights is not None:
             ray.get(self.engines[i].update_weights.remote(self.weights()))
 
@@ -171,6 +177,7 @@ class RewardGroup:
                 self.restarts += 1
                 if self.restarts > self.limit:
                     raise
+                wait_for_restart(self.worker)
 
     def close(self) -> None:
         ray.get(self.worker.close.remote())

@@ -222,6 +222,9 @@ class RewardWorker:
                                    warm_up_timeout_s=warm_up_timeout_s)
         self.calls = 0
 
+    def ping(self) -> bool:
+        return True
+
     def score(self, groups):
         from rlwhf.checkpoints import fault_point
 

@@ -9,7 +9,8 @@ import ray
 from conftest import SHORT, run_cli
 
 from rlwhf.config import load_recipe
-from rlwhf.groups import RolloutGroup
+from rlwhf.groups import RewardGroup, RolloutGroup
+from rlwhf.reward_runner import GroupToScore
 from rlwhf.rollout import SamplingSettings
 from rlwhf.workers import init_ray
 
@@ -60,3 +61,22 @@ def test_completions_do_not_depend_on_the_number_of_engines(tiny_model, local_ra
             ray.kill(engine)
     assert completions[0] == completions[1]
     assert len({tuple(c) for g in completions[0] for c in g}) > 5  # they are samples, not one repeated string
+
+
+@pytest.mark.slow
+def test_a_reward_worker_killed_mid_call_is_restarted_and_asked_again(tmp_path, monkeypatch):
+    # The reward worker SIGKILLs itself in its first call (once: the mark file spares its successor).
+    mark = tmp_path / "reward-killed"
+    monkeypatch.setenv("RLWHF_FAULT", "reward@1")
+    monkeypatch.setenv("RLWHF_FAULT_MARK", str(mark))
+    ray.shutdown()
+    init_ray(None, 2)  # its workers inherit the environment above
+    try:
+        group = RewardGroup(load_recipe(None, ["sft.enabled=false"]), tmp_path)
+        right, wrong = "<think>\n12+34=46\n</think><answer>46</answer>", "<think>\n</think><answer>47</answer>"
+        scores = group.score([GroupToScore("Q: 12+34=?\n", [right, wrong], {"answer": "46"})])
+        assert mark.is_file(), "the reward worker was not killed: the test tested nothing"
+        assert group.restarts == 1
+        assert scores.per_reward["math_accuracy"] == [1.0, 0.0]
+    finally:
+        ray.shutdown()
