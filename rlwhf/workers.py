@@ -168,8 +168,6 @@ class PolicyWorker:
 
     def setup(self, model_path: str, algo, train, *, rank: int = 0, world: int = 1, address=None,
               resume_from: str | None = None, **trainer_kwargs) -> None:
-        import torch
-
         from rlwhf.train.distributed import init_group
         from rlwhf.train.policy import PolicyTrainer, resolve_device
 
@@ -178,7 +176,6 @@ class PolicyWorker:
         self.trainer = PolicyTrainer(model_path, algo, train, mesh=mesh, **trainer_kwargs)
         if resume_from:
             self.trainer.load_trainer_state(resume_from)
-        self.threads = torch.get_num_threads()
 
     def train_on(self, batch):
         return self.trainer.train_on(batch)
