@@ -9,10 +9,10 @@ import ray
 from conftest import SHORT, run_cli
 
 from rlwhf.config import load_recipe
-from rlwhf.groups import RewardGroup, RolloutGroup
+from rlwhf.groups import RewardGroup, RolloutGroup, _actor, reserve
 from rlwhf.reward_runner import GroupToScore
 from rlwhf.rollout import SamplingSettings
-from rlwhf.workers import init_ray
+from rlwhf.workers import PolicyWorker, init_ray
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,5 +78,28 @@ def test_a_reward_worker_killed_mid_call_is_restarted_and_asked_again(tmp_path, 
         assert mark.is_file(), "the reward worker was not killed: the test tested nothing"
         assert group.restarts == 1
         assert scores.per_reward["math_accuracy"] == [1.0, 0.0]
+    finally:
+        ray.shutdown()
+
+
+def test_workers_that_reserve_cpus_are_placed_in_one_placement_group_that_must_fit():
+    ray.shutdown()
+    init_ray(None, 2)  # a node of 2 CPUs
+    try:
+        fits = load_recipe(None, ["resources.policy_workers=2", "resources.cpus_per_policy_worker=0.5",
+                                  "resources.cpus_per_rollout_engine=1"]).resources
+        assert reserve(load_recipe(None, []).resources) is None  # nothing reserved: no group
+        pg = reserve(fits, timeout_s=60)
+        assert [b["CPU"] for b in pg.bundle_specs] == [0.5, 0.5, 1]
+        ranks = [_actor(PolicyWorker, 0.5, 0, (pg, 0), rank).remote() for rank in range(2)]
+        assert all(port > 0 for _, port in ray.get([r.address.remote() for r in ranks]))
+        table = ray.util.placement_group_table(pg)
+        assert table["state"] == "CREATED"
+        for actor in ranks:
+            ray.kill(actor)
+        ray.util.remove_placement_group(pg)
+        too_many = load_recipe(None, ["resources.policy_workers=3", "resources.cpus_per_policy_worker=1"]).resources
+        with pytest.raises(RuntimeError, match="cannot hold the workers"):
+            reserve(too_many, timeout_s=5)
     finally:
         ray.shutdown()
