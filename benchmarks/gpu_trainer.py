@@ -40,7 +40,7 @@ def settings(args) -> SimpleNamespace:
                            ref_refresh_every=0, entropy_coef=0.0, overlong_mask=False, tis_cap=None)
     train = SimpleNamespace(threads=0, device=args.device, steps=args.steps, ppo_epochs=1,
                             minibatch_size=args.completions // 2, prompts_per_step=args.completions, learning_rate=1e-6,
-                            weight_decay=0.0, max_grad_norm=1.0, adam_eps=1e-8, freeze_router=False, warmup_steps=1,
+                            weight_decay=0.0, max_grad_norm=1.0, adam_eps=1e-8, warmup_steps=1,
                             lr_schedule="constant", lr_min_ratio=0.0, micro_batch_tokens=args.micro_batch_tokens,
                             logits_chunk_mib=1024, gradient_checkpointing=args.checkpointing)
     prompt = args.length // 8

@@ -277,8 +277,8 @@ def _inspect_summary(console, run_dir: Path, every: int) -> None:
     table.add_row("mean response length (first → last)", pair("response_length/mean", ".1f") + " tokens")
     if "response_length/truncated_frac" in rows:
         table.add_row("truncated fraction (first → last)", pair("response_length/truncated_frac", ".2f"))
-    if "moe/load/max_over_mean" in rows:
-        table.add_row("expert load max/mean (first → last)", pair("moe/load/max_over_mean", ".2f"))
+    if "moe/max_load_ratio" in rows:
+        table.add_row("expert load max/mean (first → last)", pair("moe/max_load_ratio", ".2f"))
     wall = summary.get("wall_seconds")
     table.add_row("wall time", f"{float(wall):.1f} s" if wall is not None else
                   f"{rows['time/step'].sum():.1f} s in steps" if "time/step" in rows else "—")

@@ -166,6 +166,13 @@ class AlgoConfig(Section):
 
 
 class TrainConfig(Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        if isinstance(data, dict) and "freeze_router" in data:
+            raise ValueError("train.freeze_router is now moe.freeze_router (it finds routers by module type)")
+        return data
+
     steps: int = Field(120, ge=0, description="GRPO steps.")
     prompts_per_step: int = Field(32, ge=1, description="Prompts per step (B); B * group_size completions.")
     off_policy_steps: int = Field(0, ge=0, le=1, description="1: sample step t+1 while training on step t (async).")
@@ -175,7 +182,6 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    freeze_router: bool = Field(False, description="Keep the MoE routers' weights fixed during RL.")
     warmup_steps: int = Field(5, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
     save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only at the end).")
     eval_every: int = Field(40, ge=0, description="Held-out accuracy every N steps (0: before and after only).")
@@ -192,6 +198,27 @@ class TrainConfig(Section):
                                                                  "warm-up, over the run's optimizer steps.")
     lr_min_ratio: float = Field(0.0, ge=0, le=1, description="Where linear and cosine decay end, as a fraction of "
                                 "learning_rate.")
+
+
+class MoEConfig(Section):
+    routing_replay: Literal["none", "trainer", "rollout"] = Field(
+        "none", description="Routing replay: 'trainer' reuses the experts the old-log-prob pass chose in every "
+        "update pass of the step (R2); 'rollout' reuses the experts the vLLM engine chose while sampling (R3). "
+        "Gate weights always come from the current router.")
+    balance: Literal["none", "aux_free", "aux_loss"] = Field(
+        "none", description="Expert balancing during RL: 'aux_free' is DeepSeek-V3's per-expert selection bias "
+        "nudged after each optimizer step against the observed load (trainer and rollout engine select with it); "
+        "'aux_loss' adds the switch-style load-balancing loss.")
+    bias_update_rate: float = Field(1e-3, ge=0, description="aux_free: how far each expert's bias moves per "
+                                    "optimizer step.")
+    aux_loss_coef: float = Field(1e-2, ge=0, description="aux_loss: weight of the load-balancing loss.")
+    z_loss_coef: float = Field(0.0, ge=0, description="Router z-loss weight (mean squared log-sum-exp of the "
+                               "router logits; 0: off).")
+    freeze_router: bool = Field(False, description="Keep every MoE router's weights fixed during RL (routers are "
+                                "found by module type; a model without one is refused).")
+    rollout_routing: bool = Field(True, description="Record the experts the vLLM engine routes each token to, for "
+                                  "the rollout-side load and the trainer/rollout routing agreement (needed by "
+                                  "routing_replay=rollout).")
 
 
 class EvalConfig(Section):
@@ -246,6 +273,7 @@ class Recipe(Section):
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    moe: MoEConfig = Field(default_factory=MoEConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
@@ -260,6 +288,9 @@ class Recipe(Section):
                 f"train.minibatch_size ({self.train.minibatch_size}) is larger than the completions per "
                 f"step (train.prompts_per_step * rollout.group_size = {completions})"
             )
+        if self.moe.routing_replay == "rollout" and (self.rollout.engine != "vllm" or not self.moe.rollout_routing):
+            raise ValueError("moe.routing_replay 'rollout' replays the experts the vLLM engine chose: it needs "
+                             "rollout.engine vllm and moe.rollout_routing true")
         return self
 
     def to_yaml(self) -> str:

@@ -81,7 +81,7 @@ class PolicyGroup:
             for rank in range(n)]
         address = ray.get(self.workers[0].address.remote()) if n > 1 else None
         ray.get([w.setup.remote(model_path, recipe.algo, recipe.train, rank=rank, world=n, address=address,
-                                resume_from=resume_from, **trainer_kwargs) for rank, w in enumerate(self.workers)])
+                                resume_from=resume_from, moe=recipe.moe, **trainer_kwargs) for rank, w in enumerate(self.workers)])
 
     def _all(self, method: str, *args):
         """Call ``method`` on every rank; rank 0's answer."""

@@ -139,7 +139,7 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
                            dtype=recipe.model.dtype, seed=recipe.run.seed, kv_cache_gib=rc.kv_cache_gib,
                            max_model_len=rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
                            gpu_memory_utilization=rc.gpu_memory_utilization,
-                           tensor_parallel_size=rc.tensor_parallel_size)
+                           tensor_parallel_size=rc.tensor_parallel_size, **routing_options(recipe))
     policy = PolicyGroup(recipe, model_path, pg, logs, str(ckpt) if ckpt else None, temperature=rc.temperature,
                          max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed, dtype=recipe.model.dtype,
                          completions_per_step=recipe.train.prompts_per_step * rc.group_size)
@@ -160,6 +160,14 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
         run.before = run.evaluate(0, "before")
         say(f"held-out accuracy before RL: {describe_accuracy(run.before)}")
     return run
+
+
+def routing_options(recipe: Recipe) -> dict:
+    """What the vLLM engine records of its MoE routing: the experts of every position it computes,
+    and, to replay them whole (R3), every prompt's positions computed afresh (no prefix cache)."""
+    if recipe.rollout.engine != "vllm":
+        return {}
+    return {"record_routes": recipe.moe.rollout_routing, "prefix_caching": recipe.moe.routing_replay != "rollout"}
 
 
 def collect(run: Run, step: int) -> Collected:
@@ -229,7 +237,7 @@ def compute_advantages(run: Run, collected: Collected) -> tuple[RolloutBatch, to
     completions = [c for grp in groups for c in grp.completions]
     batch = pack([grp.prompt_ids for grp in groups for _ in grp.completions], [c.token_ids for c in completions],
                  [c.logprobs for c in completions], [0.0] * len(completions),
-                 [c.finish_reason == "length" for c in completions], pad_id=0)
+                 [c.finish_reason == "length" for c in completions], pad_id=0, routes=[c.routes for c in completions])
     rewards = torch.tensor(collected.totals)
     if algo.kl_in_reward and algo.kl_coef > 0:
         rewards = rewards - algo.kl_coef * torch.tensor(run.policy.sequence_kl(batch))

@@ -419,9 +419,9 @@ def plot_expert_load(metrics: pd.DataFrame, ax=None):
         a.set(title=f"layer {layer} (uniform = 1/{table.shape[1]})", xlabel="step", ylabel="expert")
         a.set_yticks(range(table.shape[1]), [str(e) for e in table.columns])
     fig.colorbar(image, ax=axes, label="share of routed tokens", shrink=0.8)
-    if "moe/load/max_over_mean" in metrics:
+    if "moe/max_load_ratio" in metrics:
         fig.suptitle("expert load; max/mean last step "
-                     f"{metrics['moe/load/max_over_mean'].dropna().iloc[-1]:.2f}", fontsize=10)
+                     f"{metrics['moe/max_load_ratio'].dropna().iloc[-1]:.2f}", fontsize=10)
     return fig
 
 

@@ -191,7 +191,7 @@ class PolicyWorker:
         object store, and their bytes: rank 0's; the other ranks take part in gathering them and
         return none. The gathered state dict is read bucket by bucket, so the object store holds the
         only copy of the whole model."""
-        weights = self.trainer.full_state_dict()
+        weights = {**self.trainer.full_state_dict(), **self.trainer.routing_bias_for_engines()}
         refs, bucket, size, total = [], {}, 0, 0
         for name in list(weights):
             tensor = weights.pop(name).detach()

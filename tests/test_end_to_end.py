@@ -55,7 +55,7 @@ def test_train_writes_the_run_directory_contract_and_resumes(tmp_path):
     assert offline, "wandb wrote no offline run"
     # The run's record log holds every logged key (protobuf strings) and the sampled-trace table.
     log = offline[0].read_bytes()
-    for key in (b"reward/mean", b"reward/math_accuracy/mean", b"loss", b"moe/load/max_over_mean", b"traces"):
+    for key in (b"reward/mean", b"reward/math_accuracy/mean", b"loss", b"moe/max_load_ratio", b"traces"):
         assert key in log, key
 
     # The trace notebook runs headless against this run and draws its figures.

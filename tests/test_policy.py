@@ -4,10 +4,10 @@ micro-batches that change nothing but memory, chunked log-probs, the learning-ra
 import pytest
 import torch
 
-from rlwhf.config import AlgoConfig, TrainConfig
+from rlwhf.config import AlgoConfig, MoEConfig, TrainConfig
 from rlwhf.train.batch import micro_batches, pack
 from rlwhf.train.logprobs import token_logprobs
-from rlwhf.train.policy import ExpertLoad, PolicyTrainer, lr_multiplier
+from rlwhf.train.policy import PolicyTrainer, lr_multiplier
 
 
 def batch_of(n_completions=4, advantages=None):
@@ -17,13 +17,13 @@ def batch_of(n_completions=4, advantages=None):
     return pack(prompts, completions, [[0.0] * 3] * n_completions, advantages, [False] * n_completions, pad_id=0)
 
 
-def trainer(path, **train):
+def trainer(path, moe=None, **train):
     return PolicyTrainer(path, AlgoConfig(), TrainConfig(learning_rate=1e-2, warmup_steps=0, **train),
-                         temperature=1.0, max_new_tokens=8)
+                         temperature=1.0, max_new_tokens=8, moe=moe)
 
 
 def test_freeze_router_keeps_every_router_and_trains_the_rest(tiny_model):
-    policy = trainer(tiny_model, freeze_router=True)
+    policy = trainer(tiny_model, MoEConfig(freeze_router=True))
     before = policy.state_dict()
     policy.train_on(batch_of())
     after = policy.state_dict()
@@ -41,16 +41,17 @@ def test_freeze_router_keeps_every_router_and_trains_the_rest(tiny_model):
 def test_expert_load_counts_top_k_routes_on_completion_positions_only(tiny_model):
     policy = trainer(tiny_model)
     batch = batch_of(2)
-    load = ExpertLoad(policy.model)
-    with torch.no_grad():
-        load.measure(lambda: token_logprobs(policy.model, batch.input_ids, batch.attention_mask, 1.0), batch.mask)
+    routes = {}
+    policy.score(policy.model, batch, routes)
+    own = routes["own"]  # [2 completions, L-1 positions, 4 layers, top-2]
+    assert own.shape == (2, batch.mask.shape[1], 4, 2)
     # 2 completions x 3 tokens, each routed to its top-2 of 8 experts, in each of 4 layers.
-    assert [int(c.sum()) for c in load.counts] == [2 * 3 * 2] * 4
-    metrics = load.metrics()
+    assert int((own[batch.mask.bool()] >= 0).sum()) == 2 * 3 * 4 * 2
+    metrics = policy.train_on(batch)  # reported by every update
     for layer in range(4):
         assert abs(sum(metrics[f"moe/load/L{layer}/E{e}"] for e in range(8)) - 1.0) < 1e-6
-    assert 1.0 <= metrics["moe/load/max_over_mean"] <= 8.0
-    assert "moe/load/L0/E0" in policy.train_on(batch)  # reported by every update
+    assert 1.0 <= metrics["moe/max_load_ratio"] <= 8.0 and 0.0 <= metrics["moe/min_load_ratio"] <= 1.0
+    assert 0.0 < metrics["moe/router_entropy"] <= float(torch.log(torch.tensor(8.0)))
 
 
 def test_dr_grpo_normaliser_is_the_generation_budget_not_the_padded_width(tiny_model):

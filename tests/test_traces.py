@@ -76,7 +76,7 @@ def test_html_escapes_text_and_highlights_the_answer_by_correctness():
 def test_expert_load_reads_the_moe_load_keys(tmp_path):
     lines = []
     for step in (1, 2, 3):
-        row = {"step": step, "reward/mean": 0.5, "moe/load/max_over_mean": 1.0 + step / 10}
+        row = {"step": step, "reward/mean": 0.5, "moe/max_load_ratio": 1.0 + step / 10}
         for layer in (0, 1):
             for expert in range(4):
                 row[f"moe/load/L{layer}/E{expert}"] = [0.4, 0.3, 0.2, 0.1][expert] if layer else 0.25

@@ -43,7 +43,7 @@ def test_variant_recipe_runs_and_updates(variant, runs_dir):
     assert any(m["grad_norm"] > 0 for m in metrics), "no variant step had a gradient"
     for key in ("clip_fraction_low", "clip_fraction_high", "ratio_mean", "ratio_max", "approx_kl", "entropy",
                 "advantage/std", "groups/zero_variance_frac", "rollout/logp_diff_abs_mean",
-                "tokens_per_s/rollout", "tokens_per_s/train", "moe/load/max_over_mean"):
+                "tokens_per_s/rollout", "tokens_per_s/train", "moe/max_load_ratio"):
         assert key in metrics[0], key
     # Expert load: every layer's shares over its 8 experts sum to one.
     for layer in range(4):

@@ -1,4 +1,4 @@
-"""Build a tiny Qwen3-MoE policy and a character-level tokenizer locally, in HF format.
+"""Build a tiny MoE policy (Qwen3-MoE or DeepSeek-V3) and a character-level tokenizer locally, in HF format.
 
 Nothing is downloaded: the tokenizer's vocabulary is the printable ASCII characters plus the
 reasoning tags as single tokens, and the model is randomly initialised from a config. The result
@@ -17,8 +17,11 @@ from rlwhf.models.tokenizer import build_tokenizer
 
 
 class TinyMoEConfig(BaseModel):
-    """Shape of the locally built Qwen3-MoE policy."""
+    """Shape of the locally built MoE policy."""
 
+    arch: Literal["qwen3_moe", "deepseek_v3"] = Field(
+        "qwen3_moe", description="'qwen3_moe': softmax top-k routing, grouped-query attention; 'deepseek_v3': "
+        "a shared expert, sigmoid routing with a per-expert correction bias, multi-head latent attention (MLA).")
     hidden_size: int = Field(128, description="Model width.")
     num_layers: int = Field(4, description="Decoder layers; every one is sparse (MoE).")
     num_heads: int = Field(4, description="Attention query heads.")
@@ -28,14 +31,39 @@ class TinyMoEConfig(BaseModel):
     experts_per_token: int = Field(2, description="Experts each token is routed to (top-k).")
     expert_hidden_size: int = Field(128, description="Hidden width of one expert's MLP.")
     max_position_embeddings: int = Field(512, description="Longest sequence the model accepts.")
+    shared_experts: int = Field(1, description="deepseek_v3: experts every token passes through.")
+    kv_lora_rank: int = Field(512, description="deepseek_v3: width of MLA's compressed key/value latent. vLLM's CPU "
+                              "MLA kernel is built only for kv_lora_rank + qk_rope_head_dim = 576.")
+    qk_rope_head_dim: int = Field(64, description="deepseek_v3: the rotary part of each query/key head.")
+    qk_nope_head_dim: int = Field(32, description="deepseek_v3: the non-rotary part of each query/key head.")
+    v_head_dim: int = Field(32, description="deepseek_v3: width of each value head.")
     chat_format: Literal["plain", "chatml"] = Field("plain", description="The tokenizer's chat template: 'plain' "
                                                     "(a prompt renders as itself) or 'chatml' (Qwen-style turns).")
 
 
 def hf_config(config: TinyMoEConfig, vocab_size: int, tokenizer=None):
-    """The ``Qwen3MoeConfig`` of the tiny model of this shape."""
-    from transformers import Qwen3MoeConfig
+    """The ``Qwen3MoeConfig`` or ``DeepseekV3Config`` of the tiny model of this shape."""
+    from transformers import DeepseekV3Config, Qwen3MoeConfig
 
+    tokens = dict(pad_token_id=tokenizer.pad_token_id if tokenizer else 0,
+                  bos_token_id=tokenizer.bos_token_id if tokenizer else 1,
+                  eos_token_id=tokenizer.eos_token_id if tokenizer else 2)
+    if config.arch == "deepseek_v3":
+        out = DeepseekV3Config(
+            vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+            intermediate_size=config.expert_hidden_size * config.experts_per_token,
+            moe_intermediate_size=config.expert_hidden_size, num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_heads, n_shared_experts=config.shared_experts,
+            n_routed_experts=config.num_experts, num_experts_per_tok=config.experts_per_token,
+            routed_scaling_factor=1.0, n_group=1, topk_group=1, norm_topk_prob=True, first_k_dense_replace=0,
+            kv_lora_rank=config.kv_lora_rank, q_lora_rank=None, qk_rope_head_dim=config.qk_rope_head_dim,
+            qk_nope_head_dim=config.qk_nope_head_dim, v_head_dim=config.v_head_dim,
+            max_position_embeddings=config.max_position_embeddings, tie_word_embeddings=False,
+            torch_dtype="float32", **tokens)
+        # What vLLM's DeepSeek model reads to give the gate its correction bias and sigmoid scores
+        # (transformers' config has no such fields; DeepSeek-V3's own config.json does).
+        out.topk_method, out.scoring_func = "noaux_tc", "sigmoid"
+        return out
     return Qwen3MoeConfig(
         vocab_size=vocab_size,
         hidden_size=config.hidden_size,
@@ -51,19 +79,17 @@ def hf_config(config: TinyMoEConfig, vocab_size: int, tokenizer=None):
         norm_topk_prob=True,
         max_position_embeddings=config.max_position_embeddings,
         tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id if tokenizer else 0,
-        bos_token_id=tokenizer.bos_token_id if tokenizer else 1,
-        eos_token_id=tokenizer.eos_token_id if tokenizer else 2,
         torch_dtype="float32",
+        **tokens,
     )
 
 
 def build_model(config: TinyMoEConfig, vocab_size: int, tokenizer=None, seed: int = 0):
-    """A randomly initialised ``Qwen3MoeForCausalLM`` of the given shape."""
-    from transformers import Qwen3MoeForCausalLM
+    """A randomly initialised model of the given architecture and shape."""
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return Qwen3MoeForCausalLM(hf_config(config, vocab_size, tokenizer))
+    return AutoModelForCausalLM.from_config(hf_config(config, vocab_size, tokenizer))
 
 
 def build_tiny_moe(out_dir: str | Path, config: TinyMoEConfig | None = None, seed: int = 0) -> Path:

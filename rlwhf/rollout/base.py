@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
 
@@ -46,6 +47,9 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float]  # log-prob of each sampled token under the engine's sampling distribution
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (truncated)
+    # [prompt + completion - 1, layers, k] int16: the experts each input position was routed to in each
+    # MoE layer while sampling (-1 where unknown); None when the engine does not record them.
+    routes: np.ndarray | None = None
 
 
 @dataclass
@@ -62,6 +66,11 @@ Prompt = str | list[int]
 # New weights as the trainer holds them (its parameter names and in-memory layout): a whole state
 # dict, or an iterable of partial ones (buckets) that the engine reads one at a time.
 WeightBuckets = dict[str, torch.Tensor] | Iterable[dict[str, torch.Tensor]]
+
+
+# The entry of a weight update that carries the MoE selection bias ``[layers, experts]`` (rlwhf's own,
+# for models whose checkpoint has no place for one: see ``rlwhf.train.routing``); not a model weight.
+ROUTING_BIAS_KEY = "rlwhf.routing_bias"
 
 
 def as_buckets(weights: WeightBuckets) -> Iterable[dict[str, torch.Tensor]]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from rlwhf.rollout.base import Completion, Group, Prompt, SamplingSettings, WeightBuckets, as_buckets
+from rlwhf.rollout.base import ROUTING_BIAS_KEY, Completion, Group, Prompt, SamplingSettings, WeightBuckets, as_buckets
+from rlwhf.train.routing import ROUTING_BIAS_FILE, Routing
 
 
 class HFEngine:
@@ -15,6 +18,9 @@ class HFEngine:
         self.tokenizer.padding_side = "left"
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
         self.model.config.output_router_logits = False
+        self.routing = Routing(self.model)  # selects with the trainer's balancing bias, when it has one
+        if (Path(model_path) / ROUTING_BIAS_FILE).is_file():
+            self.routing.set_bias(torch.load(Path(model_path) / ROUTING_BIAS_FILE))
         self.seed = seed
         self.batch_size = batch_size
 
@@ -62,6 +68,9 @@ class HFEngine:
     def update_weights(self, weights: WeightBuckets) -> None:
         missing = set(self.model.state_dict())
         for bucket in as_buckets(weights):
+            bucket = dict(bucket)
+            if ROUTING_BIAS_KEY in bucket:
+                self.routing.set_bias(bucket.pop(ROUTING_BIAS_KEY))
             self.model.load_state_dict(bucket, strict=False)
             missing -= set(bucket)
         if missing:

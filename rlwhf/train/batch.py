@@ -21,12 +21,19 @@ class RolloutBatch:
     rollout_logp: torch.Tensor  # [N, L-1] log-probs reported by the rollout engine
     advantages: torch.Tensor  # [N]
     truncated: torch.Tensor  # [N] bool
+    # [N, L-1, layers, k] int16: the experts the rollout engine routed input position t to in each MoE
+    # layer (-1 where it did not say); None when the engine recorded no routes.
+    routes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def _map(self, fn) -> RolloutBatch:
+        return RolloutBatch(*(None if getattr(self, f) is None else fn(f, getattr(self, f))
+                              for f in self.__dataclass_fields__))
+
     def select(self, index) -> RolloutBatch:
-        return RolloutBatch(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+        return self._map(lambda _, x: x[index])
 
     @property
     def lengths(self) -> list[int]:
@@ -36,12 +43,12 @@ class RolloutBatch:
     def trimmed(self) -> RolloutBatch:
         """The same batch without the padding columns that no sequence of it reaches."""
         width = max(1, int(self.attention_mask.sum(-1).max()))
-        cut = {"input_ids": width, "attention_mask": width, "mask": width - 1, "rollout_logp": width - 1}
-        return RolloutBatch(*(getattr(self, f)[:, :cut[f]] if f in cut else getattr(self, f)
-                              for f in self.__dataclass_fields__))
+        cut = {"input_ids": width, "attention_mask": width, "mask": width - 1, "rollout_logp": width - 1,
+               "routes": width - 1}
+        return self._map(lambda f, x: x[:, :cut[f]] if f in cut else x)
 
     def to(self, device) -> RolloutBatch:
-        return RolloutBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        return self._map(lambda _, x: x.to(device))
 
 
 def micro_batches(lengths: list[int], budget_tokens: int) -> list[list[int]]:
@@ -61,7 +68,9 @@ def micro_batches(lengths: list[int], budget_tokens: int) -> list[list[int]]:
 
 
 def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], rollout_logps: list[list[float]],
-         advantages: list[float], truncated: list[bool], pad_id: int) -> RolloutBatch:
+         advantages: list[float], truncated: list[bool], pad_id: int, routes: list | None = None) -> RolloutBatch:
+    """``routes``: per sequence, the engine's ``[positions, layers, k]`` experts for its first positions
+    (``Completion.routes``), or None for every sequence when the engine recorded none."""
     n = len(prompt_ids)
     length = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids))
     input_ids = torch.full((n, length), pad_id, dtype=torch.long)
@@ -75,5 +84,11 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], rollout_l
         start = len(p) - 1  # logits at position len(p)-1 predict the first completion token
         mask[i, start : start + len(c)] = 1.0
         rollout_logp[i, start : start + len(c)] = torch.tensor(lp, dtype=torch.float32)
+    routed = None
+    if routes is not None and all(r is not None for r in routes):
+        routed = torch.full((n, length - 1, *routes[0].shape[1:]), -1, dtype=torch.int16)
+        for i, r in enumerate(routes):
+            r = torch.as_tensor(r[:length - 1], dtype=torch.int16)
+            routed[i, :len(r)] = r
     return RolloutBatch(input_ids, attention, mask, rollout_logp,
-                        torch.tensor(advantages, dtype=torch.float32), torch.tensor(truncated))
+                        torch.tensor(advantages, dtype=torch.float32), torch.tensor(truncated), routed)

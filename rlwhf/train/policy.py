@@ -31,12 +31,23 @@ from rlwhf.algo import (
     policy_loss,
     truncated_is_weights,
 )
+from rlwhf.rollout.base import ROUTING_BIAS_KEY
 from rlwhf.train import distributed
 from rlwhf.train.batch import RolloutBatch
 from rlwhf.train.logprobs import token_logprobs
+from rlwhf.train.routing import (
+    NO_MOE_CONTROLS,
+    ROUTING_BIAS_FILE,
+    Routing,
+    agreement,
+    aux_free_update,
+    count_experts,
+    freeze_routers,
+    load_ratios,
+)
 
 if TYPE_CHECKING:  # the trainer reads attributes only, so it runs where pydantic is not installed
-    from rlwhf.config import AlgoConfig, TrainConfig
+    from rlwhf.config import AlgoConfig, MoEConfig, TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,47 +70,6 @@ def lr_multiplier(step: int, warmup: int, total: int, schedule: str, min_ratio: 
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     shape = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return min_ratio + (1.0 - min_ratio) * shape
-
-
-class ExpertLoad:
-    """Counts how often each routed expert is among a token's top-k, per MoE layer, while active.
-
-    Hooks every router whose forward returns ``(..., top_k_indices)`` (Qwen3-MoE's ``mlp.gate``) and
-    counts only the positions ``mask`` selects: the ones that produced completion tokens.
-    """
-
-    def __init__(self, model):
-        self.routers = [m for name, m in model.named_modules()
-                        if name.endswith("mlp.gate") and hasattr(m, "num_experts") and hasattr(m, "top_k")]
-        self.counts = [torch.zeros(m.num_experts) for m in self.routers]
-        self._positions: torch.Tensor | None = None
-
-    def _hook(self, layer: int):
-        def hook(module, inputs, output):
-            chosen = output[-1].reshape(-1, module.top_k)[self._positions.to(output[-1].device)]
-            self.counts[layer] += torch.bincount(chosen.flatten(), minlength=module.num_experts).float().cpu()
-        return hook
-
-    def measure(self, fn, mask: torch.Tensor):
-        """Run ``fn()`` counting routes at ``mask [N, L-1]`` positions; returns ``fn()``'s result."""
-        self._positions = torch.nn.functional.pad(mask, (0, 1)).flatten().bool()
-        handles = [r.register_forward_hook(self._hook(i)) for i, r in enumerate(self.routers)]
-        try:
-            return fn()
-        finally:
-            for h in handles:
-                h.remove()
-
-    def metrics(self) -> dict[str, float]:
-        """``moe/load/L{layer}/E{expert}`` (each layer's shares sum to 1) and ``moe/load/max_over_mean``."""
-        out, imbalance = {}, []
-        for layer, counts in enumerate(self.counts):
-            share = counts / counts.sum().clamp(min=1)
-            out.update({f"moe/load/L{layer}/E{e}": float(v) for e, v in enumerate(share)})
-            imbalance.append(float(share.max() / share.mean().clamp(min=1e-12)))
-        if imbalance:
-            out["moe/load/max_over_mean"] = float(np.mean(imbalance))
-        return out
 
 
 def trainable_params(model):
@@ -133,9 +103,11 @@ def combine_micro_batch_metrics(parts: list[tuple[dict, float, float]]) -> dict[
 class PolicyTrainer:
     def __init__(self, model_path: str, algo: AlgoConfig, train: TrainConfig, *, temperature: float,
                  max_new_tokens: int, seed: int = 0, dtype: str = "float32", completions_per_step: int | None = None,
-                 mesh=None):
+                 mesh=None, moe: MoEConfig | None = None):
         """``mesh``: a 1-D device mesh over the policy's ranks (``rlwhf.train.distributed``) to shard
-        the policy over; None trains it whole in this process."""
+        the policy over; None trains it whole in this process. ``moe``: routing replay, balancing and
+        router controls (``rlwhf.config.MoEConfig``; None: its defaults)."""
+        moe = moe or NO_MOE_CONTROLS
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if train.threads:
@@ -158,10 +130,14 @@ class PolicyTrainer:
             self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.compute_dtype)
             self.reference.to(self.device).eval().requires_grad_(False)
             self.reference.config.output_router_logits = False
-        if train.freeze_router:
-            for name, param in self.model.named_parameters():
-                if name.endswith("mlp.gate.weight"):
-                    param.requires_grad_(False)
+        self.moe = moe
+        self.routing = Routing(self.model)
+        if moe.routing_replay != "none" or moe.balance != "none":
+            self.routing.require_steerable(f"moe.routing_replay={moe.routing_replay}, moe.balance={moe.balance}")
+        if (Path(model_path) / ROUTING_BIAS_FILE).is_file():  # a checkpoint's aux-free selection bias
+            self.routing.set_bias(torch.load(Path(model_path) / ROUTING_BIAS_FILE))
+        if moe.freeze_router:
+            freeze_routers(self.model)
         self.mesh, self.rank, self.world, self.chunkable = mesh, 0, 1, True
         if mesh is not None:
             self.rank, self.world = mesh.get_local_rank(), mesh.size()
@@ -208,6 +184,13 @@ class PolicyTrainer:
         return {k: v.detach().to("cpu", self.compute_dtype if v.is_floating_point() else v.dtype, copy=True)
                 for k, v in self.full_state_dict().items()}
 
+    def routing_bias_for_engines(self) -> dict[str, torch.Tensor]:
+        """What a weight update carries besides the weights: the selection bias when it is rlwhf's own
+        (not a buffer of the model) and balancing moves it."""
+        if self.moe.balance == "aux_free" and self.routing.bias_is_external and len(self.routing):
+            return {ROUTING_BIAS_KEY: self.routing.bias}
+        return {}
+
     def refresh_reference(self) -> None:
         if self.reference is not None:
             self.reference.load_state_dict(self.model.state_dict())
@@ -227,28 +210,62 @@ class PolicyTrainer:
         if backward:
             (logp.sum() * 0.0).backward()
 
+    def _routing_pass(self, part: RolloutBatch, replay: torch.Tensor | None, losses: bool = False):
+        """The routing context of one micro-batch's pass (``rlwhf.train.routing``): record at its
+        completion positions, replay ``replay [rows, L-1, layers, k]`` (already cut to ``part``)."""
+        mask = torch.nn.functional.pad(part.mask, (0, 1))
+        if replay is not None:
+            replay = torch.nn.functional.pad(replay[:, :mask.shape[1] - 1].to(self.device), (0, 0, 0, 0, 0, 1),
+                                             value=-1)
+        return self.routing.pass_(mask, replay, losses)
+
+    def _own_routes(self, record, rows: int, width: int) -> torch.Tensor:
+        """The routers' own choices of a pass as ``[rows, width-1, layers, k]``."""
+        own = torch.stack([r.cpu() for r in record.own], dim=1).view(rows, width, len(self.routing), -1)
+        return own[:, :width - 1].to(torch.int16)
+
     @torch.no_grad()
-    def score(self, model, batch: RolloutBatch, load: ExpertLoad | None = None) -> torch.Tensor:
+    def score(self, model, batch: RolloutBatch, routes: dict | None = None, replay: torch.Tensor | None = None
+              ) -> torch.Tensor:
         """Log-probs ``[N, L-1]`` (on the CPU) of a whole batch under ``model``, micro-batch by
-        micro-batch; when sharded, each rank scores its share and the shares are summed."""
+        micro-batch; when sharded, each rank scores its share and the shares are summed. For the
+        policy, ``routes`` (a dict) receives its routers' own choices (``"own"``, ``[N, L-1, layers,
+        k]``) and summed entropy (``"entropy"``); ``replay`` is a selection to replay."""
         out = torch.zeros(batch.mask.shape)
+        tracked = routes is not None and len(self.routing) > 0
+        own = torch.full((*batch.mask.shape, len(self.routing), self.routing.top_k), -1, dtype=torch.int16) \
+            if tracked else None
+        entropy = torch.zeros(len(self.routing))
         for micro, widest in self._micro_batches(batch):
             if micro is None:
                 self._empty_pass(model, widest, backward=False)
                 continue
             part = batch.select(micro).trimmed().to(self.device)
-            if load is None:
+            if not tracked:
                 logp, _ = self._logprobs(model, part, widest=widest)
             else:
-                logp, _ = load.measure(lambda p=part, w=widest: self._logprobs(model, p, widest=w), part.mask)
+                with self._routing_pass(part, None if replay is None else replay[micro]) as record:
+                    logp, _ = self._logprobs(model, part, widest=widest)
+                width = part.input_ids.shape[1]
+                own[micro, :width - 1] = self._own_routes(record, len(micro), width)
+                entropy += torch.tensor(record.entropy)
             out[micro, :logp.shape[1]] = logp.float().cpu()
+        if tracked:  # each rank filled its own rows; the others hold -1 there
+            routes["own"] = (distributed.all_reduce_sum((own + 1).int()) - 1).to(torch.int16)
+            routes["entropy"] = distributed.all_reduce_sum(entropy)
         return distributed.all_reduce_sum(out)
 
     def train_on(self, batch: RolloutBatch) -> dict[str, float]:
         """``ppo_epochs`` passes of minibatch updates over one step's rollouts; returns mean metrics."""
-        load = ExpertLoad(self.model)
+        moe = self.moe
+        if moe.routing_replay == "rollout" and batch.routes is None:
+            raise ValueError("moe.routing_replay 'rollout': the rollout engine recorded no routes (it needs "
+                             "rollout.engine vllm and moe.rollout_routing true)")
         self.model.eval()
-        old_logp = self.score(self.model, batch, load)
+        routes: dict = {}
+        rollout_replay = batch.routes if moe.routing_replay == "rollout" else None
+        old_logp = self.score(self.model, batch, routes, replay=rollout_replay)
+        replay = {"none": None, "trainer": routes.get("own"), "rollout": rollout_replay}[moe.routing_replay]
         ref_logp = self.score(self.reference, batch) if self.reference is not None else None
         self.model.train()
         metrics: dict[str, list[float]] = {}
@@ -263,7 +280,8 @@ class PolicyTrainer:
             for start in range(0, len(batch), size):
                 idx = order[start:start + size]
                 stats = self._update(batch.select(idx), old_logp[idx], None if ref_logp is None else ref_logp[idx],
-                                     mask[idx], None if is_weights is None else is_weights[idx])
+                                     mask[idx], None if is_weights is None else is_weights[idx],
+                                     None if replay is None else replay[idx])
                 for key, value in stats.items():
                     metrics.setdefault(key, []).append(float(value))
         self.step += 1
@@ -271,16 +289,47 @@ class PolicyTrainer:
             self.refresh_reference()
         out = {k: float(np.mean(v)) for k, v in metrics.items()}
         out["lr"] = self.scheduler.get_last_lr()[0]
-        for counts in load.counts:
-            distributed.all_reduce_sum(counts)
-        out.update(load.metrics())
+        if "own" in routes:
+            out.update(self._routing_metrics(batch, routes))
         return out
 
-    def _update(self, minibatch: RolloutBatch, old_logp, ref_logp, mask, is_weights) -> dict[str, float]:
+    def _routing_metrics(self, batch: RolloutBatch, routes: dict) -> dict[str, float]:
+        """The step's MoE telemetry, over its completion tokens: each side's expert load (the
+        trainer's from its old-log-prob pass, the rollout engine's from the routes it recorded), the
+        busiest and idlest expert over the mean, router entropy, and how often both sides chose the
+        same top-k set."""
+        completion = batch.mask.bool()
+        own = routes["own"][completion]  # [tokens, layers, k]
+        counts = count_experts(own, self.routing.num_experts)
+        out = {}
+        for layer, row in enumerate(counts / counts.sum(-1, keepdim=True).clamp(min=1)):
+            out.update({f"moe/load/L{layer}/E{e}": float(v) for e, v in enumerate(row)})
+        high, low = load_ratios(counts)
+        out["moe/max_load_ratio"], out["moe/min_load_ratio"] = float(high.mean()), float(low.mean())
+        out["moe/router_entropy"] = float(routes["entropy"].sum() / max(1, len(own) * len(self.routing)))
+        if self.moe.balance == "aux_free":
+            out["moe/bias_abs_mean"] = float(self.routing.bias.abs().mean())
+        if batch.routes is not None:
+            theirs = batch.routes[completion]
+            counts = count_experts(theirs, self.routing.num_experts)
+            for layer, row in enumerate(counts / counts.sum(-1, keepdim=True).clamp(min=1)):
+                out.update({f"moe/rollout_load/L{layer}/E{e}": float(v) for e, v in enumerate(row)})
+            high, low = load_ratios(counts)
+            out["moe/rollout_max_load_ratio"], out["moe/rollout_min_load_ratio"] = float(high.mean()), float(low.mean())
+            agree = agreement(own, theirs)
+            out["moe/routing_agreement"] = float(agree.mean())
+            out.update({f"moe/routing_agreement/L{layer}": float(v) for layer, v in enumerate(agree)})
+        return out
+
+    def _update(self, minibatch: RolloutBatch, old_logp, ref_logp, mask, is_weights, replay=None) -> dict[str, float]:
         """One optimizer step on a minibatch: gradients accumulated over its micro-batches, each loss
         divided by the whole minibatch's tokens or completions (``normaliser``)."""
         algo = self.algo
+        moe = self.moe
         denominator = normaliser(mask, algo.loss_agg)
+        completion_tokens = float(mask.bool().sum()) or 1.0
+        router_losses = len(self.routing) > 0 and (moe.z_loss_coef > 0 or moe.balance == "aux_loss")
+        counts = torch.zeros(len(self.routing), self.routing.num_experts)
         self.optimizer.zero_grad(set_to_none=True)
         parts = []
         for micro, widest in self._micro_batches(minibatch):
@@ -293,17 +342,23 @@ class PolicyTrainer:
             def cut(x, micro=micro, width=width):
                 return None if x is None else x[micro, :width].to(self.device)
 
-            logp, entropy = self._logprobs(self.model, part, with_entropy=True, widest=widest)
-            part_mask = cut(mask)
-            loss, stats = policy_loss(
-                logp, cut(old_logp), part.advantages, part_mask,
-                clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
-                ratio_level=algo.ratio_level, aggregation=algo.loss_agg, norm_constant=float(self.max_new_tokens),
-                ref_logp=None if algo.kl_in_reward else cut(ref_logp),
-                kl_coef=0.0 if algo.kl_in_reward else algo.kl_coef, kl_estimator=algo.kl_estimator,
-                entropy=entropy, entropy_coef=algo.entropy_coef, is_weights=cut(is_weights),
-                denominator=denominator)
-            loss.backward()
+            routing = self._routing_pass(part, None if replay is None else replay[micro], router_losses) \
+                if len(self.routing) else contextlib.nullcontext()
+            with routing as record:
+                logp, entropy = self._logprobs(self.model, part, with_entropy=True, widest=widest)
+                part_mask = cut(mask)
+                loss, stats = self._loss(logp, cut, old_logp, ref_logp, is_weights, part, part_mask, entropy,
+                                         denominator)
+                if record is not None and record.losses:  # per layer (z, aux), each a mean over the part's tokens
+                    z, aux = torch.stack(record.losses).mean(0)
+                    share = float(part_mask.bool().sum()) / completion_tokens  # of the minibatch's tokens
+                    loss = loss + share * (moe.z_loss_coef * z + (moe.aux_loss_coef * aux if moe.balance == "aux_loss"
+                                                                  else 0.0))
+                    stats["moe/z_loss"], stats["moe/aux_loss"] = float(z.detach()), float(aux.detach())
+                loss.backward()
+            if record is not None and moe.balance == "aux_free":
+                own = self._own_routes(record, len(micro), width + 1)[part_mask.bool().cpu()]
+                counts += count_experts(own, self.routing.num_experts)
             stats["loss"] = float(loss.detach())
             parts.append((stats, float(part_mask.sum()), float(part_mask.bool().any(-1).sum())))
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable_params(self.model), self.train_cfg.max_grad_norm)
@@ -311,8 +366,22 @@ class PolicyTrainer:
             grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.scheduler.step()
+        if moe.balance == "aux_free" and len(self.routing):
+            self.routing.set_bias(aux_free_update(self.routing.bias, distributed.all_reduce_sum(counts),
+                                                  moe.bias_update_rate))
         parts = [p for rank_parts in distributed.all_objects(parts) for p in rank_parts]
         return {**combine_micro_batch_metrics(parts), "grad_norm": float(grad_norm)}
+
+    def _loss(self, logp, cut, old_logp, ref_logp, is_weights, part, part_mask, entropy, denominator):
+        algo = self.algo
+        return policy_loss(
+            logp, cut(old_logp), part.advantages, part_mask,
+            clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
+            ratio_level=algo.ratio_level, aggregation=algo.loss_agg, norm_constant=float(self.max_new_tokens),
+            ref_logp=None if algo.kl_in_reward else cut(ref_logp),
+            kl_coef=0.0 if algo.kl_in_reward else algo.kl_coef, kl_estimator=algo.kl_estimator,
+            entropy=entropy, entropy_coef=algo.entropy_coef, is_weights=cut(is_weights),
+            denominator=denominator)
 
     def sequence_kl(self, batch: RolloutBatch) -> list[float]:
         """Summed per-token KL estimate to the reference, per completion (``algo.kl_in_reward``)."""
@@ -352,7 +421,10 @@ class PolicyTrainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save({"optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "reference": reference,
-                    "rng": rng, "step": self.step}, tmp / "trainer_state.pt")
+                    "rng": rng, "step": self.step, "routing_bias": self.routing.bias if len(self.routing) else None},
+                   tmp / "trainer_state.pt")
+        if self.routing_bias_for_engines():  # the engines and the next trainer read it beside the weights
+            torch.save(self.routing.bias, tmp / ROUTING_BIAS_FILE)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         (tmp / "loop_state.json").write_text(json.dumps(extra_state or {}, indent=2))
@@ -380,3 +452,5 @@ class PolicyTrainer:
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         self.step = state["step"]
+        if state.get("routing_bias") is not None:
+            self.routing.set_bias(state["routing_bias"])

@@ -1,0 +1,200 @@
+"""MoE-aware RL on real tiny models: routers found by type, the routing rlwhf computes equals
+transformers', routing replay (R2, R3), auxiliary-loss-free balancing on both sides and across a
+resume, router losses, the rollout engine's routes recorded from vLLM, the DeepSeek-V3-style policy."""
+
+import json
+
+import pytest
+import torch
+
+from rlwhf.config import AlgoConfig, ConfigError, MoEConfig, TrainConfig, load_recipe
+from rlwhf.models.tiny import TinyMoEConfig, build_tiny_moe
+from rlwhf.rollout.base import ROUTING_BIAS_KEY, SamplingSettings
+from rlwhf.train.batch import pack
+from rlwhf.train.policy import PolicyTrainer
+from rlwhf.train.routing import ROUTING_BIAS_FILE, Routing, agreement, aux_free_update, find_routers
+
+PROMPTS = ["Compute 123+456.", "Compute 77*8.", "Compute 905-38."]
+
+
+@pytest.fixture(scope="module")
+def tiny_dsv3(tmp_path_factory):
+    return str(build_tiny_moe(tmp_path_factory.mktemp("dsv3"), TinyMoEConfig(arch="deepseek_v3")))
+
+
+def trainer(path, dtype="float32", **moe):
+    return PolicyTrainer(path, AlgoConfig(), TrainConfig(learning_rate=1e-3, warmup_steps=0, minibatch_size=12),
+                         temperature=1.0, max_new_tokens=16, dtype=dtype, moe=MoEConfig(**moe))
+
+
+def batch_from(groups):
+    completions = [c for g in groups for c in g.completions]
+    return pack([g.prompt_ids for g in groups for _ in g.completions], [c.token_ids for c in completions],
+                [c.logprobs for c in completions], [1.0, -1.0] * (len(completions) // 2),
+                [False] * len(completions), pad_id=0, routes=[c.routes for c in completions])
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
+def test_rlwhf_routing_computes_what_transformers_does(arch, tiny_model, tiny_dsv3):
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_model if arch == "qwen3_moe" else tiny_dsv3
+    ids = torch.tensor([[5, 9, 14, 22, 31, 40, 41]])
+    plain = AutoModelForCausalLM.from_pretrained(path)
+    steered = AutoModelForCausalLM.from_pretrained(path)
+    routing = Routing(steered)
+    assert len(routing) == 4 and routing.kinds == [{"qwen3_moe": "softmax", "deepseek_v3": "sigmoid"}[arch]] * 4
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, steered(ids).logits)
+
+
+def test_replay_takes_the_given_experts_and_gates_them_with_the_current_router(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    routing = Routing(model)
+    ids = torch.tensor([[5, 9, 14, 22]])
+    forced = torch.tensor([6, 7]).expand(1, 4, 4, 2)  # every position, every layer: experts 6 and 7
+    with routing.pass_(torch.ones(1, 4), replay=forced) as record:
+        logits = model(ids).logits
+    router = find_routers(model)[0][1]
+    selected = router(model.model.embed_tokens(ids))[2]  # outside a pass: its own choice
+    assert not (selected.sort(-1).values == torch.tensor([6, 7])).all()
+    assert record.own[0].shape == (4, 2)
+    logits.sum().backward()  # the router still learns under replay
+    assert router.weight.grad is not None and router.weight.grad[[6, 7]].abs().sum() > 0
+    # Renormalised over the chosen two, the gates depend on those two logits only (the rest is rounding).
+    assert router.weight.grad[[0, 1, 2, 3, 4, 5]].abs().sum() < 1e-4 * router.weight.grad[[6, 7]].abs().sum()
+
+
+def test_aux_free_update_moves_each_bias_against_its_load():
+    counts = torch.tensor([[10.0, 2.0, 4.0, 0.0]])  # mean load 4
+    assert torch.equal(aux_free_update(torch.zeros(1, 4), counts, 0.5), torch.tensor([[-0.5, 0.5, 0.0, 0.5]]))
+    a = torch.tensor([[[1, 2]], [[3, 4]], [[-1, -1]]])  # [rows, layers, k]
+    assert agreement(a, torch.tensor([[[2, 1]], [[3, 5]], [[0, 1]]])).tolist() == [0.5]  # sets, unknown left out
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    from rlwhf.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(tiny_model, record_routes=True, prefix_caching=False)
+
+
+def test_vllm_routes_are_recorded_and_the_trainer_agrees_with_them_in_float32(engine, tiny_model):
+    groups = engine.generate(PROMPTS, SamplingSettings(n=4, temperature=1.0, max_new_tokens=16, seed=3))
+    for group in groups:
+        for c in group.completions:
+            assert c.routes.shape == (len(group.prompt_ids) + len(c.token_ids) - 1, 4, 2)
+            assert (c.routes >= 0).all()  # every position fed to the model was computed (no prefix cache)
+    metrics = trainer(tiny_model).train_on(batch_from(groups))
+    assert metrics["moe/routing_agreement"] > 0.98  # the same float32 weights: ties are the only difference
+    assert abs(metrics["moe/rollout_max_load_ratio"] - metrics["moe/max_load_ratio"]) < 0.05
+    for layer in range(4):
+        assert abs(sum(metrics[f"moe/rollout_load/L{layer}/E{e}"] for e in range(8)) - 1) < 1e-6
+
+
+def test_the_engine_selects_with_the_trainers_bias_after_a_sync_and_a_resume_restores_it(engine, tiny_model,
+                                                                                         tmp_path):
+    policy = trainer(tiny_model, balance="aux_free", bias_update_rate=0.01)
+    bias = torch.zeros(4, 8)
+    bias[:, 3] = 5.0  # larger than any score difference: expert 3 is among every token's top-2
+    policy.routing.set_bias(bias)
+    weights = {**policy.full_state_dict(), **policy.routing_bias_for_engines()}
+    assert ROUTING_BIAS_KEY in weights
+    engine.update_weights([weights])  # the path of a weight sync
+    groups = engine.generate(PROMPTS, SamplingSettings(n=4, temperature=1.0, max_new_tokens=16, seed=3))
+    routes = [c.routes for g in groups for c in g.completions]
+    assert all((r == 3).any(-1).all() for r in routes)
+    metrics = policy.train_on(batch_from(groups))
+    assert metrics["moe/routing_agreement"] > 0.98  # the trainer selects with the same bias
+    # Expert 3 took every token: its bias went down by one step, the idle experts' up.
+    after = policy.routing.bias
+    assert torch.allclose(after[:, 3], torch.full((4,), 5.0 - 0.01))
+    assert (after[:, [0, 1, 2, 4, 5, 6, 7]] <= 0.01 + 1e-6).all() and after.max() > 4.0
+
+    policy.save(tmp_path / "ckpt")
+    assert torch.equal(torch.load(tmp_path / "ckpt" / ROUTING_BIAS_FILE), after)
+    resumed = trainer(str(tmp_path / "ckpt"), balance="aux_free", bias_update_rate=0.01)
+    assert torch.equal(resumed.routing.bias, after)  # read beside the weights
+    resumed.routing.set_bias(torch.zeros(4, 8))
+    resumed.load_trainer_state(tmp_path / "ckpt")
+    assert torch.equal(resumed.routing.bias, after)  # and from the trainer state
+    engine.update_weights([{**policy.full_state_dict(), ROUTING_BIAS_KEY: torch.zeros(4, 8)}])  # leave it as found
+
+
+def test_replay_makes_the_first_ratio_exactly_one_and_rollout_replay_lowers_the_mismatch(tiny_model):
+    """In bfloat16 vLLM and the trainer route some tokens differently; replaying the rollout's experts
+    (R3) brings the trainer's log-probs closer to the sampler's."""
+    from rlwhf.rollout.vllm_engine import VLLMEngine
+
+    sft = tiny_model
+    engine = VLLMEngine(sft, dtype="bfloat16", record_routes=True, prefix_caching=False)
+    groups = engine.generate(PROMPTS * 2, SamplingSettings(n=4, temperature=1.0, max_new_tokens=16, seed=5))
+    del engine
+    batch = batch_from(groups)
+    seen = {}
+    for mode in ("none", "trainer", "rollout"):
+        policy = PolicyTrainer(sft, AlgoConfig(), TrainConfig(learning_rate=1e-3, warmup_steps=0, minibatch_size=24),
+                               temperature=1.0, max_new_tokens=16, dtype="bfloat16",
+                               moe=MoEConfig(routing_replay=mode))
+        seen[mode] = policy.train_on(batch)
+        assert seen[mode]["ratio_max"] == 1.0 and seen[mode]["ratio_mean"] == 1.0, mode  # one minibatch, old weights
+    assert seen["none"]["moe/routing_agreement"] < 1.0  # bfloat16 routes some tokens elsewhere
+    assert seen["rollout"]["rollout/logp_diff_abs_mean"] < seen["none"]["rollout/logp_diff_abs_mean"]
+    assert seen["trainer"]["rollout/logp_diff_abs_mean"] == seen["none"]["rollout/logp_diff_abs_mean"]
+
+
+def test_router_losses_are_reported_and_reach_the_router(tiny_model):
+    batch = pack([[5, 6, 7]] * 4, [[8 + i, 9, 10 + i] for i in range(4)], [[0.0] * 3] * 4, [1.0, -1.0, 1.0, -1.0],
+                 [False] * 4, pad_id=0)
+    routers = {}
+    for name, moe in (("plain", {}), ("z", {"z_loss_coef": 1.0}), ("aux", {"balance": "aux_loss", "aux_loss_coef": 1.0})):
+        policy = trainer(tiny_model, **moe)
+        metrics = policy.train_on(batch)
+        routers[name] = find_routers(policy.model)[0][1].weight.detach().clone()
+        if name != "plain":
+            assert metrics["moe/z_loss"] > 0 and metrics["moe/aux_loss"] >= 1.0 - 1e-6  # E * sum(share * prob) >= 1
+    assert not torch.equal(routers["plain"], routers["z"]) and not torch.equal(routers["plain"], routers["aux"])
+
+
+def test_freeze_router_refuses_a_model_without_routers_and_the_old_key_says_where_it_went(tmp_path):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from rlwhf.models.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer("plain")
+    dense = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                         head_dim=16))
+    dense.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="moe.freeze_router: Qwen3ForCausalLM has no MoE router"):
+        trainer(str(tmp_path), freeze_router=True)
+    trainer(str(tmp_path))  # a dense model trains without MoE controls
+    with pytest.raises(ValueError, match="has no MoE router"):
+        trainer(str(tmp_path), balance="aux_free")
+    with pytest.raises(ConfigError, match="moe.freeze_router"):
+        load_recipe(None, ["train.freeze_router=true"])
+    with pytest.raises(ConfigError, match="rollout.engine vllm"):
+        load_recipe(None, ["moe.routing_replay=rollout", "rollout.engine=hf"])
+
+
+def test_deepseek_v3_tiny_runs_in_vllm_like_the_trainer(tiny_dsv3):
+    from rlwhf.rollout.vllm_engine import VLLMEngine
+
+    config = json.loads(open(f"{tiny_dsv3}/config.json").read())
+    assert config["topk_method"] == "noaux_tc" and config["kv_lora_rank"] + config["qk_rope_head_dim"] == 576
+    engine = VLLMEngine(tiny_dsv3, record_routes=True, prefix_caching=False)
+    groups = engine.generate(PROMPTS, SamplingSettings(n=2, temperature=1.0, max_new_tokens=12, seed=1))
+    policy = trainer(tiny_dsv3, balance="aux_free", bias_update_rate=0.01)
+    metrics = policy.train_on(batch_from(groups))
+    assert metrics["rollout/logp_diff_abs_mean"] < 0.01  # MLA on vLLM's CPU kernel vs transformers' eager MLA
+    assert metrics["moe/routing_agreement"] > 0.95
+    bias = policy.routing.bias  # DeepSeek-V3's own e_score_correction_bias moved
+    assert bias.abs().sum() > 0 and not policy.routing.bias_is_external
+    state = policy.full_state_dict()
+    assert torch.equal(state["model.layers.0.mlp.gate.e_score_correction_bias"], bias[0])
+    engine.update_weights(state)  # the bias travels as the model's own weight
+    again = engine.generate(PROMPTS, SamplingSettings(n=2, temperature=1.0, max_new_tokens=12, seed=1))
+    assert policy.train_on(batch_from(again))["moe/routing_agreement"] > 0.95
