@@ -278,7 +278,10 @@ def _inspect_summary(console, run_dir: Path, every: int) -> None:
     if "response_length/truncated_frac" in rows:
         table.add_row("truncated fraction (first → last)", pair("response_length/truncated_frac", ".2f"))
     if "moe/max_load_ratio" in rows:
-        table.add_row("expert load max/mean (first → last)", pair("moe/max_load_ratio", ".2f"))
+        table.add_row("expert load busiest/mean (first → last)", pair("moe/max_load_ratio", ".2f"))
+        table.add_row("expert load idlest/mean (first → last)", pair("moe/min_load_ratio", ".2f"))
+    if "moe/routing_agreement" in rows:
+        table.add_row("trainer/rollout routing agreement (first → last)", pair("moe/routing_agreement", ".3f"))
     wall = summary.get("wall_seconds")
     table.add_row("wall time", f"{float(wall):.1f} s" if wall is not None else
                   f"{rows['time/step'].sum():.1f} s in steps" if "time/step" in rows else "—")

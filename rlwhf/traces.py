@@ -28,6 +28,7 @@ __all__ = [
     "accuracy_column", "failures", "group", "prompt_history", "expert_load", "answer_span",
     "render_trace_html", "render_group_html", "plot_curves", "plot_length_vs_reward",
     "plot_advantages", "plot_expert_load", "plot_group", "plot_compare", "NO_EXPERT_LOAD",
+    "routing_agreement", "plot_routing",
 ]
 
 NO_EXPERT_LOAD = "this run recorded no expert load"
@@ -171,14 +172,17 @@ def prompt_history(df: pd.DataFrame, prompt: str) -> pd.DataFrame:
     return rows.sort_values(["step", "sample_index"], kind="stable").reset_index(drop=True)
 
 
-_LOAD_KEY = re.compile(r"^moe/load/L(\d+)/E(\d+)$")
+_LOAD_KEY = {side: re.compile(rf"^moe/{side}/L(\d+)/E(\d+)$") for side in ("load", "rollout_load")}
+_AGREEMENT_KEY = re.compile(r"^moe/routing_agreement/L(\d+)$")
 
 
-def expert_load(metrics: pd.DataFrame) -> pd.DataFrame | None:
+def expert_load(metrics: pd.DataFrame, side: str = "trainer") -> pd.DataFrame | None:
     """MoE routing load per step: index ``step``, columns ``(layer, expert)`` (a MultiIndex), values the
-    fraction of that layer's routed token slots sent to that expert (each layer's row sums to 1).
-    ``None`` when the run recorded no ``moe/load/L*/E*`` metrics."""
-    keys = {c: tuple(map(int, m.groups())) for c in metrics.columns if (m := _LOAD_KEY.match(str(c)))}
+    fraction of that layer's routed token slots sent to that expert (each layer's row sums to 1), as
+    the trainer routed the step's completion tokens (``side="trainer"``) or as the rollout engine did
+    while sampling them (``side="rollout"``). ``None`` when the run recorded no such metrics."""
+    pattern = _LOAD_KEY["rollout_load" if side == "rollout" else "load"]
+    keys = {c: tuple(map(int, m.groups())) for c in metrics.columns if (m := pattern.match(str(c)))}
     if not keys:
         return None
     table = metrics[["step", *keys]].dropna(subset=list(keys), how="all")
@@ -186,6 +190,20 @@ def expert_load(metrics: pd.DataFrame) -> pd.DataFrame | None:
         return None
     table = table.drop_duplicates("step", keep="last").set_index("step").rename(columns=keys)
     table.columns = pd.MultiIndex.from_tuples(table.columns, names=["layer", "expert"])
+    return table.sort_index(axis=1).astype(float)
+
+
+def routing_agreement(metrics: pd.DataFrame) -> pd.DataFrame | None:
+    """Per step (index) and MoE layer (columns), the share of completion tokens whose top-k experts the
+    trainer and the rollout engine chose alike. ``None`` when the engine recorded no routes."""
+    keys = {c: int(m.group(1)) for c in metrics.columns if (m := _AGREEMENT_KEY.match(str(c)))}
+    if not keys:
+        return None
+    table = metrics[["step", *keys]].dropna(subset=list(keys), how="all")
+    if table.empty:
+        return None
+    table = table.drop_duplicates("step", keep="last").set_index("step").rename(columns=keys)
+    table.columns.name = "layer"
     return table.sort_index(axis=1).astype(float)
 
 
@@ -397,10 +415,11 @@ def plot_advantages(df: pd.DataFrame, ax=None, accuracy: str | None = None):
     return fig
 
 
-def plot_expert_load(metrics: pd.DataFrame, ax=None):
+def plot_expert_load(metrics: pd.DataFrame, ax=None, side: str = "trainer"):
     """Per-layer heat map of MoE routing load (x: step, y: expert, colour: share of the layer's
-    routed slots). A run without ``moe/load`` metrics gets a figure that says so."""
-    load_ = expert_load(metrics)
+    routed slots), on the trainer's side or the rollout engine's (``side``). A run without those
+    metrics gets a figure that says so."""
+    load_ = expert_load(metrics, side)
     if load_ is None:
         fig, (a,) = _axes(ax, figsize=(6, 1.2))
         a.axis("off")
@@ -419,9 +438,37 @@ def plot_expert_load(metrics: pd.DataFrame, ax=None):
         a.set(title=f"layer {layer} (uniform = 1/{table.shape[1]})", xlabel="step", ylabel="expert")
         a.set_yticks(range(table.shape[1]), [str(e) for e in table.columns])
     fig.colorbar(image, ax=axes, label="share of routed tokens", shrink=0.8)
-    if "moe/max_load_ratio" in metrics:
-        fig.suptitle("expert load; max/mean last step "
-                     f"{metrics['moe/max_load_ratio'].dropna().iloc[-1]:.2f}", fontsize=10)
+    ratio = "moe/rollout_max_load_ratio" if side == "rollout" else "moe/max_load_ratio"
+    if ratio in metrics:
+        fig.suptitle(f"{side} expert load; busiest/mean last step {metrics[ratio].dropna().iloc[-1]:.2f}", fontsize=10)
+    return fig
+
+
+def plot_routing(metrics: pd.DataFrame, ax=None):
+    """Two panels: the trainer/rollout routing agreement per layer over the steps, and the busiest
+    and idlest expert's load over the mean (``moe/max_load_ratio``, ``moe/min_load_ratio``) on each
+    side. A run without routing metrics gets a figure that says so."""
+    agree = routing_agreement(metrics)
+    ratios = [c for c in ("moe/max_load_ratio", "moe/min_load_ratio", "moe/rollout_max_load_ratio",
+                          "moe/rollout_min_load_ratio") if c in metrics]
+    if agree is None and not ratios:
+        fig, (a,) = _axes(ax, figsize=(6, 1.2))
+        a.axis("off")
+        a.text(0.5, 0.5, NO_EXPERT_LOAD, ha="center", va="center", fontsize=12, color="#666")
+        return fig
+    fig, (left, right) = _axes(ax, 2, figsize=(5.0, 3.5))
+    if agree is not None:
+        for layer in agree.columns:
+            left.plot(agree.index, agree[layer], label=f"layer {layer}")
+        left.legend(fontsize=8)
+    left.set(title="trainer/rollout routing agreement", xlabel="step", ylabel="tokens with the same top-k")
+    rows = metrics.dropna(subset=ratios, how="all") if ratios else metrics
+    for column in ratios:
+        right.plot(rows["step"], rows[column], label=column.removeprefix("moe/"),
+                   linestyle="--" if "rollout" in column else "-")
+    right.axhline(1.0, color="#999", linewidth=0.8)
+    right.set(title="expert load over the mean", xlabel="step", ylabel="load / mean load")
+    right.legend(fontsize=8)
     return fig
 
 

@@ -198,3 +198,43 @@ def test_deepseek_v3_tiny_runs_in_vllm_like_the_trainer(tiny_dsv3):
     engine.update_weights(state)  # the bias travels as the model's own weight
     again = engine.generate(PROMPTS, SamplingSettings(n=2, temperature=1.0, max_new_tokens=12, seed=1))
     assert policy.train_on(batch_from(again))["moe/routing_agreement"] > 0.95
+
+
+@pytest.mark.slow
+def test_the_whole_loop_balances_replays_and_resumes_with_the_engine_selecting_as_the_trainer(tmp_path):
+    """Through the CLI: aux-free balancing with rollout replay; after a resume the engine starts from
+    the checkpoint's bias (read beside its weights), so trainer and engine agree from the first step."""
+    from conftest import ROOT, SHORT, run_cli
+
+    run_dir = tmp_path / "runs" / "moe"
+    common = ["moe.balance=aux_free", "moe.routing_replay=rollout", "moe.bias_update_rate=0.01"]
+    run_cli("train", ROOT / "recipes" / "tiny-base.yaml", *SHORT, *common, "train.steps=2", "run.name=moe",
+            f"run.output_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    saved = torch.load(run_dir / "checkpoints" / "step_2" / ROUTING_BIAS_FILE)
+    assert saved.shape == (4, 8) and saved.abs().sum() > 0
+    run_cli("train", "--resume", str(run_dir), "train.steps=3", cwd=tmp_path)
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "moe/routing_agreement" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    assert all(m["moe/routing_agreement"] > 0.98 for m in steps)  # float32: both sides select alike
+    assert all(m["rollout/logp_diff_abs_mean"] < 1e-4 for m in steps)
+    assert steps[2]["moe/bias_abs_mean"] > steps[0]["moe/bias_abs_mean"]
+    resumed = torch.load(run_dir / "checkpoints" / "step_3" / "trainer_state.pt", weights_only=False)
+    assert not torch.equal(resumed["routing_bias"], saved)  # it went on moving from the saved bias
+
+
+@pytest.mark.slow
+def test_the_whole_loop_trains_the_deepseek_v3_tiny_with_aux_free_balancing(tmp_path):
+    from conftest import ROOT, SHORT, run_cli
+
+    run_dir = tmp_path / "runs" / "dsv3"
+    run_cli("train", ROOT / "recipes" / "tiny-base.yaml", *SHORT, "model.tiny.arch=deepseek_v3",
+            "moe.balance=aux_free", "moe.bias_update_rate=0.01", "train.steps=2", "run.name=dsv3",
+            f"run.output_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    config = json.loads((run_dir / "checkpoints" / "step_2" / "config.json").read_text())
+    assert config["model_type"] == "deepseek_v3"
+    assert not (run_dir / "checkpoints" / "step_2" / ROUTING_BIAS_FILE).exists()  # the model holds its bias
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "moe/routing_agreement" in m]
+    assert len(steps) == 2 and all(m["moe/routing_agreement"] > 0.95 for m in steps)
+    assert steps[1]["moe/bias_abs_mean"] > 0

@@ -49,3 +49,12 @@ def test_sft_cache_is_reused_only_when_enabled_and_inputs_match(tmp_path, local_
     other = recipe_in(tmp_path, "run.name=fourth", "sft.learning_rate=1e-3")
     assert sft_cache_dir(other) != cached
     assert not (prepare(other) / "from_cache").exists()
+
+
+def test_sft_cache_key_ignores_what_the_sft_does_not_read_and_keeps_older_keys(tmp_path):
+    base = recipe_in(tmp_path)
+    # The SFT trains in float32 whatever the RL's dtype: a bfloat16 run reuses the float32 run's SFT.
+    assert sft_cache_dir(recipe_in(tmp_path, "model.dtype=bfloat16")) == sft_cache_dir(base)
+    assert sft_cache_dir(recipe_in(tmp_path, "model.tiny.arch=deepseek_v3")) != sft_cache_dir(base)
+    # The demo's key from before the DeepSeek-V3 fields existed (a cache `make demo` left stays valid).
+    assert sft_cache_dir(load_recipe(ROOT / "recipes" / "tiny.yaml", ["run.output_dir=runs"])).name == "bd842061af17cb0e"

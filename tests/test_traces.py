@@ -94,6 +94,29 @@ def test_expert_load_reads_the_moe_load_keys(tmp_path):
     fig.savefig(tmp_path / "load.png")
 
 
+def test_rollout_side_load_and_routing_agreement_read_their_keys(tmp_path):
+    lines = []
+    for step in (1, 2):
+        row = {"step": step, "moe/max_load_ratio": 2.0, "moe/min_load_ratio": 0.1,
+               "moe/rollout_max_load_ratio": 2.1, "moe/rollout_min_load_ratio": 0.2}
+        for layer in (0, 1):
+            row[f"moe/routing_agreement/L{layer}"] = 0.9 + step / 100 + layer / 1000
+            for expert in range(2):
+                row[f"moe/rollout_load/L{layer}/E{expert}"] = 0.75 if expert else 0.25
+        lines.append(row)
+    metrics = pd.DataFrame(lines)
+    assert T.expert_load(metrics) is None  # no trainer-side keys
+    rollout = T.expert_load(metrics, side="rollout")
+    assert rollout.shape == (2, 4) and rollout.loc[1, (0, 1)] == pytest.approx(0.75)
+    agree = T.routing_agreement(metrics)
+    assert list(agree.columns) == [0, 1] and agree.loc[2, 1] == pytest.approx(0.921)
+    fig = T.plot_routing(metrics)
+    left, right = [a for a in fig.axes if a.get_visible()][:2]
+    assert len(left.lines) == 2 and len(right.lines) == 5  # two layers; four ratios and the line at 1
+    fig.savefig(tmp_path / "routing.png")
+    assert T.routing_agreement(pd.DataFrame([{"step": 1}])) is None
+
+
 def test_expert_load_absent_says_so():
     metrics = pd.DataFrame([{"step": 1, "reward/mean": 0.0}])
     assert T.expert_load(metrics) is None

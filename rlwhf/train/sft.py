@@ -96,9 +96,16 @@ def cold_start_sft(
     return out_dir
 
 
+DEEPSEEK_ONLY = {"arch", "shared_experts", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"}
+
+
 def sft_cache_dir(recipe) -> Path:
     """Where an SFT'd tiny model is kept for reuse by runs with the same model, data, SFT and seed."""
-    key = json.dumps([recipe.model.model_dump(mode="json"), recipe.data.model_dump(mode="json"),
+    model = recipe.model.model_dump(mode="json")
+    model["dtype"] = "float32"  # the SFT trains in float32 whatever the RL's compute dtype
+    if model["tiny"]["arch"] == "qwen3_moe":  # the key it had before DeepSeek-V3's fields existed
+        model["tiny"] = {k: v for k, v in model["tiny"].items() if k not in DEEPSEEK_ONLY}
+    key = json.dumps([model, recipe.data.model_dump(mode="json"),
                       recipe.sft.model_dump(mode="json", exclude={"cache"}), recipe.run.seed, SFT_CACHE_VERSION],
                      sort_keys=True)
     return Path(recipe.run.output_dir) / ".sft-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
