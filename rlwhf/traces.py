@@ -181,30 +181,33 @@ def expert_load(metrics: pd.DataFrame, side: str = "trainer") -> pd.DataFrame | 
     fraction of that layer's routed token slots sent to that expert (each layer's row sums to 1), as
     the trainer routed the step's completion tokens (``side="trainer"``) or as the rollout engine did
     while sampling them (``side="rollout"``). ``None`` when the run recorded no such metrics."""
-    pattern = _LOAD_KEY["rollout_load" if side == "rollout" else "load"]
+    table = _per_step(metrics, _LOAD_KEY["rollout_load" if side == "rollout" else "load"])
+    if table is not None:
+        table.columns = pd.MultiIndex.from_tuples(table.columns, names=["layer", "expert"])
+    return table
+
+
+def routing_agreement(metrics: pd.DataFrame) -> pd.DataFrame | None:
+    """Per step (index) and MoE layer (columns), the share of completion tokens whose top-k experts the
+    trainer and the rollout engine chose alike. ``None`` when the engine recorded no routes."""
+    table = _per_step(metrics, _AGREEMENT_KEY)
+    if table is not None:
+        table.columns = pd.Index([c[0] for c in table.columns], name="layer")
+    return table
+
+
+def _per_step(metrics: pd.DataFrame, pattern: re.Pattern) -> pd.DataFrame | None:
+    """The metrics whose keys ``pattern`` matches, one row per step, the columns renamed to the
+    key's numbers (tuples), sorted; ``None`` when there are none."""
     keys = {c: tuple(map(int, m.groups())) for c in metrics.columns if (m := pattern.match(str(c)))}
     if not keys:
         return None
     table = metrics[["step", *keys]].dropna(subset=list(keys), how="all")
     if table.empty:
         return None
-    table = table.drop_duplicates("step", keep="last").set_index("step").rename(columns=keys)
-    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["layer", "expert"])
-    return table.sort_index(axis=1).astype(float)
-
-
-def routing_agreement(metrics: pd.DataFrame) -> pd.DataFrame | None:
-    """Per step (index) and MoE layer (columns), the share of completion tokens whose top-k experts the
-    trainer and the rollout engine chose alike. ``None`` when the engine recorded no routes."""
-    keys = {c: int(m.group(1)) for c in metrics.columns if (m := _AGREEMENT_KEY.match(str(c)))}
-    if not keys:
-        return None
-    table = metrics[["step", *keys]].dropna(subset=list(keys), how="all")
-    if table.empty:
-        return None
-    table = table.drop_duplicates("step", keep="last").set_index("step").rename(columns=keys)
-    table.columns.name = "layer"
-    return table.sort_index(axis=1).astype(float)
+    table = table.drop_duplicates("step", keep="last").set_index("step")
+    table.columns = [keys[c] for c in table.columns]
+    return table[sorted(table.columns)].astype(float)
 
 
 # --------------------------------------------------------------------------------------------
