@@ -42,6 +42,7 @@ from rlwhf.rollout.base import (
     as_buckets,
     prompt_seeds,
 )
+from rlwhf.train.routing import ROUTING_BIAS_FILE
 
 
 def _prepare_environment(kv_cache_gib: float) -> None:
@@ -97,7 +98,7 @@ class VLLMEngine:
                 raise ValueError("moe.rollout_routing records routes in the engine's own process: it needs "
                                  "rollout.tensor_parallel_size 1")
             self.recorder = self.llm.collective_rpc(_RouteRecorder.install)[0]
-        bias_file = Path(model_path) / "routing_bias.pt"  # rlwhf.train.routing.ROUTING_BIAS_FILE
+        bias_file = Path(model_path) / ROUTING_BIAS_FILE
         if bias_file.is_file():
             self.set_routing_bias(torch.load(bias_file))
 
