@@ -97,3 +97,22 @@ def sandbox() -> str:
 def isolated_sandbox() -> str:
     """The namespace level at which rewards.code isolates programs here."""
     return _sandbox_level(NAMESPACE_LEVELS, "this test checks the sandbox's namespace isolation")
+
+
+# The suite's verdict is pytest's exit status, decided once every test has run. After that, tests
+# that ran vLLM engines and Ray drivers inside this process leave native threads and buffers whose
+# destructors can crash the interpreter's own teardown: CI once printed "550 passed" and then
+# exited with SIGSEGV. So the process ends right after pytest has reported, with pytest's status.
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if _exit_status and not hasattr(config, "workerinput"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])

@@ -78,7 +78,9 @@ def test_aux_free_update_moves_each_bias_against_its_load():
 def engine(tiny_model):
     from rlwhf.rollout.vllm_engine import VLLMEngine
 
-    return VLLMEngine(tiny_model, record_routes=True, prefix_caching=False)
+    engine = VLLMEngine(tiny_model, record_routes=True, prefix_caching=False)
+    yield engine
+    engine.close()
 
 
 def test_vllm_routes_are_recorded_and_the_trainer_agrees_with_them_in_float32(engine, tiny_model):
@@ -131,7 +133,7 @@ def test_replay_makes_the_first_ratio_exactly_one_and_rollout_replay_lowers_the_
     sft = tiny_model
     engine = VLLMEngine(sft, dtype="bfloat16", record_routes=True, prefix_caching=False)
     groups = engine.generate(PROMPTS * 2, SamplingSettings(n=4, temperature=1.0, max_new_tokens=16, seed=5))
-    del engine
+    engine.close()
     batch = batch_from(groups)
     seen = {}
     for mode in ("none", "trainer", "rollout"):
@@ -200,6 +202,7 @@ def test_deepseek_v3_tiny_runs_in_vllm_like_the_trainer(tiny_dsv3):
     engine.update_weights(state)  # the bias travels as the model's own weight
     again = engine.generate(PROMPTS, SamplingSettings(n=2, temperature=1.0, max_new_tokens=12, seed=1))
     assert policy.train_on(batch_from(again))["moe/routing_agreement"] > 0.95
+    engine.close()
 
 
 @pytest.mark.slow

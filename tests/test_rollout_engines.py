@@ -68,6 +68,8 @@ def test_vllm_weight_sync_makes_rollout_logprobs_follow_the_trainer(tiny_model, 
     long_prompts = [f"Q: {i}{'9' * 150}+{i}=?\n" for i in range(40)]
     groups = engine.generate(long_prompts, SamplingSettings(n=8, temperature=1.0, max_new_tokens=4, seed=3))
     assert [len(g.completions) for g in groups] == [8] * 40 and sum(len(g.prompt_ids) for g in groups) * 8 > 4096
+    engine.close()
+    assert not hasattr(engine, "llm")
 
 
 def test_hf_engine_samples_groups_with_logprobs_and_takes_new_weights(tiny_model, trainer_model):

@@ -26,6 +26,7 @@ as the CPU router's custom routing function (``_install_bias``).
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -101,6 +102,15 @@ class VLLMEngine:
         bias_file = Path(model_path) / ROUTING_BIAS_FILE
         if bias_file.is_file():
             self.set_routing_bias(torch.load(bias_file))
+
+    def close(self) -> None:
+        """Stop the engine core and drop the engine; it runs in this process, so without this its
+        threads and buffers live until the interpreter exits."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            gc.collect()
 
     def set_routing_bias(self, bias: torch.Tensor) -> None:
         """Select experts with ``bias [layers, experts]`` added to the router's scores, as the trainer does."""
