@@ -10,7 +10,7 @@ EXTRAS ?= cpu,dev
 LOCK ?= constraints.txt
 CONSTRAIN := $(if $(LOCK),-c $(LOCK))
 
-.PHONY: setup demo test test-fast lint format lock clean
+.PHONY: setup demo test test-fast bench lint format lock clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,15 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The project's benchmarks, one after another (about 20 minutes here); docs/performance.md shows
+# their latest numbers.
+bench: setup
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]" $(CONSTRAIN)
+	$(PY) benchmarks/vs_trl.py
+	$(PY) benchmarks/rollout_throughput.py
+	$(PY) benchmarks/math_verify_bench.py
+	$(PY) benchmarks/code_sandbox_bench.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

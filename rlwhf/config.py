@@ -106,6 +106,9 @@ class RolloutConfig(Section):
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV-cache size (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM on GPU: memory fraction.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM on GPUs: GPUs one engine spreads the model over.")
+    compile: bool = Field(False, description="vLLM on CPU: run the model compiled (torch.compile) instead of eagerly: "
+                          "faster decoding for some seconds more start-up (docs/performance.md). On a GPU vLLM "
+                          "always compiles.")
 
 
 class RewardSpec(Section):
@@ -178,6 +181,9 @@ class TrainConfig(Section):
     off_policy_steps: int = Field(0, ge=0, le=1, description="1: sample step t+1 while training on step t (async).")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
     minibatch_size: int = Field(256, ge=1, description="Completions per optimizer step.")
+    single_pass: bool = Field(True, description="When a step is one update on all its completions (ppo_epochs 1, "
+                              "minibatch_size at least the batch), take the old log-probs from the update's own "
+                              "forward instead of a separate pass (the ratio is 1 either way).")
     learning_rate: float = Field(8e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")

@@ -139,7 +139,7 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
                            dtype=recipe.model.dtype, seed=recipe.run.seed, kv_cache_gib=rc.kv_cache_gib,
                            max_model_len=rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
                            gpu_memory_utilization=rc.gpu_memory_utilization,
-                           tensor_parallel_size=rc.tensor_parallel_size, **routing_options(recipe))
+                           tensor_parallel_size=rc.tensor_parallel_size, **vllm_options(recipe))
     policy = PolicyGroup(recipe, model_path, pg, logs, str(ckpt) if ckpt else None, temperature=rc.temperature,
                          max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed, dtype=recipe.model.dtype,
                          completions_per_step=recipe.train.prompts_per_step * rc.group_size)
@@ -162,12 +162,14 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     return run
 
 
-def routing_options(recipe: Recipe) -> dict:
-    """What the vLLM engine records of its MoE routing: the experts of every position it computes,
-    and, to replay them whole (R3), every prompt's positions computed afresh (no prefix cache)."""
+def vllm_options(recipe: Recipe) -> dict:
+    """The vLLM engine's own options: compiled or eager, and what it records of its MoE routing: the
+    experts of every position it computes and, to replay them whole (R3), every prompt's positions
+    computed afresh (no prefix cache)."""
     if recipe.rollout.engine != "vllm":
         return {}
-    return {"record_routes": recipe.moe.rollout_routing, "prefix_caching": recipe.moe.routing_replay != "rollout"}
+    return {"record_routes": recipe.moe.rollout_routing, "prefix_caching": recipe.moe.routing_replay != "rollout",
+            "compile": recipe.rollout.compile}
 
 
 def collect(run: Run, step: int) -> Collected:
@@ -273,6 +275,7 @@ def record_step(run: Run, step: int, collected: Collected, batch: RolloutBatch |
     if recipe.train.eval_every and (step + 1) % recipe.train.eval_every == 0 and step + 1 < recipe.train.steps:
         metrics.update(run.evaluate(step + 1, f"step{step + 1}"))
     metrics["time/step"] = time.perf_counter() - t_step
+    metrics["time/unix"] = time.time()  # when the step ended, to line runs up with other clocks
     run.tracker.log(metrics)
     if recipe.tracking.traces and batch is not None:
         run.tracker.write_traces(step + 1, trace_rows(step + 1, collected.rows, collected.groups,

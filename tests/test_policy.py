@@ -146,3 +146,32 @@ def test_bfloat16_compute_keeps_float32_master_weights_that_small_updates_move(t
     # An update of ~1e-6 is below bf16's resolution near 1 (2^-8): in bf16 weights it would round away.
     assert "model.norm.weight" in moved
     assert all(v.dtype == torch.bfloat16 for v in policy.state_dict().values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("budget", [0, 20])
+def test_a_single_pass_step_trains_and_reports_what_a_separate_old_logprob_pass_does(tiny_model, budget):
+    """One update on the whole batch: the old log-probs, routes and importance weights taken from the
+    update's own forward give the same gradients, parameters and metrics as a pass of their own."""
+    algo = AlgoConfig(tis_cap=2.0, kl_coef=0.1)
+    results = []
+    for single in (False, True):
+        torch.manual_seed(0)
+        policy = PolicyTrainer(tiny_model, algo, TrainConfig(learning_rate=1e-6, warmup_steps=0, minibatch_size=12,
+                                                            micro_batch_tokens=budget, single_pass=single),
+                               temperature=0.8, max_new_tokens=16)
+        assert policy.single_pass(12) is single and not policy.single_pass(13)
+        grads = []
+        policy.optimizer.register_step_pre_hook(lambda opt, args, kwargs, grads=grads: grads.extend(
+            p.grad.clone() for group in opt.param_groups for p in group["params"] if p.grad is not None))
+        results.append((policy.train_on(uneven_batch()), grads, policy.model.state_dict()))
+    (two, grads_two, params_two), (one, grads_one, params_one) = results
+    assert "time/train/old_logprobs" in two and "time/train/old_logprobs" not in one
+    for a, b in zip(grads_two, grads_one, strict=True):
+        assert torch.allclose(a, b, atol=1e-5 * float(a.abs().max()), rtol=0)
+    for name, value in params_two.items():
+        assert torch.allclose(value, params_one[name], atol=1e-6, rtol=0), name
+    for key in ("rollout/logp_diff_abs_mean", "rollout/is_ratio_max", "moe/max_load_ratio", "moe/router_entropy",
+                "loss", "kl", "ratio_mean"):
+        assert one[key] == pytest.approx(two[key], rel=1e-4, abs=1e-6), key
+    assert one["rollout/logp_diff_abs_mean"] > 0.1  # the batch's rollout log-probs are not the policy's
+    assert one["ratio_mean"] == 1.0

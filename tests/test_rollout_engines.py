@@ -72,6 +72,25 @@ def test_vllm_weight_sync_makes_rollout_logprobs_follow_the_trainer(tiny_model, 
     assert not hasattr(engine, "llm")
 
 
+@pytest.mark.slow
+def test_a_compiled_vllm_engine_samples_like_the_trainer_before_and_after_a_weight_sync(tiny_model, trainer_model):
+    """rollout.compile: vLLM's compiled CPU model, whose weights change in place under the compiled code."""
+    engine = make_engine("vllm", tiny_model, seed=0, max_model_len=256, compile=True)
+    assert not engine.llm.llm_engine.vllm_config.model_config.enforce_eager
+    greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=12, seed=0)
+    for synced in (False, True):
+        if synced:
+            optimizer = torch.optim.SGD(trainer_model.parameters(), lr=0.5)
+            for p in trainer_model.parameters():
+                p.grad = torch.randn_like(p) * 0.1
+            optimizer.step()
+            engine.update_weights(trainer_model.state_dict())
+        for group in engine.generate(PROMPTS, greedy):
+            c = group.completions[0]
+            assert c.logprobs == pytest.approx(hf_logprobs(trainer_model, group.prompt_ids, c.token_ids), abs=2e-3)
+    engine.close()
+
+
 def test_hf_engine_samples_groups_with_logprobs_and_takes_new_weights(tiny_model, trainer_model):
     engine = make_engine("hf", tiny_model, seed=0)
     engine.update_weights(trainer_model.state_dict())

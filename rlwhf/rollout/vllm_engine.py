@@ -56,7 +56,7 @@ def _prepare_environment(kv_cache_gib: float) -> None:
 class VLLMEngine:
     def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0, max_model_len: int = 512,
                  kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1,
-                 record_routes: bool = False, prefix_caching: bool = True):
+                 record_routes: bool = False, prefix_caching: bool = True, compile: bool = False):
         _prepare_environment(kv_cache_gib)
         from transformers import AutoConfig, AutoModelForCausalLM
         from vllm import LLM
@@ -83,7 +83,7 @@ class VLLMEngine:
             dtype=dtype,
             seed=seed,
             max_model_len=max_model_len,
-            enforce_eager=not torch.cuda.is_available(),
+            enforce_eager=not (torch.cuda.is_available() or compile),
             # Log-probs of the distribution actually sampled from (after temperature), as the
             # trainer computes them.
             logprobs_mode="processed_logprobs",

@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import random
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,6 +99,16 @@ def combine_micro_batch_metrics(parts: list[tuple[dict, float, float]]) -> dict[
         else:
             out[key] = sum(v * t for v, t, _ in values) / tokens
     return out
+
+
+class _SinglePass:
+    """What a single-pass step's update records for the whole batch: log-probs ``[N, L-1]``, the
+    routers' choices ``[N, L-1, layers, k]`` (-1 where not computed) and summed router entropy."""
+
+    def __init__(self, shape, layers: int, top_k: int):
+        self.logp = torch.zeros(shape)
+        self.own = torch.full((*shape, layers, top_k), -1, dtype=torch.int16)
+        self.entropy = torch.zeros(layers)
 
 
 class PolicyTrainer:
@@ -261,33 +272,52 @@ class PolicyTrainer:
         if moe.routing_replay == "rollout" and batch.routes is None:
             raise ValueError("moe.routing_replay 'rollout': the rollout engine recorded no routes (it needs "
                              "rollout.engine vllm and moe.rollout_routing true)")
-        self.model.eval()
         routes: dict = {}
         rollout_replay = batch.routes if moe.routing_replay == "rollout" else None
-        old_logp = self.score(self.model, batch, routes, replay=rollout_replay)
+        clock = time.perf_counter()
+        single_pass = self.single_pass(len(batch))
+        timings = {}
+        if single_pass:  # the update's own pass yields the old log-probs and routes (see single_pass)
+            old_logp = None
+        else:
+            self.model.eval()
+            old_logp = self.score(self.model, batch, routes, replay=rollout_replay)
+            self.model.train()
+            timings["time/train/old_logprobs"] = time.perf_counter() - clock
         replay = {"none": None, "trainer": routes.get("own"), "rollout": rollout_replay}[moe.routing_replay]
+        clock = time.perf_counter()
         ref_logp = self.score(self.reference, batch) if self.reference is not None else None
-        self.model.train()
+        if ref_logp is not None:
+            timings["time/train/ref_logprobs"] = time.perf_counter() - clock
         metrics: dict[str, list[float]] = {}
-        for key, value in logprob_mismatch(old_logp, batch.rollout_logp, batch.mask).items():
-            metrics.setdefault(f"rollout/{key}", []).append(value)
         is_weights = (truncated_is_weights(old_logp, batch.rollout_logp, self.algo.tis_cap)
-                      if self.algo.tis_cap else None)
+                      if self.algo.tis_cap and old_logp is not None else None)
         mask = mask_truncated(batch.mask, batch.truncated) if self.algo.overlong_mask else batch.mask
         size = self.train_cfg.minibatch_size
+        seen = _SinglePass(batch.mask.shape, len(self.routing), self.routing.top_k) if single_pass else None
         for _ in range(self.train_cfg.ppo_epochs):
             order = torch.randperm(len(batch))
             for start in range(0, len(batch), size):
                 idx = order[start:start + size]
-                stats = self._update(batch.select(idx), old_logp[idx], None if ref_logp is None else ref_logp[idx],
+                stats = self._update(batch.select(idx), None if old_logp is None else old_logp[idx],
+                                     None if ref_logp is None else ref_logp[idx],
                                      mask[idx], None if is_weights is None else is_weights[idx],
-                                     None if replay is None else replay[idx])
+                                     None if replay is None else replay[idx], seen=seen, rows=idx)
                 for key, value in stats.items():
                     metrics.setdefault(key, []).append(float(value))
+        if seen is not None:
+            old_logp = distributed.all_reduce_sum(seen.logp)
+            if len(self.routing):
+                routes["own"] = (distributed.all_reduce_sum((seen.own + 1).int()) - 1).to(torch.int16)
+                routes["entropy"] = distributed.all_reduce_sum(seen.entropy)
+        for key, value in logprob_mismatch(old_logp, batch.rollout_logp, batch.mask).items():
+            metrics.setdefault(f"rollout/{key}", []).append(value)
+        for key, value in timings.items():
+            metrics[key] = [value]
         self.step += 1
         if self.algo.ref_refresh_every and self.step % self.algo.ref_refresh_every == 0:
             self.refresh_reference()
-        out = {k: float(np.mean(v)) for k, v in metrics.items()}
+        out = {k: float(np.sum(v) if k.startswith("time/") else np.mean(v)) for k, v in metrics.items()}
         out["lr"] = self.scheduler.get_last_lr()[0]
         if "own" in routes:
             out.update(self._routing_metrics(batch, routes))
@@ -321,9 +351,23 @@ class PolicyTrainer:
             out.update({f"moe/routing_agreement/L{layer}": float(v) for layer, v in enumerate(agree)})
         return out
 
-    def _update(self, minibatch: RolloutBatch, old_logp, ref_logp, mask, is_weights, replay=None) -> dict[str, float]:
+    def single_pass(self, rows: int) -> bool:
+        """Whether a step of ``rows`` completions takes one update on all of them, so that the
+        policy's log-probs before it are those of the update's own forward, detached (the ratio is 1
+        by construction): no separate old-log-prob pass is needed. Not with dropout (the update runs
+        in training mode) nor with replay of the trainer's own routes (taken by that pass)."""
+        cfg = self.train_cfg
+        dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules()) or \
+            any(float(getattr(self.model.config, k, 0) or 0) > 0 for k in ("attention_dropout", "hidden_dropout"))
+        return (cfg.single_pass and cfg.ppo_epochs == 1 and rows <= cfg.minibatch_size and not dropout
+                and self.moe.routing_replay != "trainer")
+
+    def _update(self, minibatch: RolloutBatch, old_logp, ref_logp, mask, is_weights, replay=None, seen=None,
+                rows=None) -> dict[str, float]:
         """One optimizer step on a minibatch: gradients accumulated over its micro-batches, each loss
-        divided by the whole minibatch's tokens or completions (``normaliser``)."""
+        divided by the whole minibatch's tokens or completions (``normaliser``). ``old_logp`` None:
+        the single-pass step (``single_pass``), whose old log-probs, routes and importance weights
+        come from this pass and are kept in ``seen`` at the batch's ``rows``."""
         algo = self.algo
         moe = self.moe
         denominator = normaliser(mask, algo.loss_agg)
@@ -332,6 +376,7 @@ class PolicyTrainer:
         counts = torch.zeros(len(self.routing), self.routing.num_experts)
         self.optimizer.zero_grad(set_to_none=True)
         parts = []
+        seconds = {"time/train/forward_backward": 0.0}
         for micro, widest in self._micro_batches(minibatch):
             if micro is None:
                 self._empty_pass(self.model, widest, backward=True)
@@ -345,10 +390,20 @@ class PolicyTrainer:
             routing = self._routing_pass(part, None if replay is None else replay[micro], router_losses) \
                 if len(self.routing) else contextlib.nullcontext()
             with routing as record:
+                t_pass = time.perf_counter()
                 logp, entropy = self._logprobs(self.model, part, with_entropy=True, widest=widest)
                 part_mask = cut(mask)
-                loss, stats = self._loss(logp, cut, old_logp, ref_logp, is_weights, part, part_mask, entropy,
-                                         denominator)
+                if old_logp is None:
+                    at = rows[micro]
+                    seen.logp[at, :width] = logp.detach().float().cpu()
+                    old = logp.detach()
+                    weights = (truncated_is_weights(old, part.rollout_logp, self.algo.tis_cap)
+                               if self.algo.tis_cap else None)
+                    loss, stats = self._loss(logp, lambda x: x, old, cut(ref_logp), weights, part, part_mask,
+                                             entropy, denominator)
+                else:
+                    loss, stats = self._loss(logp, cut, old_logp, ref_logp, is_weights, part, part_mask, entropy,
+                                             denominator)
                 if record is not None and record.losses:  # per layer (z, aux), each a mean over the part's tokens
                     z, aux = torch.stack(record.losses).mean(0)
                     share = float(part_mask.bool().sum()) / completion_tokens  # of the minibatch's tokens
@@ -356,21 +411,27 @@ class PolicyTrainer:
                                                                   else 0.0))
                     stats["moe/z_loss"], stats["moe/aux_loss"] = float(z.detach()), float(aux.detach())
                 loss.backward()
+                seconds["time/train/forward_backward"] += time.perf_counter() - t_pass
+            if record is not None and seen is not None:
+                seen.own[rows[micro], :width] = self._own_routes(record, len(micro), width + 1)
+                seen.entropy += torch.tensor(record.entropy)
             if record is not None and moe.balance == "aux_free":
                 own = self._own_routes(record, len(micro), width + 1)[part_mask.bool().cpu()]
                 counts += count_experts(own, self.routing.num_experts)
             stats["loss"] = float(loss.detach())
             parts.append((stats, float(part_mask.sum()), float(part_mask.bool().any(-1).sum())))
+        clock = time.perf_counter()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable_params(self.model), self.train_cfg.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor when sharded: the norm over every rank's shard
             grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.scheduler.step()
+        seconds["time/train/optimizer"] = time.perf_counter() - clock
         if moe.balance == "aux_free" and len(self.routing):
             self.routing.set_bias(aux_free_update(self.routing.bias, distributed.all_reduce_sum(counts),
                                                   moe.bias_update_rate))
         parts = [p for rank_parts in distributed.all_objects(parts) for p in rank_parts]
-        return {**combine_micro_batch_metrics(parts), "grad_norm": float(grad_norm)}
+        return {**combine_micro_batch_metrics(parts), "grad_norm": float(grad_norm), **seconds}
 
     def _loss(self, logp, cut, old_logp, ref_logp, is_weights, part, part_mask, entropy, denominator):
         algo = self.algo

@@ -1,0 +1,300 @@
+"""rlwhf against TRL's GRPOTrainer on this machine, one run after the other, several rounds.
+
+Both start from the same SFT'd tiny MoE (the demo's cold start, from the SFT cache that `make demo`
+fills; built here otherwise), take the same arithmetic prompts with the same chat template, are
+paid by the same rewards (`math_accuracy` + 0.1 x `format`), and train alike: 32 prompts x 8
+completions per step at temperature 0.4, at most 64 new tokens, lr 8e-5 after 5 warm-up steps,
+one optimizer step per batch, clip 0.2, token-level loss, no KL. rlwhf runs as a user runs it (the
+CLI, its default vLLM engine); TRL's GRPOTrainer with its default generation (transformers). Each
+arm is a fresh process; start-up is from the command to the start of the first step. Both final
+models are then scored the same way: greedy decoding on the 200 held-out prompts.
+
+    .venv/bin/python benchmarks/vs_trl.py               # 2 rounds x 2 arms x 20 steps, ~10 minutes
+    .venv/bin/python benchmarks/vs_trl.py --size 30m --steps 8 --rounds 1 --tokens 128
+    .venv/bin/python benchmarks/vs_trl.py --rlwhf-args rollout.compile=true   # a variant of rlwhf
+
+Writes benchmarks/data/vs_trl[-SIZE].json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# The demo's data and SFT (recipes/tiny.yaml), so the SFT cache `make demo` filled is reused.
+SIZES = {
+    "demo": [],
+    # ~30M parameters; a shorter SFT (the comparison is of speed; both arms start from the same model)
+    "30m": ["model.tiny.hidden_size=384", "model.tiny.num_layers=6", "model.tiny.num_heads=6",
+            "model.tiny.num_kv_heads=2", "model.tiny.head_dim=64", "model.tiny.num_experts=16",
+            "model.tiny.expert_hidden_size=256", "sft.steps=300", "sft.learning_rate=1e-3"],
+}
+SKIP = 2  # steps dropped from the median: the first ones pay for warm-up in both tools
+
+
+@dataclasses.dataclass
+class Settings:
+    size: str = "demo"
+    steps: int = 20
+    tokens: int = 64
+    prompts: int = 32  # per step, 8 completions each
+    sft_steps: int | None = None  # None: the recipe's (the demo's 800, cached by `make demo`)
+    held_out: int = 200
+    runs: Path = ROOT / "runs"  # where the SFT cache is
+
+    def overrides(self) -> list[str]:
+        """The demo recipe turned into the comparison's settings (no dynamic sampling or overlong
+        penalty, which TRL's defaults do not have)."""
+        n = self.prompts * 8
+        return [*SIZES[self.size], *([f"sft.steps={self.sft_steps}"] if self.sft_steps else []),
+                f"train.steps={self.steps}", f"train.minibatch_size={n}", f"train.prompts_per_step={self.prompts}",
+                "rollout.group_size=8", "rollout.temperature=0.4", f"rollout.max_new_tokens={self.tokens}",
+                f"eval.max_new_tokens={self.tokens}", f"eval.num_prompts={self.held_out}",
+                "train.learning_rate=8e-5", "train.warmup_steps=5", "algo.clip_low=0.2", "algo.clip_high=0.2",
+                "algo.loss_agg=token_mean", "algo.kl_coef=0.0", "algo.dynamic_sampling=false",
+                "algo.overlong_penalty=false", "train.eval_every=0", "eval.samples=0", "train.save_every=0",
+                f"run.output_dir={self.runs}"]
+
+    def recipe(self, *extra: str):
+        from rlwhf.config import load_recipe
+
+        return load_recipe(ROOT / "recipes" / "tiny.yaml", [*self.overrides(), *extra])
+
+    def args(self) -> list[str]:
+        return ["--size", self.size, "--steps", str(self.steps), "--tokens", str(self.tokens), "--prompts",
+                str(self.prompts), "--held-out", str(self.held_out), "--runs-dir", str(self.runs),
+                *(["--sft-steps", str(self.sft_steps)] if self.sft_steps else [])]
+
+
+def cold_start(s: Settings) -> str:
+    """The SFT'd model both arms start from (from the SFT cache when it holds it)."""
+    from rlwhf.data.source import load_task
+    from rlwhf.train.sft import prepare_policy, sft_cache_dir
+
+    recipe = s.recipe(f"run.name=bench-vs-trl-{s.size}-init")
+    run_dir = s.runs / recipe.run.name
+    data = load_task(recipe.data, recipe.run.seed)
+    if not (sft_cache_dir(recipe) / "config.json").exists():  # the SFT runs as a Ray task, as in a run
+        import ray
+
+        from rlwhf.workers import init_ray
+
+        init_ray(None, os.cpu_count())
+        try:
+            return prepare_policy(recipe, run_dir, data.train, say=lambda m: print(m, flush=True))
+        finally:
+            ray.shutdown()
+    return prepare_policy(recipe, run_dir, data.train, say=lambda m: print(m, flush=True))
+
+
+def rlwhf_arm(s: Settings, name: str, extra: list[str]) -> dict:
+    """One rlwhf run through the CLI, as a user starts it."""
+    shutil.rmtree(s.runs / name, ignore_errors=True)
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / "tiny.yaml"),
+                           *s.overrides(), *extra, f"run.name={name}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    wall = time.time() - t0
+    if proc.returncode:
+        sys.exit(f"rlwhf run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    lines = [json.loads(line) for line in (s.runs / name / "metrics.jsonl").read_text().splitlines()]
+    steps_ = [m for m in lines if "time/step" in m]
+    first = steps_[0]
+    return {"step_s": [m["time/step"] for m in steps_],
+            "phases": {k: [m[k] for m in steps_ if k in m] for k in first if k.startswith("time/") and k != "time/unix"},
+            "train_accuracy": [m["reward/math_accuracy/mean"] for m in steps_],
+            "startup_s": first["time/unix"] - first["time/step"] - t0, "wall_s": wall,
+            "model": str(s.runs / name / "checkpoints" / f"step_{s.steps}")}
+
+
+def trl_arm(s: Settings, name: str, model: str) -> dict:
+    """One TRL run in a fresh process (this file with --trl-process)."""
+    out = s.runs / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, __file__, "--trl-process", str(out), *s.args(), "--model", model,
+                           "--t0", repr(t0)], cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode:
+        sys.exit(f"TRL run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    result = json.loads((out / "result.json").read_text())
+    return {**result, "wall_s": wall, "model": str(out / "model")}
+
+
+def trl_process(out: Path, s: Settings, model: str, t0: float) -> None:
+    """TRL's GRPOTrainer on the comparison's settings; writes out/result.json and out/model."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    import rewards
+    from rlwhf.data.prompts import PromptRenderer
+    from rlwhf.data.source import load_task
+
+    recipe = s.recipe()
+    torch.manual_seed(recipe.run.seed)
+    data = load_task(recipe.data, recipe.run.seed)
+    renderer = PromptRenderer.from_pretrained(model, recipe.data)
+    # The conversation, which TRL renders with the model's chat template, as rlwhf does.
+    dataset = Dataset.from_list([{"prompt": renderer.messages(r["prompt"]), "answer": r["answer"]}
+                                 for r in data.train])
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    ours = renderer.render(data.train[0]["prompt"])[1]
+    theirs = tokenizer.apply_chat_template(dataset[0]["prompt"], add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"]
+    assert list(theirs) == list(ours), "TRL would see other prompt tokens than rlwhf"
+
+    def math_accuracy(completions, **kwargs):
+        return rewards.get("math_accuracy")(completions, **kwargs)
+
+    def format(completions, **kwargs):  # noqa: A001 - TRL logs a reward under its function's name
+        return rewards.get("format")(completions, **kwargs)
+
+    config = GRPOConfig(
+        output_dir=str(out / "trainer"), use_cpu=True, seed=recipe.run.seed, max_steps=s.steps,
+        # one optimizer step on prompts x 8 completions, accumulated over 4 passes
+        per_device_train_batch_size=s.prompts * 2, gradient_accumulation_steps=4, num_generations=8,
+        max_completion_length=s.tokens, temperature=0.4, learning_rate=8e-5, lr_scheduler_type="constant_with_warmup",
+        warmup_steps=5, beta=0.0, epsilon=0.2, loss_type="dapo", reward_weights=[1.0, 0.1], logging_steps=1,
+        save_strategy="no", report_to=[], bf16=False, disable_tqdm=True)
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.begin, self.end, self.accuracy = [], [], []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin.append(time.time())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.end.append(time.time())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "rewards/math_accuracy/mean" in logs:
+                self.accuracy.append(logs["rewards/math_accuracy/mean"])
+
+    clock = Clock()
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    trainer = GRPOTrainer(model=policy, reward_funcs=[math_accuracy, format], args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[clock])
+    phases = {"generate": [], "reward": []}  # TRL's own time for these, per step (the rest: the update)
+    for name, method in (("generate", "_generate"), ("reward", "_calculate_rewards")):
+        def timed(*a, _inner=getattr(trainer, method), _name=name, **kw):
+            start = time.perf_counter()
+            try:
+                return _inner(*a, **kw)
+            finally:
+                phases[_name].append(time.perf_counter() - start)
+        setattr(trainer, method, timed)
+    trainer.train()
+    trainer.save_model(str(out / "model"))
+    tokenizer.save_pretrained(str(out / "model"))
+    (out / "result.json").write_text(json.dumps({
+        "step_s": [e - b for b, e in zip(clock.begin, clock.end)], "train_accuracy": clock.accuracy,
+        "phases": {f"time/{k}": v for k, v in phases.items()},
+        "startup_s": clock.begin[0] - t0}))
+
+
+def held_out_accuracy(model: str, s: Settings) -> float:
+    """Greedy decoding on the held-out prompts with transformers, scored by math_accuracy."""
+    import rewards
+    from rlwhf.data.prompts import render_task
+    from rlwhf.data.source import load_task
+    from rlwhf.rollout import SamplingSettings, make_engine
+
+    recipe = s.recipe()
+    data = render_task(recipe, load_task(recipe.data, recipe.run.seed), model)
+    rows = data.test[: recipe.eval.num_prompts]
+    engine = make_engine("hf", model, seed=0)
+    groups = engine.generate([r["prompt_ids"] for r in rows],
+                             SamplingSettings(n=1, temperature=0.0, max_new_tokens=s.tokens, seed=0))
+    scores = rewards.get("math_accuracy")([g.completions[0].text for g in groups],
+                                          prompts=[r["prompt_text"] for r in rows], answer=[r["answer"] for r in rows])
+    return sum(s or 0.0 for s in scores) / len(rows)
+
+
+def after_warm_up(values: list[float]) -> list[float]:
+    return values[SKIP:] or values
+
+
+def summarise(runs: list[dict]) -> dict:
+    times = [t for r in runs for t in after_warm_up(r["step_s"])]
+    return {"s_per_step": statistics.median(times),
+            "train_accuracy_last5": statistics.mean(a for r in runs for a in r["train_accuracy"][-5:]),
+            "held_out_accuracy": statistics.mean(r["held_out_accuracy"] for r in runs),
+            "startup_s": statistics.median(r["startup_s"] for r in runs),
+            "wall_s": statistics.median(r["wall_s"] for r in runs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="demo")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=32, help="prompts per step (8 completions each)")
+    parser.add_argument("--sft-steps", type=int, default=None, help="a shorter cold start than the recipe's")
+    parser.add_argument("--held-out", type=int, default=200, help="held-out prompts scored at the end")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
+    parser.add_argument("--rlwhf-args", nargs="*", default=[], help="extra overrides for the rlwhf runs")
+    parser.add_argument("--arms", nargs="+", choices=["rlwhf", "trl"], default=["rlwhf", "trl"],
+                        help="run only these (the table then has only their rows)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--trl-process", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    s = Settings(args.size, args.steps, args.tokens, args.prompts, args.sft_steps, args.held_out,
+                 args.runs_dir.resolve())
+    if args.trl_process:
+        return trl_process(args.trl_process, s, args.model, args.t0)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    model = cold_start(s)
+    results: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    for i in range(args.rounds):  # interleaved, so a slow spell of the machine hits both
+        order = args.arms if i % 2 == 0 else args.arms[::-1]
+        for arm in order:
+            name = f"bench-vs-trl-{args.size}-{arm}-{i}"
+            print(f"round {i + 1}/{args.rounds}: {arm}", flush=True)
+            run = rlwhf_arm(s, name, args.rlwhf_args) if arm == "rlwhf" else trl_arm(s, name, model)
+            run["held_out_accuracy"] = held_out_accuracy(run["model"], s)
+            results[arm].append(run)
+    table = {arm: summarise(runs) for arm, runs in results.items()}
+    phases = {arm: {k: statistics.median(v for r in runs for v in after_warm_up(r["phases"][k]))
+                    for k in runs[0]["phases"]} for arm, runs in results.items()}
+    ratio = table["rlwhf"]["s_per_step"] / table["trl"]["s_per_step"] if len(table) == 2 else None
+    print(f"\n{args.size} model, {args.steps} steps x {args.rounds} rounds, median s/step over steps {SKIP + 1}+")
+    print(f"{'':8s} {'s/step':>8s} {'train acc (last 5)':>19s} {'held-out acc':>13s} {'start-up s':>11s} "
+          f"{'wall s':>8s}")
+    for arm, row in table.items():
+        print(f"{arm:8s} {row['s_per_step']:8.2f} {row['train_accuracy_last5']:19.3f} "
+              f"{row['held_out_accuracy']:13.3f} {row['startup_s']:11.1f} {row['wall_s']:8.1f}")
+    if ratio is not None:
+        print(f"rlwhf / TRL step time: {ratio:.2f}x")
+    for arm, times in phases.items():
+        print(f"{arm} phases (median s): " + ", ".join(f"{k.removeprefix('time/')} {v:.3f}" for k, v in times.items()))
+    out = args.out or ROOT / "benchmarks" / "data" / ("vs_trl.json" if args.size == "demo" else f"vs_trl-{args.size}.json")
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **dataclasses.asdict(s), "runs": str(s.runs),
+                               "rounds": args.rounds, "rlwhf_args": args.rlwhf_args,
+                               "table": table, "ratio": ratio, "phases": phases, "results": results},
+                              indent=1))
+    print(f"wrote {out}")
+    for arm in results:
+        for run in results[arm]:
+            shutil.rmtree(Path(run["model"]).parent.parent if arm == "rlwhf" else Path(run["model"]).parent,
+                          ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
