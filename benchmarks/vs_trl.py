@@ -290,6 +290,7 @@ def main() -> None:
                                "table": table, "ratio": ratio, "phases": phases, "results": results},
                               indent=1))
     print(f"wrote {out}")
+    shutil.rmtree(s.runs / f"bench-vs-trl-{s.size}-init", ignore_errors=True)  # its SFT stays in the cache
     for arm in results:
         for run in results[arm]:
             shutil.rmtree(Path(run["model"]).parent.parent if arm == "rlwhf" else Path(run["model"]).parent,

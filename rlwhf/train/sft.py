@@ -116,6 +116,14 @@ def prepare_policy(recipe, run_dir: Path, train_rows: list[dict], say: Callable[
     from rlwhf.models.tiny import build_tiny_moe
 
     path = recipe.model.path
+    sft_dir = run_dir / "model" / "sft"
+    use_cache = recipe.sft.enabled and recipe.sft.cache and recipe.model.path == "tiny"
+    cached = sft_cache_dir(recipe)
+    if use_cache and not (sft_dir / "config.json").exists() and (cached / "config.json").exists():
+        say(f"cold-start SFT: reusing {cached} (same model, data, SFT settings and seed)")
+        shutil.copytree(cached, sft_dir, dirs_exist_ok=True)
+    if recipe.sft.enabled and (sft_dir / "config.json").exists():
+        return str(sft_dir)  # the model it started from is not needed (nor built)
     if path == "tiny":
         path = str(run_dir / "model" / "init")
         if not Path(path, "config.json").exists():
@@ -126,12 +134,6 @@ def prepare_policy(recipe, run_dir: Path, train_rows: list[dict], say: Callable[
             build_tiny_moe(path, recipe.model.tiny, seed=recipe.run.seed)
     if not recipe.sft.enabled:
         return path
-    sft_dir = run_dir / "model" / "sft"
-    use_cache = recipe.sft.cache and recipe.model.path == "tiny"
-    cached = sft_cache_dir(recipe)
-    if use_cache and not (sft_dir / "config.json").exists() and (cached / "config.json").exists():
-        say(f"cold-start SFT: reusing {cached} (same model, data, SFT settings and seed)")
-        shutil.copytree(cached, sft_dir, dirs_exist_ok=True)
     if not (sft_dir / "config.json").exists():
         rows = [r for r in train_rows if r.get("solution")][: recipe.sft.num_examples]
         if not rows:
