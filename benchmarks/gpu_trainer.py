@@ -42,7 +42,7 @@ def settings(args) -> SimpleNamespace:
                             minibatch_size=args.completions // 2, prompts_per_step=args.completions, learning_rate=1e-6,
                             weight_decay=0.0, max_grad_norm=1.0, adam_eps=1e-8, warmup_steps=1,
                             lr_schedule="constant", lr_min_ratio=0.0, micro_batch_tokens=args.micro_batch_tokens,
-                            logits_chunk_mib=1024, gradient_checkpointing=args.checkpointing)
+                            logits_chunk_mib=1024, gradient_checkpointing=args.checkpointing, single_pass=True)
     prompt = args.length // 8
     rollout = SimpleNamespace(max_prompt_tokens=prompt, max_new_tokens=args.length - prompt, group_size=1,
                               engine="vllm", kv_cache_gib=1.0)

@@ -73,8 +73,12 @@ def test_vllm_weight_sync_makes_rollout_logprobs_follow_the_trainer(tiny_model, 
 
 
 @pytest.mark.slow
-def test_a_compiled_vllm_engine_samples_like_the_trainer_before_and_after_a_weight_sync(tiny_model, trainer_model):
+def test_a_compiled_vllm_engine_samples_like_the_trainer_before_and_after_a_weight_sync(tiny_model):
     """rollout.compile: vLLM's compiled CPU model, whose weights change in place under the compiled code."""
+    from transformers import AutoModelForCausalLM
+
+    trainer_model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()  # the weights the engine starts from
+    trainer_model.config.output_router_logits = False
     engine = make_engine("vllm", tiny_model, seed=0, max_model_len=256, compile=True)
     assert not engine.llm.llm_engine.vllm_config.model_config.enforce_eager
     greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=12, seed=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -88,7 +89,7 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], rollout_l
     if routes is not None and all(r is not None for r in routes):
         routed = torch.full((n, length - 1, *routes[0].shape[1:]), -1, dtype=torch.int16)
         for i, r in enumerate(routes):
-            r = torch.as_tensor(r[:length - 1], dtype=torch.int16)
+            r = torch.from_numpy(np.array(r[:length - 1], dtype=np.int16))  # a copy: Ray's arrays are read-only
             routed[i, :len(r)] = r
     return RolloutBatch(input_ids, attention, mask, rollout_logp,
                         torch.tensor(advantages, dtype=torch.float32), torch.tensor(truncated), routed)
