@@ -77,8 +77,46 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
             old.rename(final)
     for tmp in folder.glob("step_*.tmp"):
         shutil.rmtree(tmp)
+    return newest_checkpoint(run_dir)
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """A run's newest complete checkpoint (``step_N`` holding its ``loop_state.json``), touching
+    nothing: a run still training keeps the ``step_N.tmp`` it is writing."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
     complete = [p for p in folder.iterdir() if _CHECKPOINT.fullmatch(p.name) and (p / "loop_state.json").is_file()]
     return max(complete, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def resolve_model(source: str | Path) -> Path:
+    """The model folder that ``source`` names, for commands that read a model (eval, export, distill,
+    data filter): a model folder in Hugging Face format (``config.json`` and weights) such as a
+    checkpoint, or a run directory, meaning its newest complete checkpoint (``newest_checkpoint``)."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file or directory; expected a checkpoint "
+                                "(runs/NAME/checkpoints/step_N), a run directory (runs/NAME) or a model folder")
+    if not source.is_dir():
+        raise ValueError(f"{source} is a file; expected a checkpoint folder (runs/NAME/checkpoints/step_N), "
+                         "a run directory (runs/NAME) or a model folder with config.json")
+    if (source / "config.json").is_file():
+        if not [*source.glob("*.safetensors"), *source.glob("pytorch_model*.bin")]:
+            raise ValueError(f"{source}: config.json but no weights (*.safetensors or pytorch_model*.bin); "
+                             "expected a complete model folder or checkpoint")
+        return source
+    if (source / "checkpoints").is_dir() or (source / "config.yaml").is_file():
+        ckpt = newest_checkpoint(source)
+        if ckpt is None:
+            hint = (f"; the model it started RL from is {source / 'model' / 'sft'}"
+                    if (source / "model" / "sft" / "config.json").is_file() else "")
+            raise FileNotFoundError(f"{source}: a run directory without a complete checkpoint (expected "
+                                    f"{source / 'checkpoints'}/step_N/ holding loop_state.json; a run writes one "
+                                    f"every train.save_every steps and at its end){hint}")
+        return ckpt
+    raise ValueError(f"{source}: neither a model folder (no config.json) nor a run directory (no checkpoints/ or "
+                     "config.yaml); expected runs/NAME/checkpoints/step_N, runs/NAME or an HF model folder")
 
 
 def rewind_run_dir(run_dir: Path, step: int) -> None:

@@ -1,4 +1,4 @@
-"""``rlwhf``: train, validate, rewards, data, inspect."""
+"""``rlwhf``: train, validate, plan, rewards, data (show, check, filter), inspect, eval, export, distill."""
 
 from __future__ import annotations
 
@@ -112,6 +112,99 @@ def plan(
         _fail(f"{recipe}: {exc}")
 
 
+@app.command("eval")
+def eval_command(
+    model: Path = typer.Argument(..., help="A run directory (its last checkpoint), a checkpoint, or a model folder."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe whose rewards, sampling, prompt format "
+                                          "and held-out split are used (default: the tiny demo recipe)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Score every row of this data set instead (a local "
+                                       "jsonl/json/csv/parquet file or a Hugging Face name; the recipe's columns)."),
+    split: Optional[str] = typer.Option(None, "--split", help="--data's split (default: the recipe's test_split, "
+                                        "else its split)."),
+    k: Optional[int] = typer.Option(None, "--k", min=1, help="pass@k and maj@k at this k (default: eval.k)."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=0, help="Sampled completions per prompt "
+                                          "(default: eval.samples, raised to k when smaller)."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="Most prompts scored (default: eval.num_prompts)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the JSON report goes (default: "
+                                       "<run.output_dir>/eval/<model>.json); the completions go beside it as Parquet."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted recipe overrides, e.g. eval.max_new_tokens=128."),
+) -> None:
+    """Score a model: greedy accuracy, pass@1, pass@k, maj@k, lengths, truncation and format errors, each reward."""
+    cfg = _load(recipe or (DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None), list(overrides or []))
+    e = cfg.eval
+    n = max(samples if samples is not None else e.samples, k or 0)
+    chosen = {"samples": n, "k": k or (min(e.k, n) if n else e.k), "num_prompts": prompts or e.num_prompts}
+    try:
+        cfg.eval = type(e).model_validate({**e.model_dump(), **chosen})
+    except ValueError as exc:
+        _fail(f"--k/--samples/--prompts: {exc}")
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlwhf.evaluation import RewardFailed, evaluate_model, metrics_table
+
+    try:
+        report = evaluate_model(str(model), cfg, data=data, split=split)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    except RewardFailed as exc:
+        _fail(str(exc), code=1)
+    settings, metrics = report["settings"], report["metrics"]
+    label = "_".join(Path(settings["model"]).resolve().parts[-3:])
+    out = out or Path(cfg.run.output_dir) / "eval" / f"{label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": settings, "metrics": metrics}, indent=2))
+    import pandas as pd
+
+    completions = out.with_name(out.stem + "-completions.parquet")
+    pd.DataFrame(report["completions"]).to_parquet(completions, index=False)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
+    table = Table(title=f"{settings['model']} on {settings['prompts']} prompts ({settings['data']})")
+    table.add_column("metric")
+    table.add_column("greedy", justify="right")
+    table.add_column(f"sampled ({settings['samples']}/prompt, T={settings['temperature']})", justify="right")
+    for row in metrics_table(metrics):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"report: {out}\ncompletions: {completions}")
+
+
+@app.command()
+def distill(
+    recipe: Path = typer.Argument(..., help="Recipe YAML with a distill section, e.g. recipes/distill-tiny.yaml."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. distill.teacher=runs/other."),
+) -> None:
+    """Rejection-sampling distillation: the teacher's verified answers fine-tune a smaller student; both scored."""
+    cfg = _load(recipe, list(overrides or []))
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlwhf.config import ConfigError, check_references
+    from rlwhf.distill import distill as run_distill
+    from rlwhf.evaluation import RewardFailed
+    from rlwhf.tracking import say
+
+    try:
+        check_references(cfg)
+        summary = run_distill(cfg, say=say)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        _fail(str(exc))
+    except RewardFailed as exc:
+        _fail(str(exc), code=1)
+    k = cfg.eval.k
+    table = Table(title=f"held-out, {summary['held_out_prompts']} prompts")
+    for col in ("model", "parameters", "accuracy (greedy)", "pass@1", f"pass@{k}", f"maj@{k}", "mean tokens"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    sizes = {"teacher": summary["teacher_parameters"]}
+    for name, m in summary["metrics"].items():
+        table.add_row(name, f"{sizes.get(name, summary['student_parameters']):,}", _fmt(m["accuracy"]),
+                      _fmt(m.get("sampled/pass@1")), _fmt(m.get(f"pass@{k}")), _fmt(m.get(f"maj@{k}")),
+                      _fmt(m["greedy/length/mean"], ".1f"))
+    Console(highlight=False).print(table)
+    typer.echo(f"kept {summary['kept']} verified teacher completions from {summary['prompts']} prompts; "
+               f"run directory: {summary['run_dir']} ({summary['wall_seconds']:.0f} s)")
+
+
 @app.command("rewards")
 def list_rewards() -> None:
     """List the rewards a recipe can name."""
@@ -123,9 +216,13 @@ def list_rewards() -> None:
         typer.echo(f"{name:20s} {doc[0] if doc else ''}")
 
 
-@app.command()
-def data(
-    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML."),
+data_app = typer.Typer(no_args_is_help=True, help="A recipe's prompts: show, check before a run, filter by difficulty.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("show")
+def data_show(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML (default: the tiny CPU demo recipe)."),
     n: int = typer.Option(3, help="Rows to show."),
 ) -> None:
     """Show the first prompts (and solutions) a recipe trains on."""
@@ -136,6 +233,100 @@ def data(
     typer.echo(f"{len(task.train)} training rows, {len(task.test)} held-out rows")
     for row in task.train[:n]:
         typer.echo(json.dumps(row))
+
+
+@data_app.command("check")
+def data_check(
+    source: Optional[str] = typer.Argument(None, help="A local jsonl/json/parquet/csv file or an HF dataset name "
+                                           "(default: the --recipe's data.dataset)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted recipe overrides, e.g. "
+                                                    "data.prompt_column=question."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe whose columns, tokenizer, "
+                                          "rollout.max_prompt_tokens and rewards apply (default: the tiny demo recipe)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to check (default: the recipe's data.split)."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="The HF dataset's configuration name."),
+    clean: Optional[Path] = typer.Option(None, "--clean", help="Write the rows without problems (of duplicates, "
+                                         "the first) here: .jsonl or .parquet, the file's own columns."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (every bad row) here."),
+    no_code: bool = typer.Option(False, "--no-code", help="Do not run reference solutions against their tests."),
+    show: int = typer.Option(5, "--show", min=0, help="Rows listed per kind of problem."),
+    solution_column: str = typer.Option("solution", "--solution-column", help="Column of reference solutions."),
+) -> None:
+    """Check a prompt data set before a long run: missing columns, empty, duplicate or over-long prompts,
+    gold answers the math verifier cannot read, reference solutions failing their tests. Exit 1 if any."""
+    cfg = _load(recipe or (DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None), list(overrides or []))
+    from rlwhf.config import DATA_FILE_SUFFIXES
+
+    if source is None:
+        if cfg.data.task != "dataset":
+            _fail(f"no SOURCE given and the recipe's data.task is {cfg.data.task!r}, not 'dataset'; give a data "
+                  "file or HF dataset name, or a --recipe whose data.task is dataset")
+        source, subset = cfg.data.dataset, subset or cfg.data.subset
+    if source.rsplit(".", 1)[-1] in DATA_FILE_SUFFIXES and not Path(source).is_file():
+        _fail(f"{source}: no such file (relative paths start from {Path.cwd()}); expected a local "
+              f"{'/'.join(DATA_FILE_SUFFIXES)} file or a Hugging Face dataset name")
+    if clean is not None and clean.suffix not in (".jsonl", ".json", ".parquet"):
+        _fail(f"--clean {clean}: expected a .jsonl or .parquet file name")
+    import datasets
+    from rich.console import Console
+
+    from rlwhf.data.check import check_dataset, print_report, write_clean
+
+    datasets.disable_progress_bars()
+    try:
+        report, table = check_dataset(source, cfg, split=split, subset=subset, code=not no_code,
+                                      solution_column=solution_column)
+    except Exception as exc:  # datasets: no such data set or split, a file it cannot read
+        _fail(f"{source}: cannot be read: {type(exc).__name__}: {exc}")
+    console = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
+    print_report(report, console, show)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_json(), indent=2))
+        console.print(f"report: {json_path}")
+    if clean is not None:
+        if any(p.kind == "missing_column" for p in report.problems):
+            _fail(f"--clean {clean}: not written, a column the recipe names is missing from every row")
+        kept = write_clean(table, report, clean)
+        console.print(f"cleaned copy: {clean} ({kept} of {report.rows} rows)")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@data_app.command("filter")
+def data_filter(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML (default: the tiny demo recipe): its training "
+                                            "split, rewards, prompt format and sampling."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted recipe overrides."),
+    model: Optional[Path] = typer.Option(None, "--model", help="The model that samples: a run directory, checkpoint "
+                                         "or model folder (default: the recipe's run directory, e.g. runs/tiny)."),
+    out: Path = typer.Option(Path("filtered.jsonl"), "--out", help="The kept rows (.jsonl or .parquet); the "
+                             "histogram goes to <out>.png, the counts to <out stem>.stats.json."),
+    k: int = typer.Option(8, "--k", min=1, help="Completions sampled per prompt."),
+    min_rate: float = typer.Option(0.05, "--min", help="Lowest pass rate kept (drops never-solved prompts)."),
+    max_rate: float = typer.Option(0.95, "--max", help="Highest pass rate kept (drops always-solved prompts)."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="Only the first N rows."),
+    data: Optional[str] = typer.Option(None, "--data", help="Filter this data set instead of the recipe's "
+                                       "training split (a local file or a Hugging Face name; the recipe's columns)."),
+    split: Optional[str] = typer.Option(None, "--split", help="--data's split (default: the recipe's split)."),
+) -> None:
+    """Keep the prompts whose pass rate under the model lies in a band: drop always- and never-solved ones."""
+    cfg = _load(recipe or (DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None), list(overrides or []))
+    from rlwhf.data.difficulty import filter_by_pass_rate
+    from rlwhf.evaluation import RewardFailed
+
+    try:
+        stats = filter_by_pass_rate(str(model or cfg.run.dir), cfg, out, k=k, low=min_rate, high=max_rate,
+                                    prompts=prompts, data=data, split=split)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    except RewardFailed as exc:
+        _fail(str(exc), code=1)
+    bars = ", ".join(f"{float(level):.2f}: {count}" for level, count in stats["histogram"].items())
+    typer.echo(f"pass rates of {stats['prompts']} prompts ({k} samples each), prompts per rate: {bars}")
+    typer.echo(f"kept {stats['kept']} with a pass rate in [{min_rate}, {max_rate}]; dropped "
+               f"{stats['prompts'] - stats['kept']}, of which {stats['always_solved']} always solved and "
+               f"{stats['never_solved']} never solved -> {out}\n"
+               f"histogram: {stats['plot']}\ntrain on it: data.task=dataset data.dataset={out}")
 
 
 def _steps_text(steps) -> str:
@@ -274,6 +465,10 @@ def _inspect_summary(console, run_dir: Path, every: int) -> None:
     if "sampled_accuracy_after_rl" in summary:
         table.add_row("accuracy, sampled (before → after RL)",
                       f"{_fmt(summary.get('sampled_accuracy_before_rl'))} → {_fmt(summary['sampled_accuracy_after_rl'])}")
+    for key in sorted(k.removesuffix("_after_rl") for k in summary if k.startswith(("pass@", "maj@"))
+                      and k.endswith("_after_rl")):
+        table.add_row(f"{key}, sampled (before → after RL)",
+                      f"{_fmt(summary.get(key + '_before_rl'))} → {_fmt(summary[key + '_after_rl'])}")
     table.add_row("mean response length (first → last)", pair("response_length/mean", ".1f") + " tokens")
     if "response_length/truncated_frac" in rows:
         table.add_row("truncated fraction (first → last)", pair("response_length/truncated_frac", ".2f"))
@@ -304,6 +499,45 @@ def _inspect_summary(console, run_dir: Path, every: int) -> None:
                       _fmt(acc.get(int(row["step"]))))
     console.print(steps)
     console.print(f"[dim]one step's prompts: rlwhf inspect {run_dir} --step {int(last['step'])}[/dim]")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (runs/NAME/checkpoints/step_N), a run directory (its "
+                                      "latest complete checkpoint) or any local HF model folder."),
+    out: Path = typer.Argument(..., help="The folder to write (new or empty, unless --overwrite)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Cast the saved weights: float32, bfloat16 or float16 "
+                                        "(default: keep the source's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty."),
+    ignore_routing_bias: bool = typer.Option(False, "--ignore-routing-bias", help="Export a moe.balance=aux_free "
+                                             "checkpoint without its routing bias (its routing will differ)."),
+) -> None:
+    """Write a model as a plain Hugging Face folder (safetensors, config, tokenizer, generation config) for vLLM/transformers."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from rlwhf.export import EXPORT_INFO, export_model
+
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            written = export_model(checkpoint, out, dtype=dtype, overwrite=overwrite,
+                                   ignore_routing_bias=ignore_routing_bias)
+        except (FileNotFoundError, FileExistsError, ValueError) as exc:
+            _fail(str(exc))
+    for w in caught:
+        if "routing bias" in str(w.message):
+            typer.secho(f"warning: {w.message}", fg="yellow", err=True)
+    info = json.loads((written / EXPORT_INFO).read_text())
+    step = f" (step {info['step']})" if info.get("step") is not None else ""
+    typer.echo(f"exported {info['source']}{step} to {written} as {info['dtype']}:")
+    for f in sorted(written.iterdir()):
+        typer.echo(f"  {f.name:24s} {f.stat().st_size:>12,d} bytes")
+    typer.echo("load it with:")
+    typer.echo(f"  vllm.LLM({str(written)!r})")
+    typer.echo(f"  transformers.AutoModelForCausalLM.from_pretrained({str(written)!r})")
 
 
 def main() -> None:

@@ -73,6 +73,11 @@ class DataConfig(Section):
     overlong_prompts: Literal["drop", "error"] = Field("drop", description="Prompts longer than "
                                                        "rollout.max_prompt_tokens as rendered: dropped (and counted) "
                                                        "or refused.")
+    bad_rows: Literal["drop", "error"] = Field("drop", description="task=dataset: rows with a missing or empty "
+                                               "prompt, a prompt seen in an earlier row, or (when a math reward "
+                                               "needs it) a missing or empty gold answer: dropped (and counted) or "
+                                               "refused with the first one's row number. `rlwhf data check` lists "
+                                               "them all.")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -232,6 +237,41 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1, description="Longest completion at evaluation.")
     samples: int = Field(4, ge=0, description="Also sample this many completions per held-out prompt at the "
                          "rollout temperature and report their mean accuracy, the quantity RL optimises (0: greedy only).")
+    k: int = Field(4, ge=1, description="pass@k (unbiased, from all the samples) and maj@k (majority answer of the "
+                   "first k samples) are reported at this k; at most eval.samples.")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.samples and self.k > self.samples:
+            raise ValueError(f"k ({self.k}) must be at most samples ({self.samples}): pass@k and maj@k take k of "
+                             "each prompt's samples")
+        return self
+
+
+def _small_dense_student() -> TinyMoEConfig:
+    return TinyMoEConfig(arch="qwen3", hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=32,
+                         expert_hidden_size=256)
+
+
+class DistillConfig(Section):
+    """``rlwhf distill``: rejection-sampling distillation of a teacher into a student."""
+
+    teacher: str = Field("runs/tiny", description="The teacher: a run directory (its last checkpoint), a checkpoint "
+                         "or a model folder in Hugging Face format.")
+    num_prompts: int = Field(1000, ge=1, description="Training prompts the teacher answers.")
+    samples: int = Field(4, ge=1, description="Completions the teacher samples per prompt (k), at "
+                         "rollout.temperature.")
+    keep_per_prompt: int = Field(1, ge=1, description="Most verified completions kept per prompt (m).")
+    select: Literal["shortest", "random"] = Field("shortest", description="Which verified completions are kept "
+                                                  "when a prompt has more than keep_per_prompt.")
+    student: TinyMoEConfig = Field(default_factory=_small_dense_student, description="Shape of the student built "
+                                   "locally (arch 'qwen3' is dense).")
+    student_path: str | None = Field(None, description="Start from this model folder instead of building a student.")
+    steps: int = Field(400, ge=1, description="The student's SFT optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="The student's SFT examples per step.")
+    learning_rate: float = Field(3e-3, gt=0, description="The student's SFT peak learning rate (cosine schedule).")
+    baseline: bool = Field(True, description="Also train the same student, same steps, on the solver's traces of the "
+                           "same prompts (needs a 'solution' column), and score it beside the distilled one.")
 
 
 class TrackingConfig(Section):
@@ -281,6 +321,7 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     moe: MoEConfig = Field(default_factory=MoEConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     sync: SyncConfig = Field(default_factory=SyncConfig)

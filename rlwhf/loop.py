@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from rlwhf import checkpoints
 from rlwhf.algo import group_advantages, overlong_penalty, scale_negative, zero_variance_groups
 from rlwhf.config import Recipe, check_references
+from rlwhf.data.check import math_reward_used
 from rlwhf.data.prompts import render_task
 from rlwhf.data.source import PromptSource, TaskData, load_task
 from rlwhf.evaluation import describe_accuracy, evaluate, sample, score, trace_rows
@@ -125,7 +126,10 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     if os.environ.get("RLWHF_FAULT"):  # crash tests: the workers (started by Ray below) learn who to kill
         os.environ["RLWHF_DRIVER_PID"] = str(os.getpid())
     init_ray(recipe.ray.address, recipe.ray.num_cpus)
-    data = load_task(recipe.data, recipe.run.seed)
+    data = load_task(recipe.data, recipe.run.seed, needs_answer=math_reward_used(recipe))
+    if data.dropped:
+        say(f"dropped {sum(data.dropped.values())} bad rows of data.dataset ("
+            + ", ".join(f"{n} {kind}" for kind, n in data.dropped.items()) + "); `rlwhf data check` lists them")
     ckpt = checkpoints.latest_checkpoint(run_dir) if resume else None
     state = json.loads((ckpt / "loop_state.json").read_text()) if ckpt else {}
     if resume:
@@ -152,9 +156,7 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     run = Run(recipe, run_dir, data, source, rollout, policy, reward, tracker, state.get("step", 0), {},
               pending=checkpoints.saved_rollouts(ckpt))
     if "accuracy_before_rl" in state:
-        run.before = {"accuracy": state["accuracy_before_rl"]}
-        if "sampled_accuracy_before_rl" in state:
-            run.before["accuracy/sampled"] = state["sampled_accuracy_before_rl"]
+        run.before = restore_before(state)
     else:
         say("scoring the held-out set before RL")
         run.before = run.evaluate(0, "before")
@@ -282,10 +284,30 @@ def record_step(run: Run, step: int, collected: Collected, batch: RolloutBatch |
                                                       collected.per_reward, collected.totals, batch.advantages))
 
 
+def headline(result: dict, when: str) -> dict:
+    """An evaluation's headline numbers as ``summary.json`` and checkpoints keep them, ``when`` being
+    ``before_rl`` or ``after_rl``: ``accuracy_<when>`` (greedy), ``sampled_accuracy_<when>``, and
+    ``pass@k_<when>``/``maj@k_<when>``."""
+    out = {f"accuracy_{when}": result["accuracy"]}
+    if "accuracy/sampled" in result:
+        out[f"sampled_accuracy_{when}"] = result["accuracy/sampled"]
+    out.update({f"{key}_{when}": value for key, value in result.items() if key.startswith(("pass@", "maj@"))})
+    return out
+
+
 def before_state(before: dict) -> dict:
-    """The accuracy before RL as ``summary.json`` and checkpoints keep it."""
-    return {"accuracy_before_rl": before["accuracy"],
-            **({"sampled_accuracy_before_rl": before["accuracy/sampled"]} if "accuracy/sampled" in before else {})}
+    """The evaluation before RL as ``summary.json`` and checkpoints keep it."""
+    return headline(before, "before_rl")
+
+
+def restore_before(state: dict) -> dict:
+    """``before_state``'s inverse: the evaluation before RL from a checkpoint's loop state."""
+    before = {"accuracy": state["accuracy_before_rl"]}
+    if "sampled_accuracy_before_rl" in state:
+        before["accuracy/sampled"] = state["sampled_accuracy_before_rl"]
+    before.update({key.removesuffix("_before_rl"): value for key, value in state.items()
+                   if key.startswith(("pass@", "maj@")) and key.endswith("_before_rl")})
+    return before
 
 
 def finish(run: Run, started: float) -> dict:
@@ -296,8 +318,7 @@ def finish(run: Run, started: float) -> dict:
     run.tracker.log({"step": recipe.train.steps, **after, **before_state(run.before)})
     run.tracker.close()
     run.reward.close()
-    summary = {"run_dir": str(run.dir), **before_state(run.before), "accuracy_after_rl": after["accuracy"],
-               **({"sampled_accuracy_after_rl": after["accuracy/sampled"]} if "accuracy/sampled" in after else {}),
+    summary = {"run_dir": str(run.dir), **before_state(run.before), **headline(after, "after_rl"),
                "steps": recipe.train.steps, "wall_seconds": round(time.perf_counter() - started, 1),
                "rollout_engine": recipe.rollout.engine}
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -82,18 +82,22 @@ def prepare_prompts(rows: list[dict], renderer: PromptRenderer, max_tokens: int,
     return Prepared(kept, dropped)
 
 
-def render_task(recipe, data: TaskData, model_path: str) -> TaskData:
-    """Every prompt of both splits as the policy's tokenizer renders it; over-long ones dropped (and
-    said) or refused, as ``data.overlong_prompts`` says."""
+def render_rows(rows: list[dict], renderer: PromptRenderer, recipe, split: str, required: bool = True) -> list[dict]:
+    """``rows`` with their prompts rendered (``prepare_prompts``); over-long ones dropped (and said)
+    or refused, as ``data.overlong_prompts`` says; when ``required``, refused if none is left."""
     from rlwhf.tracking import say
 
+    limit = recipe.rollout.max_prompt_tokens
+    prepared = prepare_prompts(rows, renderer, limit, recipe.data.overlong_prompts, split)
+    if prepared.dropped:
+        say(f"dropped {prepared.dropped} {split} prompts longer than rollout.max_prompt_tokens={limit} tokens")
+    if required and not prepared.rows:
+        raise ValueError(f"no {split} prompt fits in rollout.max_prompt_tokens={limit} tokens")
+    return prepared.rows
+
+
+def render_task(recipe, data: TaskData, model_path: str) -> TaskData:
+    """Every prompt of both splits as the policy's tokenizer renders it (``render_rows``)."""
     renderer = PromptRenderer.from_pretrained(model_path, recipe.data)
-    limit, on_overlong = recipe.rollout.max_prompt_tokens, recipe.data.overlong_prompts
-    train = prepare_prompts(data.train, renderer, limit, on_overlong, "training")
-    test = prepare_prompts(data.test, renderer, limit, on_overlong, "held-out")
-    for split, prepared in (("training", train), ("held-out", test)):
-        if prepared.dropped:
-            say(f"dropped {prepared.dropped} {split} prompts longer than rollout.max_prompt_tokens={limit} tokens")
-    if not train.rows:
-        raise ValueError(f"no training prompt fits in rollout.max_prompt_tokens={limit} tokens")
-    return TaskData(train.rows, test.rows)
+    return TaskData(render_rows(data.train, renderer, recipe, "training"),
+                    render_rows(data.test, renderer, recipe, "held-out", required=False), data.dropped)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from rlwhf.config import DATA_FILE_SUFFIXES, DataConfig
 
@@ -12,10 +13,15 @@ from rlwhf.config import DATA_FILE_SUFFIXES, DataConfig
 class TaskData:
     train: list[dict]  # each: prompt, answer (+ solution for procedural tasks, + other columns)
     test: list[dict]
+    dropped: dict[str, int] = field(default_factory=dict)  # task=dataset: bad rows dropped, by kind
 
 
-def load_task(cfg: DataConfig, seed: int) -> TaskData:
-    """Build or read the prompts named by ``data.task``; the held-out split never overlaps training."""
+def load_task(cfg: DataConfig, seed: int, *, needs_answer: bool = True) -> TaskData:
+    """Build or read the prompts named by ``data.task``; the held-out split never overlaps training.
+
+    A data set's bad rows (``rlwhf.data.check.CHEAP_KINDS``; a blank gold answer only when
+    ``needs_answer``, i.e. a math reward scores it) are dropped and counted in ``dropped``, or
+    refused, as ``data.bad_rows`` says."""
     if cfg.task == "arithmetic":
         from rlwhf.data.arithmetic import make_arithmetic
 
@@ -26,30 +32,58 @@ def load_task(cfg: DataConfig, seed: int) -> TaskData:
 
         rows = make_coding_tasks(cfg.num_train + cfg.num_test, seed)
         return TaskData(rows[cfg.num_test:], rows[: cfg.num_test])
-    return _load_dataset(cfg, seed)
+    return _load_dataset(cfg, seed, needs_answer)
 
 
-def _load_dataset(cfg: DataConfig, seed: int) -> TaskData:
+def read_table(dataset: str, subset: str | None, split: str):
+    """One split of a local data file (json, jsonl, csv, parquet) or an HF data set, as a ``datasets.Dataset``."""
     import datasets
 
-    def read(split: str):
-        suffix = cfg.dataset.rsplit(".", 1)[-1]
-        if suffix in DATA_FILE_SUFFIXES:
-            builder = "json" if suffix in {"json", "jsonl"} else suffix
-            return datasets.load_dataset(builder, data_files={split: cfg.dataset}, split=split)
-        return datasets.load_dataset(cfg.dataset, cfg.subset, split=split)
+    suffix = dataset.rsplit(".", 1)[-1]
+    if suffix in DATA_FILE_SUFFIXES:
+        builder = "json" if suffix in {"json", "jsonl"} else suffix
+        return datasets.load_dataset(builder, data_files={split: dataset}, split=split)
+    return datasets.load_dataset(dataset, subset, split=split)
 
-    train = read(cfg.split)
+
+def read_split(cfg: DataConfig, split: str, *, needs_answer: bool = True, dropped: Counter | None = None) -> list[dict]:
+    """Every row of one split of ``data.dataset``, its prompt and answer columns renamed ``prompt``
+    and ``answer`` as the recipe maps them; bad rows (``rlwhf.data.check.CHEAP_KINDS``) dropped
+    and counted in ``dropped`` by kind, or refused, as ``data.bad_rows`` says."""
+    from rlwhf.data.check import check_rows
+
+    table = read_table(cfg.dataset, cfg.subset, split)
     for column in (cfg.prompt_column, cfg.answer_column):
-        if column not in train.column_names:
-            raise ValueError(f"data.dataset {cfg.dataset!r} has no column {column!r}; columns: {train.column_names}")
+        if column not in table.column_names:
+            raise ValueError(f"data.dataset {cfg.dataset!r} has no column {column!r}; "
+                             f"columns: {table.column_names}")
+    rows = table.to_list()
+    bad: dict[int, str] = {}
+    for problem in check_rows(rows, prompt_column=cfg.prompt_column, answer_column=cfg.answer_column,
+                              needs_answer=needs_answer):
+        if cfg.bad_rows == "error":
+            raise ValueError(f"data.dataset {cfg.dataset!r} ({split} split) row {problem.row}: "
+                             f"{problem.kind}: {problem.reason} (rows numbered from 0 in file order). "
+                             f"`rlwhf data check {cfg.dataset}` lists every bad row; "
+                             "data.bad_rows=drop drops them instead")
+        bad.setdefault(problem.row, problem.kind)  # a row counts once, as its first problem
+    if dropped is not None:
+        dropped.update(bad.values())
     rename = {cfg.prompt_column: "prompt", cfg.answer_column: "answer"}
-    rows = [{rename.get(k, k): v for k, v in r.items()} for r in train]
-    if cfg.test_split:
-        test = [{rename.get(k, k): v for k, v in r.items()} for r in read(cfg.test_split)]
-        return TaskData(rows[: cfg.num_train], test[: cfg.num_test])
+    return [{rename.get(k, k): v for k, v in r.items()} for i, r in enumerate(rows) if i not in bad]
+
+
+def _load_dataset(cfg: DataConfig, seed: int, needs_answer: bool = True) -> TaskData:
+    from rlwhf.data.check import CHEAP_KINDS
+
+    dropped: Counter = Counter()
+    rows = read_split(cfg, cfg.split, needs_answer=needs_answer, dropped=dropped)
+    test = read_split(cfg, cfg.test_split, needs_answer=needs_answer, dropped=dropped) if cfg.test_split else None
+    counts = {kind: dropped[kind] for kind in CHEAP_KINDS if dropped[kind]}
+    if test is not None:
+        return TaskData(rows[: cfg.num_train], test[: cfg.num_test], counts)
     random.Random(seed).shuffle(rows)
-    return TaskData(rows[cfg.num_test: cfg.num_test + cfg.num_train], rows[: cfg.num_test])
+    return TaskData(rows[cfg.num_test: cfg.num_test + cfg.num_train], rows[: cfg.num_test], counts)
 
 
 class PromptSource:
@@ -72,3 +106,20 @@ class PromptSource:
             batch.append(self.rows[self._order(epoch)[pos]])
             self.cursor += 1
         return batch
+
+
+def rows_to_score(recipe, which: str, data: str | None = None, split: str | None = None) -> tuple[list[dict], str]:
+    """The rows a command outside training samples from, and their description: the recipe's
+    ``which`` split (``train`` or ``test``: held-out), or every row of ``data`` (a local file or a
+    Hugging Face data set, read with the recipe's column mapping; ``split`` by default the recipe's
+    test_split for ``test``, else its split)."""
+    from rlwhf.data.check import math_reward_used
+
+    needs_answer = math_reward_used(recipe)
+    if data is None:
+        task = load_task(recipe.data, recipe.run.seed, needs_answer=needs_answer)
+        return (task.train, "the recipe's training split") if which == "train" else \
+            (task.test, "the recipe's held-out split")
+    cfg = recipe.data.model_copy(update={"task": "dataset", "dataset": data})
+    default = (cfg.test_split or cfg.split) if which == "test" else cfg.split
+    return read_split(cfg, split or default, needs_answer=needs_answer), data

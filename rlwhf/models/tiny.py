@@ -19,9 +19,10 @@ from rlwhf.models.tokenizer import build_tokenizer
 class TinyMoEConfig(BaseModel):
     """Shape of the locally built MoE policy."""
 
-    arch: Literal["qwen3_moe", "deepseek_v3"] = Field(
+    arch: Literal["qwen3_moe", "deepseek_v3", "qwen3"] = Field(
         "qwen3_moe", description="'qwen3_moe': softmax top-k routing, grouped-query attention; 'deepseek_v3': "
-        "a shared expert, sigmoid routing with a per-expert correction bias, multi-head latent attention (MLA).")
+        "a shared expert, sigmoid routing with a per-expert correction bias, multi-head latent attention (MLA); "
+        "'qwen3': dense (one MLP of expert_hidden_size per layer, no experts), e.g. a distillation student.")
     hidden_size: int = Field(128, description="Model width.")
     num_layers: int = Field(4, description="Decoder layers; every one is sparse (MoE).")
     num_heads: int = Field(4, description="Attention query heads.")
@@ -42,8 +43,8 @@ class TinyMoEConfig(BaseModel):
 
 
 def hf_config(config: TinyMoEConfig, vocab_size: int, tokenizer=None):
-    """The ``Qwen3MoeConfig`` or ``DeepseekV3Config`` of the tiny model of this shape."""
-    from transformers import DeepseekV3Config, Qwen3MoeConfig
+    """The ``Qwen3MoeConfig``, ``DeepseekV3Config`` or (dense) ``Qwen3Config`` of the tiny model of this shape."""
+    from transformers import DeepseekV3Config, Qwen3Config, Qwen3MoeConfig
 
     tokens = dict(pad_token_id=tokenizer.pad_token_id if tokenizer else 0,
                   bos_token_id=tokenizer.bos_token_id if tokenizer else 1,
@@ -64,6 +65,13 @@ def hf_config(config: TinyMoEConfig, vocab_size: int, tokenizer=None):
         # (transformers' config has no such fields; DeepSeek-V3's own config.json does).
         out.topk_method, out.scoring_func = "noaux_tc", "sigmoid"
         return out
+    if config.arch == "qwen3":
+        return Qwen3Config(
+            vocab_size=vocab_size, hidden_size=config.hidden_size, intermediate_size=config.expert_hidden_size,
+            num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim,
+            max_position_embeddings=config.max_position_embeddings, tie_word_embeddings=False,
+            torch_dtype="float32", **tokens)
     return Qwen3MoeConfig(
         vocab_size=vocab_size,
         hidden_size=config.hidden_size,
@@ -93,7 +101,7 @@ def build_model(config: TinyMoEConfig, vocab_size: int, tokenizer=None, seed: in
 
 
 def build_tiny_moe(out_dir: str | Path, config: TinyMoEConfig | None = None, seed: int = 0) -> Path:
-    """Write a tokenizer and a randomly initialised tiny MoE model to ``out_dir`` (HF format)."""
+    """Write a tokenizer and a randomly initialised tiny model (MoE; dense for arch ``qwen3``) to ``out_dir`` (HF format)."""
     out_dir = Path(out_dir)
     config = config or TinyMoEConfig()
     tokenizer = build_tokenizer(config.chat_format)

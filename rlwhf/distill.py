@@ -1,0 +1,157 @@
+"""``rlwhf distill``: rejection-sampling distillation, as DeepSeek distilled R1 into small dense models.
+
+The teacher samples ``distill.samples`` chain-of-thought completions per training prompt with vLLM;
+the recipe's accuracy reward keeps the verified ones (at most ``distill.keep_per_prompt`` per prompt,
+the shortest or a random few); a student, smaller and of another architecture, is fine-tuned on
+them with TRL's SFTTrainer (``rlwhf.train.sft.cold_start_sft``). Teacher and student are scored on
+the same held-out prompts; with ``distill.baseline`` the same student is also fine-tuned on the
+solver's traces of the same prompts, the cold start it would otherwise get.
+
+A distillation writes ``<output_dir>/<name>/``: ``config.yaml``, ``distill_data.jsonl`` (the kept
+completions), ``student/`` (and ``baseline/``) in Hugging Face format, and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rlwhf.config import Recipe
+
+
+def sample_verified(engine, runner, rows: list[dict], recipe: Recipe) -> tuple[list[dict], dict]:
+    """The teacher's verified completions: ``distill.samples`` per prompt, scored by the recipe's
+    rewards, the ones the accuracy reward scores 1 kept (at most ``distill.keep_per_prompt`` per
+    prompt). Returns the kept examples (``prompt``, ``solution`` and the row's other columns) and
+    counts: ``sampled``, ``verified``, ``prompts_with_one``, ``kept``."""
+    from rlwhf.evaluation import sampled_chunks
+    from rlwhf.rollout import SamplingSettings
+
+    d, rc = recipe.distill, recipe.rollout
+    pick = random.Random(recipe.run.seed)
+    kept, counts = [], {"sampled": 0, "verified": 0, "prompts_with_one": 0, "kept": 0}
+    settings = SamplingSettings(n=d.samples, temperature=rc.temperature, top_p=rc.top_p,
+                                max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed)
+    for part, groups, scored in sampled_chunks(engine, runner, rows, settings, desc="teacher samples",
+                                               stop_on_total_failure=recipe.rewards.stop_on_total_failure):
+        accuracy = scored.per_reward[recipe.rewards.accuracy]
+        for i, (row, group) in enumerate(zip(part, groups)):
+            right = [c for j, c in enumerate(group.completions)
+                     if c.finish_reason == "stop" and (accuracy[i * d.samples + j] or 0.0) >= 1.0]
+            counts["sampled"] += len(group.completions)
+            counts["verified"] += len(right)
+            counts["prompts_with_one"] += bool(right)
+            if d.select == "shortest":
+                right = sorted(right, key=lambda c: len(c.token_ids))
+            else:
+                pick.shuffle(right)
+            for c in right[:d.keep_per_prompt]:
+                kept.append({**{k: v for k, v in row.items() if k not in ("prompt_text", "prompt_ids")},
+                             "solution": c.text, "teacher_tokens": len(c.token_ids)})
+    counts["kept"] = len(kept)
+    return kept, counts
+
+
+def build_student(recipe: Recipe, out: Path) -> str:
+    """The student's starting folder: ``distill.student_path``, or one built from ``distill.student``."""
+    if recipe.distill.student_path:
+        from rlwhf.checkpoints import resolve_model
+
+        return str(resolve_model(recipe.distill.student_path))
+    from rlwhf.models.tiny import build_tiny_moe
+
+    if not (out / "config.json").is_file():
+        build_tiny_moe(out, recipe.distill.student, seed=recipe.run.seed)
+    return str(out)
+
+
+def evaluate_folder(model: str, recipe: Recipe, rows: list[dict]) -> dict:
+    """Held-out metrics of one model folder (``rlwhf.evaluation.run_evaluation``, in this process)."""
+    from rlwhf.data.prompts import PromptRenderer, render_rows
+    from rlwhf.evaluation import EvalPlan, local_workers, run_evaluation
+
+    rendered = render_rows(rows, PromptRenderer.from_pretrained(model, recipe.data), recipe, "held-out")
+    with local_workers(model, recipe) as (engine, runner):
+        return run_evaluation(EvalPlan.of(recipe), engine, runner, rendered, recipe.rewards.accuracy,
+                              recipe.rewards.stop_on_total_failure)
+
+
+def parameters(model: str) -> int:
+    """Parameters of a model folder, counted from its config without loading the weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).parameters())
+
+
+def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
+    """Run a distillation (module docstring); returns its summary, also written to ``summary.json``."""
+    from rlwhf.checkpoints import prepare_run_dir, resolve_model
+    from rlwhf.data.prompts import PromptRenderer, render_rows
+    from rlwhf.data.source import rows_to_score
+    from rlwhf.evaluation import EvalPlan, local_workers, run_evaluation
+    from rlwhf.train.sft import cold_start_sft
+
+    started = time.perf_counter()
+    d = recipe.distill
+    try:
+        teacher = str(resolve_model(d.teacher))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"distill.teacher: {exc}. The tiny recipes' teacher is the demo's run: `make demo` "
+                                "writes runs/tiny") from None
+    if d.baseline and recipe.data.task == "dataset" and not recipe.data.dataset:
+        raise ValueError("distill.baseline needs the solver's traces (a 'solution' column)")
+    run_dir = prepare_run_dir(recipe, resume=False)
+    prompts = rows_to_score(recipe, "train")[0][: d.num_prompts]
+    held_out = rows_to_score(recipe, "test")[0][: recipe.eval.num_prompts]
+    timings = {}
+
+    say(f"teacher {teacher}: {d.samples} samples for each of {len(prompts)} training prompts")
+    t0 = time.perf_counter()
+    renderer = PromptRenderer.from_pretrained(teacher, recipe.data)
+    with local_workers(teacher, recipe) as (engine, runner):
+        kept, counts = sample_verified(engine, runner, render_rows(prompts, renderer, recipe, "training"), recipe)
+        timings["teacher_sampling_s"] = round(time.perf_counter() - t0, 1)
+        say(f"kept {counts['kept']} verified completions ({counts['verified']} of {counts['sampled']} sampled "
+            f"were right; {counts['prompts_with_one']} of {len(prompts)} prompts had one)")
+        say("scoring the teacher on the held-out prompts")
+        teacher_metrics = run_evaluation(EvalPlan.of(recipe), engine, runner,
+                                         render_rows(held_out, renderer, recipe, "held-out"),
+                                         recipe.rewards.accuracy, recipe.rewards.stop_on_total_failure)
+    if not kept:
+        raise ValueError(f"the teacher {teacher} got none of {len(prompts)} prompts right in {d.samples} samples: "
+                         "nothing to distil (a stronger teacher, more distill.samples, or another data set)")
+    data_file = run_dir / "distill_data.jsonl"
+    data_file.write_text("".join(json.dumps(row) + "\n" for row in kept))
+
+    student_init = build_student(recipe, run_dir / "student_init")
+    trained = {"student": kept}
+    if d.baseline:
+        solved = {json.dumps(row["prompt"]): row.get("solution") for row in prompts}
+        baseline = [{**row, "solution": solved[json.dumps(row["prompt"])]} for row in kept]
+        if not all(row["solution"] for row in baseline):
+            raise ValueError("distill.baseline: the training rows have no solver traces ('solution' column); "
+                             "set distill.baseline=false")
+        trained["baseline"] = baseline
+    metrics = {"teacher": teacher_metrics}
+    for name, examples in trained.items():
+        what = "the teacher's verified completions" if name == "student" else "the solver's traces of the same prompts"
+        say(f"{name}: SFT, {d.steps} steps on {len(examples)} of {what}")
+        t0 = time.perf_counter()
+        cold_start_sft(student_init, examples, run_dir / name, steps=d.steps, batch_size=d.batch_size,
+                       learning_rate=d.learning_rate, seed=recipe.run.seed,
+                       max_length=recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens)
+        timings[f"{name}_sft_s"] = round(time.perf_counter() - t0, 1)
+        say(f"scoring the {name} on the held-out prompts")
+        metrics[name] = evaluate_folder(str(run_dir / name), recipe, held_out)
+
+    summary = {"run_dir": str(run_dir), "teacher": teacher, "teacher_parameters": parameters(teacher),
+               "student_parameters": parameters(student_init), "prompts": len(prompts), **counts,
+               "held_out_prompts": len(held_out), "metrics": metrics, **timings,
+               "wall_seconds": round(time.perf_counter() - started, 1)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
