@@ -270,6 +270,8 @@ class DistillConfig(Section):
     steps: int = Field(400, ge=1, description="The student's SFT optimizer steps.")
     batch_size: int = Field(32, ge=1, description="The student's SFT examples per step.")
     learning_rate: float = Field(3e-3, gt=0, description="The student's SFT peak learning rate (cosine schedule).")
+    seed: int | None = Field(None, description="Seed of the student's initialisation and SFT data order (default: "
+                             "run.seed); the teacher's samples and the data do not depend on it.")
     baseline: bool = Field(True, description="Also train the same student, same steps, on the solver's traces of the "
                            "same prompts (needs a 'solution' column), and score it beside the distilled one.")
 

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from rlwhf.config import Recipe
 
 
@@ -55,6 +57,10 @@ def sample_verified(engine, runner, rows: list[dict], recipe: Recipe) -> tuple[l
     return kept, counts
 
 
+def student_seed(recipe: Recipe) -> int:
+    return recipe.run.seed if recipe.distill.seed is None else recipe.distill.seed
+
+
 def build_student(recipe: Recipe, out: Path) -> str:
     """The student's starting folder: ``distill.student_path``, or one built from ``distill.student``."""
     if recipe.distill.student_path:
@@ -64,7 +70,7 @@ def build_student(recipe: Recipe, out: Path) -> str:
     from rlwhf.models.tiny import build_tiny_moe
 
     if not (out / "config.json").is_file():
-        build_tiny_moe(out, recipe.distill.student, seed=recipe.run.seed)
+        build_tiny_moe(out, recipe.distill.student, seed=student_seed(recipe))
     return str(out)
 
 
@@ -142,9 +148,16 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
         what = "the teacher's verified completions" if name == "student" else "the solver's traces of the same prompts"
         say(f"{name}: SFT, {d.steps} steps on {len(examples)} of {what}")
         t0 = time.perf_counter()
-        cold_start_sft(student_init, examples, run_dir / name, steps=d.steps, batch_size=d.batch_size,
-                       learning_rate=d.learning_rate, seed=recipe.run.seed,
-                       max_length=recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens)
+        with tqdm(total=d.steps, desc=f"{name} SFT", unit="step", dynamic_ncols=True) as bar:
+
+            def on_step(step: int, loss: float | None, bar=bar) -> None:
+                bar.update(step - bar.n)
+                if loss is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+            cold_start_sft(student_init, examples, run_dir / name, steps=d.steps, batch_size=d.batch_size,
+                           learning_rate=d.learning_rate, seed=student_seed(recipe), on_step=on_step,
+                           max_length=recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens)
         timings[f"{name}_sft_s"] = round(time.perf_counter() - t0, 1)
         say(f"scoring the {name} on the held-out prompts")
         metrics[name] = evaluate_folder(str(run_dir / name), recipe, held_out)

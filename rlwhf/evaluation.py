@@ -265,9 +265,13 @@ def local_workers(model_path: str, recipe):
     """A rollout engine (``rollout.engine``) for ``model_path`` and a reward runner for the recipe's
     rewards, both in this process (no Ray), for commands that sample and score outside a run;
     closed on leaving."""
+    import os
+
     from rlwhf.reward_runner import RewardRunner
     from rlwhf.rollout import make_engine
 
+    # In this process vLLM's start-up warnings (eager mode, no tcmalloc, ...) would bury the results.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     rc, rw = recipe.rollout, recipe.rewards
     engine = make_engine(rc.engine, model_path, dtype=recipe.model.dtype, seed=recipe.run.seed,
                          kv_cache_gib=rc.kv_cache_gib,
@@ -322,4 +326,6 @@ def metrics_table(metrics: dict) -> list[tuple[str, str, str]]:
         value = metrics.get(key)
         return "—" if value is None or value != value else f"{value:.1f}" if "length" in key else f"{value:.3f}"
 
+    first = [n for n in names if n == "accuracy" or n.startswith(("pass@", "maj@"))]
+    names = sorted(first, key=lambda n: (n != "accuracy", n[:3] == "maj")) + [n for n in names if n not in first]
     return [(name, cell(f"greedy/{name}"), cell(f"sampled/{name}")) for name in names]

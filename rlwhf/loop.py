@@ -319,6 +319,7 @@ def finish(run: Run, started: float) -> dict:
     run.tracker.close()
     run.reward.close()
     summary = {"run_dir": str(run.dir), **before_state(run.before), **headline(after, "after_rl"),
+               **({"dropped_rows": run.data.dropped} if run.data.dropped else {}),
                "steps": recipe.train.steps, "wall_seconds": round(time.perf_counter() - started, 1),
                "rollout_engine": recipe.rollout.engine}
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))

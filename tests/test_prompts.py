@@ -59,6 +59,8 @@ def test_a_conversational_data_file_trains_a_chat_model_and_trls_own_reward_work
     rows = [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"], "solution": r["solution"]}
             for r in make_arithmetic(120, 0, 2, 2, 0.5)]
     rows.append({"prompt": [{"role": "user", "content": "Q: " + "9" * 200 + "+1=?"}], "answer": "0", "solution": ""})
+    # Bad rows do not stop a run: the loader drops them (data.bad_rows=drop) and the summary counts them.
+    rows += [dict(rows[3]), {"prompt": [], "answer": "1", "solution": ""}, {**rows[5], "answer": None}]
     data = tmp_path / "problems.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = run_cli("train", ROOT / "recipes" / "tiny-base.yaml", f"model.path={model}", "data.task=dataset",
@@ -70,6 +72,9 @@ def test_a_conversational_data_file_trains_a_chat_model_and_trls_own_reward_work
                    "run.name=chat", cwd=tmp_path, paying=("trl.rewards:think_format_reward",))
     assert "dropped 1 training prompts longer than rollout.max_prompt_tokens=96" in proc.stdout + proc.stderr or \
         "dropped 1 held-out prompts longer than rollout.max_prompt_tokens=96" in proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "chat" / "summary.json").read_text())
+    assert summary["dropped_rows"] == {"empty_prompt": 1, "missing_answer": 1, "duplicate_prompt": 1}
+    assert "dropped 3 bad rows of data.dataset" in proc.stdout + proc.stderr
     from rlwhf.traces import load
 
     traces = load(tmp_path / "chat")
