@@ -348,3 +348,12 @@ def test_math_accuracy_works_inside_a_daemonic_process():
         scores = pool.apply(math_accuracy, ([boxed("(x+1)^2"), boxed("x^2+1")],),
                             {"prompts": ["p", "p"], "answer": ["x^2+2x+1"] * 2})
     assert scores == [1.0, 0.0]
+
+
+def test_gold_is_readable_tells_answers_the_verifier_can_use_from_ones_it_cannot():
+    from rewards.math import gold_is_readable
+
+    for gold in ("42", "\\frac{1}{2}", "x^2+1", "B", "[1, 2)", "The final answer is $28\\%$."):
+        assert gold_is_readable(gold), gold
+    for gold in ("???", "\\frac{", "", None):
+        assert not gold_is_readable(gold), gold

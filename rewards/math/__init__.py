@@ -43,7 +43,7 @@ from rewards.math.options import (
 from rewards.math.parsing import ParseError, parse
 from rewards.math.pool import _run_jobs, shutdown, stats, warm_up
 
-__all__ = ["verify", "verify_batch", "answers_equal", "extract_answer", "parse", "ParseError", "Options",
+__all__ = ["verify", "verify_batch", "answers_equal", "gold_is_readable", "extract_answer", "parse", "ParseError", "Options",
            "DEFAULTS", "DEFAULT_TIMEOUT_S", "MAX_ANSWER_CHARS", "MAX_DEPTH", "STARTUP_TIMEOUT_S",
            "HELPER_MEMORY_BYTES", "math_accuracy", "warm_up", "shutdown", "stats"]
 
@@ -101,6 +101,19 @@ def verify(gold: str, prediction: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, 
 def answers_equal(gold: str, answer: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """Compare two bare answers (no extraction)."""
     return verify(gold, f"\\boxed{{{answer}}}", timeout_s=timeout_s)
+
+
+def gold_is_readable(gold: str) -> bool:
+    """Whether ``gold`` is an answer the verifier can compare against: it parses (as written, or
+    as the final answer of a worked solution) or is an option letter. ``"???"`` or ``"\\frac{"``
+    is not, though ``verify`` would match the first to itself letter for letter."""
+    if not isinstance(gold, str) or not gold.strip():
+        return False
+    try:
+        prepared = _prepare_gold(gold)
+    except (RecursionError, MemoryError, ParseError, ValueError, TypeError, ArithmeticError):
+        return False
+    return prepared.tree is not None or prepared.choice is not None
 
 
 @reward("math_accuracy")

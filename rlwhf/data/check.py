@@ -174,17 +174,11 @@ def check_rows(rows: list[dict], *, prompt_column: str = "prompt", answer_column
 def _unreadable_golds(golds: list[str], indices: list[int]) -> Iterable[int]:
     """The rows whose gold the verifier cannot use: it does not parse as an answer (nor as an
     option letter), or a completion answering exactly ``\\boxed{gold}`` would not verify."""
-    from rewards.math import verify_batch
-    from rewards.math.decide import _prepare_gold
+    from rewards.math import gold_is_readable, verify_batch
 
     selfcheck = verify_batch(golds, ["\\boxed{" + g + "}" for g in golds])
     for i, gold, ok in zip(indices, golds, selfcheck):
-        try:
-            prepared = _prepare_gold(gold)
-            parsed = prepared.tree is not None or prepared.choice is not None
-        except Exception:
-            parsed = False
-        if not (ok and parsed):
+        if not (ok and gold_is_readable(gold)):
             yield i
 
 
