@@ -116,7 +116,8 @@ def plan(
 def eval_command(
     model: Path = typer.Argument(..., help="A run directory (its last checkpoint), a checkpoint, or a model folder."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe whose rewards, sampling, prompt format "
-                                          "and held-out split are used (default: the tiny demo recipe)."),
+                                          "and held-out split are used (default: the run's own config.yaml when "
+                                          "MODEL is a run or one of its checkpoints, else the tiny demo recipe)."),
     data: Optional[str] = typer.Option(None, "--data", help="Score every row of this data set instead (a local "
                                        "jsonl/json/csv/parquet file or a Hugging Face name; the recipe's columns)."),
     split: Optional[str] = typer.Option(None, "--split", help="--data's split (default: the recipe's test_split, "
@@ -130,7 +131,10 @@ def eval_command(
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted recipe overrides, e.g. eval.max_new_tokens=128."),
 ) -> None:
     """Score a model: greedy accuracy, pass@1, pass@k, maj@k, lengths, truncation and format errors, each reward."""
-    cfg = _load(recipe or (DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None), list(overrides or []))
+    if recipe is None:  # a run's own recipe: the same settings score exactly as the run's evaluations did
+        recipe = next((d / "config.yaml" for d in (model, model.parent.parent) if (d / "config.yaml").is_file()),
+                      DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None)
+    cfg = _load(recipe, list(overrides or []))
     e = cfg.eval
     n = max(samples if samples is not None else e.samples, k or 0)
     chosen = {"samples": n, "k": k or (min(e.k, n) if n else e.k), "num_prompts": prompts or e.num_prompts}
@@ -159,7 +163,7 @@ def eval_command(
     completions = out.with_name(out.stem + "-completions.parquet")
     pd.DataFrame(report["completions"]).to_parquet(completions, index=False)
     console = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
-    table = Table(title=f"{settings['model']} on {settings['prompts']} prompts ({settings['data']})")
+    table = Table(title=f"{settings['model']} on {settings['prompts']} prompts ({settings['data']}; recipe {recipe})")
     table.add_column("metric")
     table.add_column("greedy", justify="right")
     table.add_column(f"sampled ({settings['samples']}/prompt, T={settings['temperature']})", justify="right")

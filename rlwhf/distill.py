@@ -82,7 +82,7 @@ def evaluate_folder(model: str, recipe: Recipe, rows: list[dict]) -> dict:
     rendered = render_rows(rows, PromptRenderer.from_pretrained(model, recipe.data), recipe, "held-out")
     with local_workers(model, recipe) as (engine, runner):
         return run_evaluation(EvalPlan.of(recipe), engine, runner, rendered, recipe.rewards.accuracy,
-                              recipe.rewards.stop_on_total_failure)
+                              recipe.rewards.stop_on_total_failure, progress=True)
 
 
 def parameters(model: str) -> int:
@@ -127,7 +127,8 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
         say("scoring the teacher on the held-out prompts")
         teacher_metrics = run_evaluation(EvalPlan.of(recipe), engine, runner,
                                          render_rows(held_out, renderer, recipe, "held-out"),
-                                         recipe.rewards.accuracy, recipe.rewards.stop_on_total_failure)
+                                         recipe.rewards.accuracy, recipe.rewards.stop_on_total_failure,
+                                         progress=True)
     if not kept:
         raise ValueError(f"the teacher {teacher} got none of {len(prompts)} prompts right in {d.samples} samples: "
                          "nothing to distil (a stronger teacher, more distill.samples, or another data set)")

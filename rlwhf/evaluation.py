@@ -56,17 +56,39 @@ def sample(rollout, rows: list[dict], sampling: SamplingSettings) -> tuple[list,
 def sampled_chunks(rollout, reward, rows: list[dict], sampling: SamplingSettings, *, desc: str, chunk: int = 64,
                    stop_on_total_failure: bool = True):
     """``sample`` and ``score`` over many rows, ``chunk`` prompts at a time under a progress bar:
-    yields ``(rows, groups, scored)`` per chunk. Each chunk's seed follows from ``sampling.seed`` and
-    its position, so the completions do not depend on where a run stops."""
+    yields ``(rows, groups, scored)`` per chunk. Every prompt keeps the seed the whole batch would
+    give it, so the completions are those of one ``sample`` call over all the rows."""
     from tqdm.auto import tqdm
 
+    from rlwhf.rollout.base import prompt_seeds
+
+    seeds = sampling.prompt_seeds or prompt_seeds(sampling.seed, len(rows))
     with tqdm(total=len(rows), desc=desc, unit="prompt", dynamic_ncols=True) as bar:
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
-            seed = None if sampling.seed is None else sampling.seed * 1_000_003 + start
-            groups, _ = sample(rollout, part, dataclasses.replace(sampling, seed=seed))
+            groups, _ = sample(rollout, part, dataclasses.replace(sampling, prompt_seeds=seeds[start:start + chunk]))
             yield part, groups, score(reward, part, groups, stop_on_total_failure)
             bar.update(len(part))
+
+
+def sample_and_score(rollout, reward, rows: list[dict], sampling: SamplingSettings, stop_on_total_failure: bool = True,
+                     progress: str | None = None) -> tuple[list, Scored]:
+    """``sample`` then ``score`` all ``rows``; with ``progress`` (the bar's label), in chunks under a
+    progress bar (``sampled_chunks``), with the same completions and scores."""
+    if progress is None:
+        groups, _ = sample(rollout, rows, sampling)
+        return groups, score(reward, rows, groups, stop_on_total_failure)
+    groups, parts = [], []
+    for _, chunk_groups, scored in sampled_chunks(rollout, reward, rows, sampling, desc=progress,
+                                                  stop_on_total_failure=stop_on_total_failure):
+        parts.append((len(groups), scored))
+        groups += chunk_groups
+    return groups, Scored(
+        per_reward={name: [v for _, sc in parts for v in sc.per_reward[name]] for name in parts[0][1].per_reward},
+        total=[v for _, sc in parts for v in sc.total],
+        errors={name: sum(sc.errors[name] for _, sc in parts) for name in parts[0][1].errors},
+        failures=[dataclasses.replace(f, group=f.group + offset) for offset, sc in parts for f in sc.failures],
+        seconds=sum(sc.seconds for _, sc in parts))
 
 
 class RewardFailed(RuntimeError):
@@ -210,14 +232,16 @@ class EvalPlan:
 
 
 def run_evaluation(plan: EvalPlan, rollout, reward, rows: list[dict], accuracy: str,
-                   stop_on_total_failure: bool = True, on_traces=None) -> dict:
+                   stop_on_total_failure: bool = True, on_traces=None, progress: bool = False) -> dict:
     """Score ``rows[:plan.num_prompts]``: greedy decoding's metrics under ``greedy/…`` (its
     ``accuracy`` also as ``accuracy``), the samples' under ``sampled/…`` (with pass@k and maj@k);
-    ``on_traces(kind, rows, groups, scored)`` sees each set of completions."""
+    ``on_traces(kind, rows, groups, scored)`` sees each set of completions. ``progress`` shows bars
+    and changes nothing else: the same settings score the same everywhere (a run's evaluations,
+    ``rlwhf eval``)."""
     rows = rows[: plan.num_prompts]
     greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=plan.max_new_tokens, seed=0)
-    groups, _ = sample(rollout, rows, greedy)
-    scored = score(reward, rows, groups, stop_on_total_failure)
+    groups, scored = sample_and_score(rollout, reward, rows, greedy, stop_on_total_failure,
+                                      "greedy" if progress else None)
     if on_traces:
         on_traces("greedy", rows, groups, scored)
     out = {f"greedy/{key}": value for key, value in completion_metrics(groups, scored, accuracy).items()}
@@ -225,8 +249,8 @@ def run_evaluation(plan: EvalPlan, rollout, reward, rows: list[dict], accuracy: 
     if plan.samples:
         sampled = SamplingSettings(n=plan.samples, temperature=plan.temperature, top_p=plan.top_p,
                                    max_new_tokens=plan.max_new_tokens, seed=1)
-        groups, _ = sample(rollout, rows, sampled)
-        scored = score(reward, rows, groups, stop_on_total_failure)
+        groups, scored = sample_and_score(rollout, reward, rows, sampled, stop_on_total_failure,
+                                          f"{plan.samples} samples" if progress else None)
         if on_traces:
             on_traces("sampled", rows, groups, scored)
         metrics = completion_metrics(groups, scored, accuracy, plan.k)
@@ -307,7 +331,7 @@ def evaluate_model(model: str, recipe, *, data: str | None = None, split: str | 
 
     with local_workers(path, recipe) as (engine, runner):
         metrics = run_evaluation(plan, engine, runner, rows, recipe.rewards.accuracy,
-                                 recipe.rewards.stop_on_total_failure, on_traces=keep)
+                                 recipe.rewards.stop_on_total_failure, on_traces=keep, progress=True)
     settings = {"model": path, "data": described, "prompts": min(plan.num_prompts, len(rows)),
                 "samples": plan.samples, "k": plan.k, "temperature": plan.temperature, "top_p": plan.top_p,
                 "max_new_tokens": plan.max_new_tokens, "engine": recipe.rollout.engine, "accuracy_reward": recipe.rewards.accuracy}

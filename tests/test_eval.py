@@ -67,34 +67,38 @@ def test_eval_k_may_not_exceed_the_samples():
 
 
 @pytest.mark.slow
-def test_eval_command_scores_a_run_and_its_numbers_match_its_completions(short_run_dir, tmp_path):
-    from conftest import SHORT, run_cli
+def test_eval_command_scores_a_run_as_its_own_evaluation_did_and_its_numbers_match_its_completions(
+        short_run_dir, tmp_path):
+    from conftest import run_cli
 
     out = tmp_path / "report.json"
-    proc = run_cli("eval", short_run_dir, "--recipe", ROOT / "recipes" / "tiny-base.yaml", "--k", "2",
-                   "--samples", "3", "--prompts", "6", "--out", out, *SHORT, cwd=tmp_path)
-    assert "pass@2" in proc.stdout and "maj@2" in proc.stdout
+    proc = run_cli("eval", short_run_dir, "--out", out, cwd=tmp_path)  # the run's own recipe (config.yaml)
+    assert "pass@4" in proc.stdout and "maj@4" in proc.stdout
     report = json.loads(out.read_text())
     assert report["settings"]["model"].endswith("checkpoints/step_3")  # the run's newest checkpoint
-    assert report["settings"]["prompts"] == 6 and report["settings"]["samples"] == 3
-    m = report["metrics"]
+    m, summary = report["metrics"], json.loads((short_run_dir / "summary.json").read_text())
+    # in chunks under progress bars, in this process, from the checkpoint: what the run measured at its end
+    assert (m["accuracy"], m["accuracy/sampled"], m["pass@4"], m["maj@4"]) == (
+        summary["accuracy_after_rl"], summary["sampled_accuracy_after_rl"], summary["pass@4_after_rl"],
+        summary["maj@4_after_rl"])
     done = pd.read_parquet(tmp_path / "report-completions.parquet")
     greedy, sampled = done[done["decoding"] == "greedy"], done[done["decoding"] == "sampled"]
-    assert len(greedy) == 6 and len(sampled) == 18
+    assert len(greedy) == 8 and len(sampled) == 32 and report["settings"]["prompts"] == 8
     assert m["accuracy"] == pytest.approx(greedy["reward_math_accuracy"].mean())
     assert m["sampled/pass@1"] == pytest.approx((sampled["reward_math_accuracy"] >= 1).mean())
     assert m["sampled/length/mean"] == pytest.approx(sampled["num_tokens"].mean())
     assert m["sampled/truncated_frac"] == pytest.approx((sampled["finish_reason"] == "length").mean())
-    assert 0.0 <= m["maj@2"] <= 1.0 and m["maj@2"] == m["sampled/maj@2"]
-    # --data scores every row of a file, as the recipe maps its columns
-    rows = [{"question": f"{a}+{b}=", "gold": str(a + b)} for a, b in [(12, 30), (41, 7), (3, 99)]]
+    # --data scores every row of a file, as the recipe maps its columns; --k raises the samples to k
+    rows = [{"question": f"Q: {a}+{b}=?\n", "gold": str(a + b)} for a, b in [(12, 30), (41, 7), (3, 99)]]
     data = tmp_path / "extra.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_cli("eval", short_run_dir / "checkpoints" / "step_3", "--recipe", ROOT / "recipes" / "tiny-base.yaml",
-            "--data", data, "--out", tmp_path / "extra.json", "data.prompt_column=question",
-            "data.answer_column=gold", "eval.samples=0", cwd=tmp_path)
+            "--data", data, "--k", "3", "--samples", "2", "--out", tmp_path / "extra.json",
+            "data.prompt_column=question", "data.answer_column=gold", "rollout.max_new_tokens=32",
+            "eval.max_new_tokens=32", cwd=tmp_path)
     extra = json.loads((tmp_path / "extra.json").read_text())
-    assert extra["settings"]["prompts"] == 3 and "sampled/pass@1" not in extra["metrics"]
+    assert extra["settings"]["prompts"] == 3 and extra["settings"]["samples"] == 3 and "maj@3" in extra["metrics"]
+    assert len(pd.read_parquet(tmp_path / "extra-completions.parquet")) == 3 + 9
 
 
 def test_eval_command_names_a_bad_model_path(tmp_path):
