@@ -62,7 +62,8 @@ class VLLMEngine:
         from vllm import LLM
 
         # A context longer than the model's positions is refused by vLLM: clamp (the tiny model has 512).
-        positions = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+        config = AutoConfig.from_pretrained(model_path)
+        positions = getattr(config, "max_position_embeddings", None)
         if positions:
             max_model_len = min(max_model_len, positions)
         kwargs = {}
@@ -78,6 +79,10 @@ class VLLMEngine:
             # up to its token budget, which must hold the longest one.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(max_model_len, 4096)
+            # Multi-head latent attention (DeepSeek-V3): on CPUs with AMX vLLM picks its AMX kernel,
+            # which takes only 16-bit weights; in float32 the reference CPU kernel runs instead.
+            if getattr(config, "kv_lora_rank", None) and dtype == "float32":
+                kwargs["attention_backend"] = "CPU_MLA"
         self.llm = LLM(
             model=str(model_path),
             dtype=dtype,
