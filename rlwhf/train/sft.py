@@ -105,7 +105,10 @@ def sft_cache_dir(recipe) -> Path:
     model["dtype"] = "float32"  # the SFT trains in float32 whatever the RL's compute dtype
     if model["tiny"]["arch"] == "qwen3_moe":  # the key it had before DeepSeek-V3's fields existed
         model["tiny"] = {k: v for k, v in model["tiny"].items() if k not in DEEPSEEK_ONLY}
-    key = json.dumps([model, recipe.data.model_dump(mode="json"),
+    data = recipe.data.model_dump(mode="json")
+    if data["bad_rows"] == "drop":  # the key it had before data.bad_rows existed (drop is what it did)
+        del data["bad_rows"]
+    key = json.dumps([model, data,
                       recipe.sft.model_dump(mode="json", exclude={"cache"}), recipe.run.seed, SFT_CACHE_VERSION],
                      sort_keys=True)
     return Path(recipe.run.output_dir) / ".sft-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
