@@ -97,8 +97,9 @@ def parameters(model: str) -> int:
 def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
     """Run a distillation (module docstring); returns its summary, also written to ``summary.json``."""
     from rlwhf.checkpoints import prepare_run_dir, resolve_model
+    from rlwhf.data.check import math_reward_used
     from rlwhf.data.prompts import PromptRenderer, render_rows
-    from rlwhf.data.source import rows_to_score
+    from rlwhf.data.source import load_task
     from rlwhf.evaluation import EvalPlan, local_workers, run_evaluation
     from rlwhf.train.sft import cold_start_sft
 
@@ -109,11 +110,9 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"distill.teacher: {exc}. The tiny recipes' teacher is the demo's run: `make demo` "
                                 "writes runs/tiny") from None
-    if d.baseline and recipe.data.task == "dataset" and not recipe.data.dataset:
-        raise ValueError("distill.baseline needs the solver's traces (a 'solution' column)")
     run_dir = prepare_run_dir(recipe, resume=False)
-    prompts = rows_to_score(recipe, "train")[0][: d.num_prompts]
-    held_out = rows_to_score(recipe, "test")[0][: recipe.eval.num_prompts]
+    task = load_task(recipe.data, recipe.run.seed, needs_answer=math_reward_used(recipe))
+    prompts, held_out = task.train[: d.num_prompts], task.test[: recipe.eval.num_prompts]
     timings = {}
 
     say(f"teacher {teacher}: {d.samples} samples for each of {len(prompts)} training prompts")
