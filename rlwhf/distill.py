@@ -98,6 +98,7 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
     """Run a distillation (module docstring); returns its summary, also written to ``summary.json``."""
     from rlwhf.checkpoints import prepare_run_dir, resolve_model
     from rlwhf.data.check import math_reward_used
+    from rlwhf.data.difficulty import write_rows
     from rlwhf.data.prompts import PromptRenderer, render_rows
     from rlwhf.data.source import load_task
     from rlwhf.evaluation import EvalPlan, local_workers, run_evaluation
@@ -132,7 +133,7 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
         raise ValueError(f"the teacher {teacher} got none of {len(prompts)} prompts right in {d.samples} samples: "
                          "nothing to distil (a stronger teacher, more distill.samples, or another data set)")
     data_file = run_dir / "distill_data.jsonl"
-    data_file.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    write_rows(kept, data_file)
 
     student_init = build_student(recipe, run_dir / "student_init")
     trained = {"student": kept}
