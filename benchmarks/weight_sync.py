@@ -1,6 +1,8 @@
-"""Weight sync from the policy to the rollout engines: the loop's path (rank 0 puts the weights in
-Ray's object store in buckets, each engine reads them bucket by bucket into vLLM) at several bucket
-sizes, against sending the whole state dict as one object, in one run.
+"""Weight sync from the policy to the rollout engines: the loop's two transports, in one run, into
+the same engines: ``object_store`` (rank 0 puts the weights in Ray's object store in buckets, each
+engine reads them bucket by bucket into vLLM) at several bucket sizes, against sending the whole
+state dict as one object; and ``collective`` (rank 0 broadcasts them through vLLM's weight-transfer
+API, over gloo on this CPU).
 
     .venv/bin/python benchmarks/weight_sync.py                  # the demo's tiny MoE, one engine
     .venv/bin/python benchmarks/weight_sync.py --size medium --engines 2
@@ -41,7 +43,8 @@ def main() -> None:
         recipe = load_recipe(None, [f"model.path={model}", "sft.enabled=false", f"resources.rollout_engines={args.engines}"])
         init_ray(None, None)
         policy = PolicyGroup(recipe, model, None, Path(tmp), None, temperature=1.0, max_new_tokens=64)
-        rollout = RolloutGroup(recipe, model, None, Path(tmp), max_model_len=128)
+        rollout = RolloutGroup(recipe, model, None, Path(tmp), max_model_len=128, weight_transfer=True)
+        policy.connect(rollout)
 
         def timed(fn) -> float:
             times = []
@@ -63,6 +66,9 @@ def main() -> None:
                 return len(refs)
             count = sync()
             print(f"  buckets of {mb:6g} MiB ({count:4d}):     {timed(sync) * 1000:8.1f} ms")
+        sent = policy.send_weights(rollout)
+        print(f"  collective (vLLM weight transfer): {timed(lambda: policy.send_weights(rollout)) * 1000:8.1f} ms"
+              f"  ({sent / 2**20:.1f} MiB in checkpoint layout)")
         ray.shutdown()
 
 

@@ -303,8 +303,13 @@ class ResourcesConfig(Section):
 
 
 class SyncConfig(Section):
-    bucket_mb: float = Field(256.0, gt=0, description="Weight sync: the policy's weights go to the rollout engines "
-                             "in buckets of about this many MiB.")
+    transport: Literal["object_store", "collective"] = Field(
+        "object_store", description="How the policy's weights reach the rollout engines after each update: "
+        "'object_store' (rank 0 puts them in Ray's object store in buckets, every engine reads them) or "
+        "'collective' (vLLM's weight-transfer API: rank 0 broadcasts them tensor by tensor to every engine's "
+        "workers, over NCCL on GPUs, gloo on CPUs; vLLM engines only).")
+    bucket_mb: float = Field(256.0, gt=0, description="Weight sync over the object store: the policy's weights go "
+                             "to the rollout engines in buckets of about this many MiB.")
 
 
 class RayConfig(Section):
@@ -340,6 +345,9 @@ class Recipe(Section):
         if self.moe.routing_replay == "rollout" and (self.rollout.engine != "vllm" or not self.moe.rollout_routing):
             raise ValueError("moe.routing_replay 'rollout' replays the experts the vLLM engine chose: it needs "
                              "rollout.engine vllm and moe.rollout_routing true")
+        if self.sync.transport == "collective" and self.rollout.engine != "vllm":
+            raise ValueError(f"sync.transport 'collective' is vLLM's weight-transfer API: it needs rollout.engine "
+                             f"vllm, not {self.rollout.engine!r}")
         return self
 
     def to_yaml(self) -> str:

@@ -7,7 +7,8 @@ reward worker, and the weight sync between them.
 - ``RolloutGroup``: M engines; a batch's prompts are split into M contiguous parts, each prompt
   keeping the seed it has in the whole batch, so completions do not depend on M (vLLM).
 - Weight sync: rank 0 puts the weights in Ray's object store in buckets (``sync.bucket_mb``), once,
-  and every engine reads them bucket by bucket.
+  and every engine reads them bucket by bucket; or, with ``sync.transport: collective``, rank 0
+  broadcasts them into the engines through vLLM's weight-transfer API (``rlwhf.rollout.weight_transfer``).
 - An engine or the reward worker that dies is restarted by Ray (``resources.max_restarts``); the
   group waits for it, gives an engine the current weights again, and redoes its part of the step.
   A policy rank that dies ends the run: the rest of a collective cannot be recovered in place.
@@ -79,6 +80,7 @@ class PolicyGroup:
                    None if pg is None else (pg, 0), rank).remote(
                 log_path=str(log_dir / (LOG_FILES["PolicyWorker"] if n == 1 else f"policy-{rank}.log")))
             for rank in range(n)]
+        self.connected_after = None  # engine restarts when the weight-transfer group was formed (collective sync)
         address = ray.get(self.workers[0].address.remote()) if n > 1 else None
         ray.get([w.setup.remote(model_path, recipe.algo, recipe.train, rank=rank, world=n, address=address,
                                 resume_from=resume_from, moe=recipe.moe, **trainer_kwargs) for rank, w in enumerate(self.workers)])
@@ -100,6 +102,21 @@ class PolicyGroup:
 
     def weight_buckets(self, bucket_mb: float) -> tuple[list, int]:
         return self._all("weight_buckets", bucket_mb)
+
+    def connect(self, rollout: RolloutGroup) -> None:
+        """Form the weight-transfer group of every rank and every engine (``sync.transport: collective``)."""
+        address = ray.get(self.workers[0].address.remote())
+        tp = rollout.recipe.rollout.tensor_parallel_size
+        ray.get([w.connect_engines.remote(rollout.engines, tp, address if rank == 0 else None)
+                 for rank, w in enumerate(self.workers)])
+        self.connected_after = rollout.restarts
+
+    def send_weights(self, rollout: RolloutGroup) -> int:
+        """The weights into every engine through vLLM's weight-transfer API; the group is formed anew
+        first when an engine was restarted since it was last formed. Returns the bytes sent."""
+        if self.connected_after != rollout.restarts:
+            self.connect(rollout)
+        return self._all("send_weights")
 
     def save(self, path: str, extra_state: dict, extra_files: dict | None = None) -> None:
         self._all("save", path, extra_state, extra_files or {})

@@ -148,6 +148,8 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
                          max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed, dtype=recipe.model.dtype,
                          completions_per_step=recipe.train.prompts_per_step * rc.group_size)
     rollout.weights = lambda: policy.weight_buckets(recipe.sync.bucket_mb)[0]  # to reload a restarted engine
+    if recipe.sync.transport == "collective":
+        policy.connect(rollout)
     reward = RewardGroup(recipe, logs)
     tracker = Tracker(run_dir, use_wandb=recipe.tracking.wandb, project=recipe.tracking.wandb_project,
                       run_name=recipe.run.name, config=recipe.model_dump(mode="json"),
@@ -171,7 +173,7 @@ def vllm_options(recipe: Recipe) -> dict:
     if recipe.rollout.engine != "vllm":
         return {}
     return {"record_routes": recipe.moe.rollout_routing, "prefix_caching": recipe.moe.routing_replay != "rollout",
-            "compile": recipe.rollout.compile}
+            "compile": recipe.rollout.compile, "weight_transfer": recipe.sync.transport == "collective"}
 
 
 def collect(run: Run, step: int) -> Collected:
@@ -262,11 +264,16 @@ def update_policy(run: Run, batch: RolloutBatch, step: int) -> dict:
 
 def sync_weights(run: Run) -> dict:
     """6. The policy's new weights into the running rollout engines, without restarting them: put in
-    Ray's object store once, in buckets, and read bucket by bucket by every engine."""
+    Ray's object store once, in buckets, and read bucket by bucket by every engine; or broadcast by
+    rank 0 into every engine (``sync.transport: collective``)."""
     t0 = time.perf_counter()
-    buckets, size = run.policy.weight_buckets(run.recipe.sync.bucket_mb)
-    run.rollout.update_weights(buckets)
-    return {"time/sync": time.perf_counter() - t0, "sync/bytes": size, "sync/buckets": len(buckets),
+    if run.recipe.sync.transport == "collective":
+        size, parts = run.policy.send_weights(run.rollout), {}
+    else:
+        buckets, size = run.policy.weight_buckets(run.recipe.sync.bucket_mb)
+        run.rollout.update_weights(buckets)
+        parts = {"sync/buckets": len(buckets)}
+    return {"time/sync": time.perf_counter() - t0, "sync/bytes": size, **parts,
             "workers/restarts": run.rollout.restarts + run.reward.restarts}
 
 

@@ -10,6 +10,7 @@ progress bars and metrics lines, the run directory keeps the full logs (``logs/<
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -150,6 +151,26 @@ class RolloutWorker:
             weights = (ray.get(ref) for ref in weights)
         self.engine.update_weights(weights)
 
+    def set_routing_bias(self, bias) -> None:
+        self.engine.set_routing_bias(bias)
+
+    # vLLM's weight-transfer API, called by the policy's rank 0 (rlwhf.rollout.weight_transfer.EnginesClient)
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.engine.shutdown_weight_transfer_engine()  # a group from before an engine restart is gone
+        self.engine.init_weight_transfer_engine(init_info)
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.engine.shutdown_weight_transfer_engine()
+
+    def start_weight_update(self) -> None:
+        self.engine.start_weight_update()
+
+    def receive_weights(self, update_info: dict) -> None:
+        self.engine.receive_weights(update_info)
+
+    def finish_weight_update(self) -> None:
+        self.engine.finish_weight_update()
+
 
 class PolicyWorker:
     """One rank of the policy. Built in one step (``model_path`` given), or in two for a sharded
@@ -204,6 +225,30 @@ class PolicyWorker:
                 total += size
                 bucket, size = {}, 0
         return refs, total
+
+    def connect_engines(self, engines: list, tp: int, address: tuple[str, int] | None) -> None:
+        """Join the weight-transfer group with the rollout engines (every rank: rank 0 sends, the
+        others take part in gathering the weights); a group from before replaced."""
+        from rlwhf.rollout.weight_transfer import connect
+
+        if getattr(self, "transfer", None) is not None:
+            self.transfer.shutdown()
+        self.engines = engines
+        self.transfer = connect(self.trainer.model, self.trainer.compute_dtype, engines, tp, rank=self.trainer.rank,
+                                address=address, device_type=self.trainer.device.type)
+
+    def send_weights(self) -> int:
+        """The policy's weights into every engine through vLLM's weight-transfer API (a collective of
+        every rank); the routing bias of aux-free balancing after them. Returns the bytes sent."""
+        from rlwhf.rollout.base import ROUTING_BIAS_KEY
+
+        self.transfer.send_weights()
+        if self.trainer.rank != 0:
+            return 0
+        bias = self.trainer.routing_bias_for_engines()
+        if bias:
+            ray.get([e.set_routing_bias.remote(bias[ROUTING_BIAS_KEY]) for e in self.engines])
+        return sum(m.dtype.itemsize * math.prod(m.shape) for m in self.transfer.source.metadata())
 
     def save(self, path: str, extra_state: dict, extra_files: dict[str, bytes] | None = None) -> str:
         return str(self.trainer.save(path, extra_state, extra_files))

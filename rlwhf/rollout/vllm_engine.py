@@ -9,7 +9,9 @@ enough on CPU either: it leaves the experts unpacked and the LM head's packed co
 it we re-run those layers' packing (``_repack_cpu_weights``). The trainer holds transformers'
 fused in-memory layout (``experts.gate_up_proj``), so we first turn its state dict back into
 checkpoint layout with transformers' ``revert_weight_conversion`` on a meta-device twin of the
-model (no memory, no copy of the weights).
+model (no memory, no copy of the weights). That is ``update_weights``, for weights that come as
+state dicts or object-store buckets; with ``weight_transfer`` the engine instead takes part in
+vLLM's weight-transfer API (``rlwhf.rollout.weight_transfer``), the trainer broadcasting into it.
 
 The engine runs in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that weights
 pass by reference, not through a pipe.
@@ -56,7 +58,8 @@ def _prepare_environment(kv_cache_gib: float) -> None:
 class VLLMEngine:
     def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0, max_model_len: int = 512,
                  kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1,
-                 record_routes: bool = False, prefix_caching: bool = True, compile: bool = False):
+                 record_routes: bool = False, prefix_caching: bool = True, compile: bool = False,
+                 weight_transfer: bool = False):
         _prepare_environment(kv_cache_gib)
         from transformers import AutoConfig, AutoModelForCausalLM
         from vllm import LLM
@@ -83,6 +86,11 @@ class VLLMEngine:
             # which takes only 16-bit weights; in float32 the reference CPU kernel runs instead.
             if getattr(config, "kv_lora_rank", None) and dtype == "float32":
                 kwargs["attention_backend"] = "CPU_MLA"
+        if weight_transfer:  # weights arrive through vLLM's weight-transfer API (rlwhf.rollout.weight_transfer)
+            from rlwhf.rollout.weight_transfer import backend_for, register_backends
+
+            register_backends()
+            kwargs["weight_transfer_config"] = {"backend": backend_for("cuda" if torch.cuda.is_available() else "cpu")}
         self.llm = LLM(
             model=str(model_path),
             dtype=dtype,
@@ -171,6 +179,24 @@ class VLLMEngine:
         if bias:
             self.set_routing_bias(bias[-1])
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+
+
+    # -- the engine side of vLLM's weight-transfer API (``rollout.weight_transfer.EnginesClient``) --
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.llm.shutdown_weight_transfer_engine()
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def receive_weights(self, update_info: dict) -> None:
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self) -> None:
+        self.llm.finish_weight_update()
+        self.llm.reset_prefix_cache()
 
 
 def _moe_routers(model) -> list:
@@ -267,28 +293,9 @@ def _biased_softmax_topk(bias: torch.Tensor):
 
 
 def _repack_cpu_weights(worker) -> int:
-    """Re-pack what the CPU backend packs at load time and ``reload_weights`` leaves stale (vLLM 0.32).
+    from rlwhf.rollout.weight_transfer import repack_cpu_weights
 
-    * MoE experts: on a weight update vLLM copies the new checkpoint-layout tensors in but keeps
-      the kernel it built at start-up, whose ``process_weights_after_loading`` (the CPU prepack)
-      only ran then; the kernel would read unpacked weights as packed. We run that prepack again.
-    * LM head: its oneDNN handle holds a packed copy of the old weights; rebuilding it re-packs.
-    """
-    from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-
-    repacked = 0
-    for module in worker.model_runner.get_model().modules():
-        method = getattr(module, "quant_method", None)
-        if isinstance(method, UnquantizedFusedMoEMethod) and method.moe_kernel is not None:
-            experts = getattr(method.moe_kernel.impl, "fused_experts", None)
-            if experts is not None and type(experts).__name__.startswith("CPU"):
-                experts.process_weights_after_loading(module)
-                repacked += 1
-        elif isinstance(method, UnquantizedEmbeddingMethod) and hasattr(module, "cpu_linear"):
-            method.process_weights_after_loading(module)
-            repacked += 1
-    return repacked
+    return repack_cpu_weights(worker.model_runner.get_model())
 
 
 def _finish(reason: str | None) -> str:
