@@ -96,6 +96,9 @@ class SFTConfig(Section):
     batch_size: int = Field(32, ge=1, description="SFT examples per step.")
     learning_rate: float = Field(3e-3, gt=0, description="SFT peak learning rate (cosine schedule).")
     num_examples: int = Field(2000, ge=1, description="Solver traces used for SFT (taken from the training split).")
+    router_aux_loss_coef: float | None = Field(None, ge=0, description="MoE models: weight of the load-balancing "
+                                               "auxiliary loss during the SFT (default: the model config's own, "
+                                               "0.001 for Qwen3-MoE).")
     cache: bool = Field(True, description="Reuse a tiny model's SFT from <output_dir>/.sft-cache when every input matches.")
 
 
@@ -230,6 +233,11 @@ class MoEConfig(Section):
     rollout_routing: bool = Field(True, description="Record the experts the vLLM engine routes each token to, for "
                                   "the rollout-side load and the trainer/rollout routing agreement (needed by "
                                   "routing_replay=rollout).")
+    start_skew: float = Field(0.0, ge=0, description="Experiments: start RL from a deliberately imbalanced router, "
+                              "a selection bias of this much (in softmax score) on the first top-k experts of every "
+                              "layer, kept beside the starting policy and applied by the trainer and the rollout "
+                              "engines like aux_free's bias (which then moves it; with balance none it stays). "
+                              "Softmax-routed models (Qwen3-MoE) only.")
 
 
 class EvalConfig(Section):

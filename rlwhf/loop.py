@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -135,6 +136,8 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     if resume:
         checkpoints.rewind_run_dir(run_dir, state.get("step", 0))
     model_path = str(ckpt) if ckpt else prepare_policy(recipe, run_dir, data.train, say=say)
+    if recipe.moe.start_skew and not ckpt:
+        model_path = skewed_start(recipe, run_dir, model_path)
     data = render_task(recipe, data, model_path)
 
     rc, logs = recipe.rollout, run_dir / "logs"
@@ -164,6 +167,21 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
         run.before = run.evaluate(0, "before")
         say(f"held-out accuracy before RL: {describe_accuracy(run.before)}")
     return run
+
+
+def skewed_start(recipe: Recipe, run_dir: Path, model_path: str) -> str:
+    """The starting policy with the deliberate imbalance of ``moe.start_skew`` (a selection bias beside
+    its weights), in the run directory: a policy from elsewhere is copied there first."""
+    from rlwhf.train.routing import write_start_skew
+
+    if not Path(model_path).resolve().is_relative_to(run_dir.resolve()):
+        target = run_dir / "model" / "start"
+        shutil.copytree(model_path, target, dirs_exist_ok=True)
+        model_path = str(target)
+    bias = write_start_skew(model_path, recipe.moe.start_skew)
+    say(f"moe.start_skew: the first {int((bias[0] > 0).sum())} experts of every layer start with a selection bias "
+        f"of +{recipe.moe.start_skew:g}")
+    return model_path
 
 
 def vllm_options(recipe: Recipe) -> dict:

@@ -250,3 +250,36 @@ def test_the_whole_loop_trains_the_deepseek_v3_tiny_with_aux_free_balancing(engi
         assert all(m["rollout/logp_diff_abs_mean"] < 1e-4 for m in steps)
     else:  # routes recorded from vLLM; measured 0.93 and 0.89 agreement, 0.028 mean |log-prob diff|
         assert all(0.5 < m["moe/routing_agreement"] <= 1.0 and m["rollout/logp_diff_abs_mean"] < 0.2 for m in steps)
+
+
+def test_a_deliberate_start_skew_is_applied_on_both_sides_and_kept_without_balancing(tmp_path, tiny_model,
+                                                                                     tiny_dsv3):
+    import shutil
+
+    from rlwhf.rollout import make_engine
+    from rlwhf.train.routing import write_start_skew
+
+    model = tmp_path / "skewed"
+    shutil.copytree(tiny_model, model)
+    bias = write_start_skew(model, 0.2)
+    assert bias.shape == (4, 8) and torch.equal(bias[:, :2], torch.full((4, 2), 0.2)) and not bias[:, 2:].any()
+    policy = trainer(str(model))  # balance none: the bias stays, and still travels with the weights
+    assert torch.equal(policy.routing.bias, bias)
+    assert torch.equal(policy.routing_bias_for_engines()[ROUTING_BIAS_KEY], bias)
+    assert not trainer(tiny_model).routing_bias_for_engines()  # no bias, nothing to send
+    # The engine reads the bias beside the weights and routes as the skewed trainer does.
+    engine = make_engine("vllm", str(model), seed=0, max_model_len=128)
+    groups = engine.generate(PROMPTS, SamplingSettings(n=2, temperature=1.0, max_new_tokens=8, seed=3))
+    engine.close()
+    metrics = policy.train_on(batch_from(groups))
+    assert metrics["moe/max_load_ratio"] > 2.5  # the two favoured experts of eight take most of the slots
+    with pytest.raises(ValueError, match="not a softmax-routed MoE model"):
+        write_start_skew(tiny_dsv3, 0.2)
+
+
+def test_the_sft_aux_loss_weight_reaches_the_sft_cache_key_only_when_set(tmp_path):
+    from rlwhf.train.sft import sft_cache_dir
+
+    base = load_recipe(None, [f"run.output_dir={tmp_path}"])
+    assert sft_cache_dir(load_recipe(None, [f"run.output_dir={tmp_path}", "sft.router_aux_loss_coef=0.05"])) \
+        != sft_cache_dir(base)

@@ -197,8 +197,10 @@ class PolicyTrainer:
 
     def routing_bias_for_engines(self) -> dict[str, torch.Tensor]:
         """What a weight update carries besides the weights: the selection bias when it is rlwhf's own
-        (not a buffer of the model) and balancing moves it."""
-        if self.moe.balance == "aux_free" and self.routing.bias_is_external and len(self.routing):
+        (not a buffer of the model) and balancing moves it, or it was set at the start (``moe.start_skew``)."""
+        if not (self.routing.bias_is_external and len(self.routing)):
+            return {}
+        if self.moe.balance == "aux_free" or self.routing.bias.any():  # a fixed bias too (moe.start_skew)
             return {ROUTING_BIAS_KEY: self.routing.bias}
         return {}
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -224,6 +225,23 @@ def _group_limited(choice: torch.Tensor, module: nn.Module) -> torch.Tensor:
     best = per_group.topk(2, dim=-1)[0].sum(-1).topk(module.topk_group, dim=-1, sorted=False)[1]
     keep = torch.zeros_like(per_group[..., 0]).scatter_(1, best, 1).bool()
     return choice.masked_fill(~keep.repeat_interleave(choice.shape[-1] // groups, dim=1), float("-inf"))
+
+
+def write_start_skew(model_dir: str | Path, skew: float) -> torch.Tensor:
+    """Make the policy in ``model_dir`` start imbalanced on purpose (``moe.start_skew``): a selection
+    bias of ``skew`` on the first top-k experts of every layer, written beside its weights, where the
+    trainer and the vLLM engine read a checkpoint's bias. Returns it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        routing = Routing(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)))
+    if not len(routing) or not routing.bias_is_external or None in routing.kinds:
+        raise ValueError(f"moe.start_skew: {model_dir} is not a softmax-routed MoE model (Qwen3-MoE-like); its "
+                         "routers take no rlwhf selection bias")
+    bias = torch.zeros(len(routing), routing.num_experts)
+    bias[:, :routing.top_k] = skew
+    torch.save(bias, Path(model_dir) / ROUTING_BIAS_FILE)
+    return bias
 
 
 def aux_free_update(bias: torch.Tensor, counts: torch.Tensor, rate: float) -> torch.Tensor:

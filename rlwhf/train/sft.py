@@ -31,6 +31,7 @@ def cold_start_sft(
     learning_rate: float,
     seed: int,
     max_length: int = 256,
+    router_aux_loss_coef: float | None = None,
     on_step: Callable[[int, float | None], None] | None = None,
 ) -> Path:
     """Fine-tune ``model_path`` on ``examples`` (``prompt``/``solution`` dicts); save to ``out_dir``.
@@ -68,6 +69,7 @@ def cold_start_sft(
         max_length=max_length,
         use_cpu=True,
         bf16=False,
+        router_aux_loss_coef=router_aux_loss_coef,
         dataloader_num_workers=0,
         disable_tqdm=on_step is not None,
     )
@@ -108,8 +110,10 @@ def sft_cache_dir(recipe) -> Path:
     data = recipe.data.model_dump(mode="json")
     if data["bad_rows"] == "drop":  # the key it had before data.bad_rows existed (drop is what it did)
         del data["bad_rows"]
-    key = json.dumps([model, data,
-                      recipe.sft.model_dump(mode="json", exclude={"cache"}), recipe.run.seed, SFT_CACHE_VERSION],
+    sft = recipe.sft.model_dump(mode="json", exclude={"cache"})
+    if sft["router_aux_loss_coef"] is None:  # the key it had before the setting existed
+        del sft["router_aux_loss_coef"]
+    key = json.dumps([model, data, sft, recipe.run.seed, SFT_CACHE_VERSION],
                      sort_keys=True)
     return Path(recipe.run.output_dir) / ".sft-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -162,7 +166,8 @@ def _sft_with_progress(recipe, model_path: str, rows: list[dict], sft_dir: Path,
     progress = remote(ProgressBoard).remote()
     task = cold_start_sft_task.remote(
         model_path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
-        learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed, log_path=str(log_path), progress=progress)
+        learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed, router_aux_loss_coef=recipe.sft.router_aux_loss_coef,
+        log_path=str(log_path), progress=progress)
     with tqdm(total=recipe.sft.steps, desc="cold-start SFT", unit="step", dynamic_ncols=True) as bar:
         done = []
         while not done:
