@@ -12,6 +12,18 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs) for the tests of one module, shut down after them."""
+    import ray
+
+    from rlwhf.workers import init_ray
+
+    init_ray(None, 2)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A randomly initialised tiny Qwen3-MoE and its tokenizer, saved in HF format."""

@@ -41,13 +41,6 @@ def test_the_sharded_recipe_trains_survives_a_dying_engine_and_resumes_onto_one_
     assert [m["step"] for m in metrics_of(run) if "reward/mean" in m] == [1, 2, 3, 4]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    init_ray(None, 2)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_completions_do_not_depend_on_the_number_of_engines(tiny_model, local_ray, tmp_path):
     prompts = [f"Q: {a}+{b}=?\n" for a, b in [(12, 34), (905, 77), (5, 5), (640, 12), (3, 999)]]

@@ -3,24 +3,11 @@ trains afresh; a changed SFT setting gets its own entry."""
 
 from pathlib import Path
 
-import pytest
-
 from rlwhf.config import load_recipe
 from rlwhf.data.source import load_task
 from rlwhf.train.sft import prepare_policy, sft_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from rlwhf.workers import init_ray
-
-    init_ray(None, 2)
-    yield
-    ray.shutdown()
 
 
 def recipe_in(out: Path, *overrides: str):

@@ -13,7 +13,6 @@ from rlwhf.config import load_recipe
 from rlwhf.groups import RolloutGroup
 from rlwhf.rollout import SamplingSettings
 from rlwhf.train.distributed import free_address
-from rlwhf.workers import init_ray
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["Q: 12+34=?\n", "Q: 905+77=?\n", "Q: 5+5=?\n", "Q: 640+12=?\n"]
@@ -55,13 +54,6 @@ def test_the_weight_source_yields_the_checkpoint_layout_it_declares(tiny_model):
     assert any(".experts.3.gate_proj." in n for n, _ in sent)  # fused experts split back into the checkpoint's
     for name, tensor in sent:
         assert torch.equal(tensor, whole[name]), name
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    init_ray(None, 2)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow

@@ -2,18 +2,10 @@
 policy and (transformers) rollout actors take every usable core in the synchronous loop, half in
 one-step async mode, or the number `train.threads` names."""
 
-import pytest
 import ray
 
 from rlwhf.config import AlgoConfig, TrainConfig
-from rlwhf.workers import PolicyWorker, RolloutWorker, cold_start_sft_task, init_ray, remote, usable_cores
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    init_ray(None, 2)
-    yield
-    ray.shutdown()
+from rlwhf.workers import PolicyWorker, RolloutWorker, cold_start_sft_task, remote, usable_cores
 
 
 def torch_threads(actor) -> int:
