@@ -159,9 +159,6 @@ class RolloutWorker:
         self.engine.shutdown_weight_transfer_engine()  # a group from before an engine restart is gone
         self.engine.init_weight_transfer_engine(init_info)
 
-    def shutdown_weight_transfer_engine(self) -> None:
-        self.engine.shutdown_weight_transfer_engine()
-
     def start_weight_update(self) -> None:
         self.engine.start_weight_update()
 

@@ -255,9 +255,6 @@ class EnginesClient:
         ray.get([e.init_weight_transfer_engine.remote({**init_info, "rank_offset": 1 + i * self.tp})
                  for i, e in enumerate(self.engines)])
 
-    def shutdown_weight_transfer_engine(self) -> None:
-        self._all("shutdown_weight_transfer_engine")
-
     def start_weight_update(self) -> None:
         self._all("start_weight_update")
 
