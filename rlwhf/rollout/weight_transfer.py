@@ -19,7 +19,7 @@ tensor by tensor while vLLM's layerwise reload loads them:
   with vLLM's engine factory) and ``GlooTrainerWeightTransferEngine`` (trainer side, a subclass of
   vLLM's NCCL trainer engine that changes only how the group is opened and how a tensor is sent).
   After vLLM's layerwise reload the CPU backend's packed copies of the experts and the LM head are
-  rebuilt (``repack_cpu_weights``), as after the object-store path's ``reload_weights``.
+  rebuilt (``vllm_engine.repack_cpu_weights``), as after the object-store path's ``reload_weights``.
 
 A restarted engine cannot rejoin a group in place: the driver reconnects every engine and the
 trainer in a new group (``PolicyWorker.connect_engines``).
@@ -79,31 +79,6 @@ class GlooBroadcastGroup:
 
 # -- engine side -----------------------------------------------------------------------------------
 
-def repack_cpu_weights(model) -> int:
-    """Re-pack what vLLM's CPU backend packs at load time and a reload leaves stale (vLLM 0.32).
-
-    * MoE experts: on a weight update vLLM copies the new checkpoint-layout tensors in but keeps
-      the kernel it built at start-up, whose ``process_weights_after_loading`` (the CPU prepack)
-      only ran then; the kernel would read unpacked weights as packed. We run that prepack again.
-    * LM head: its oneDNN handle holds a packed copy of the old weights; rebuilding it re-packs.
-    """
-    from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-
-    repacked = 0
-    for module in model.modules():
-        method = getattr(module, "quant_method", None)
-        if isinstance(method, UnquantizedFusedMoEMethod) and method.moe_kernel is not None:
-            experts = getattr(method.moe_kernel.impl, "fused_experts", None)
-            if experts is not None and type(experts).__name__.startswith("CPU"):
-                experts.process_weights_after_loading(module)
-                repacked += 1
-        elif isinstance(method, UnquantizedEmbeddingMethod) and hasattr(module, "cpu_linear"):
-            method.process_weights_after_loading(module)
-            repacked += 1
-    return repacked
-
-
 class GlooWeightTransferEngine(WeightTransferEngine[NCCLWeightTransferInitInfo, NCCLWeightTransferUpdateInfo]):
     """vLLM's weight-transfer engine for CPU workers: the NCCL engine's init and update messages,
     one tensor at a time over gloo, loaded by vLLM's layerwise reload."""
@@ -137,6 +112,8 @@ class GlooWeightTransferEngine(WeightTransferEngine[NCCLWeightTransferInitInfo, 
 
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        from rlwhf.rollout.vllm_engine import repack_cpu_weights
 
         finalize_layerwise_reload(self.model, self.model_config)
         repack_cpu_weights(self.model)
