@@ -224,7 +224,8 @@ class MoEConfig(Section):
         "nudged after each optimizer step against the observed load (trainer and rollout engine select with it); "
         "'aux_loss' adds the switch-style load-balancing loss.")
     bias_update_rate: float = Field(1e-3, ge=0, description="aux_free: how far each expert's bias moves per "
-                                    "optimizer step.")
+                                    "training step (in softmax score), spread evenly over the step's optimizer "
+                                    "steps.")
     aux_loss_coef: float = Field(1e-2, ge=0, description="aux_loss: weight of the load-balancing loss.")
     z_loss_coef: float = Field(0.0, ge=0, description="Router z-loss weight (mean squared log-sum-exp of the "
                                "router logits; 0: off).")

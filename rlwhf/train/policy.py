@@ -297,6 +297,9 @@ class PolicyTrainer:
         mask = mask_truncated(batch.mask, batch.truncated) if self.algo.overlong_mask else batch.mask
         size = self.train_cfg.minibatch_size
         seen = _SinglePass(batch.mask.shape, len(self.routing), self.routing.top_k) if single_pass else None
+        # aux_free's rate is per RL step, spread over its optimizer steps: how fast the load evens out must
+        # not hang on how many minibatches dynamic sampling left (an easy task keeps few groups).
+        bias_step = moe.bias_update_rate / (self.train_cfg.ppo_epochs * math.ceil(len(batch) / size))
         for _ in range(self.train_cfg.ppo_epochs):
             order = torch.randperm(len(batch))
             for start in range(0, len(batch), size):
@@ -304,7 +307,8 @@ class PolicyTrainer:
                 stats = self._update(batch.select(idx), None if old_logp is None else old_logp[idx],
                                      None if ref_logp is None else ref_logp[idx],
                                      mask[idx], None if is_weights is None else is_weights[idx],
-                                     None if replay is None else replay[idx], seen=seen, rows=idx)
+                                     None if replay is None else replay[idx], seen=seen, rows=idx,
+                                     bias_step=bias_step)
                 for key, value in stats.items():
                     metrics.setdefault(key, []).append(float(value))
         if seen is not None:
@@ -365,11 +369,12 @@ class PolicyTrainer:
                 and self.moe.routing_replay != "trainer")
 
     def _update(self, minibatch: RolloutBatch, old_logp, ref_logp, mask, is_weights, replay=None, seen=None,
-                rows=None) -> dict[str, float]:
+                rows=None, bias_step=0.0) -> dict[str, float]:
         """One optimizer step on a minibatch: gradients accumulated over its micro-batches, each loss
         divided by the whole minibatch's tokens or completions (``normaliser``). ``old_logp`` None:
         the single-pass step (``single_pass``), whose old log-probs, routes and importance weights
-        come from this pass and are kept in ``seen`` at the batch's ``rows``."""
+        come from this pass and are kept in ``seen`` at the batch's ``rows``. ``bias_step``: how far
+        aux_free moves each expert's bias after this optimizer step."""
         algo = self.algo
         moe = self.moe
         denominator = normaliser(mask, algo.loss_agg)
@@ -430,8 +435,7 @@ class PolicyTrainer:
         self.scheduler.step()
         seconds["time/train/optimizer"] = time.perf_counter() - clock
         if moe.balance == "aux_free" and len(self.routing):
-            self.routing.set_bias(aux_free_update(self.routing.bias, distributed.all_reduce_sum(counts),
-                                                  moe.bias_update_rate))
+            self.routing.set_bias(aux_free_update(self.routing.bias, distributed.all_reduce_sum(counts), bias_step))
         parts = [p for rank_parts in distributed.all_objects(parts) for p in rank_parts]
         return {**combine_micro_batch_metrics(parts), "grad_norm": float(grad_norm), **seconds}
 
