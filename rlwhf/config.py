@@ -99,6 +99,10 @@ class SFTConfig(Section):
     router_aux_loss_coef: float | None = Field(None, ge=0, description="MoE models: weight of the load-balancing "
                                                "auxiliary loss during the SFT (default: the model config's own, "
                                                "0.001 for Qwen3-MoE).")
+    bias_update_rate: float = Field(0.0, ge=0, description="MoE models: balance the experts during the SFT the "
+                                    "auxiliary-loss-free way (moe.balance aux_free's selection bias, moved this "
+                                    "much after each SFT step against the load on the completion tokens; kept "
+                                    "beside the SFT'd weights, where RL starts from it). 0: off.")
     cache: bool = Field(True, description="Reuse a tiny model's SFT from <output_dir>/.sft-cache when every input matches.")
 
 

@@ -170,18 +170,18 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
 
 
 def skewed_start(recipe: Recipe, run_dir: Path, model_path: str) -> str:
-    """The starting policy with the deliberate imbalance of ``moe.start_skew`` (a selection bias beside
-    its weights), in the run directory: a policy from elsewhere is copied there first."""
-    from rlwhf.train.routing import write_start_skew
+    """The starting policy with the deliberate imbalance of ``moe.start_skew``: a copy in the run
+    directory (``model/start``) whose selection bias is the policy's own (an SFT balanced with
+    ``sft.bias_update_rate`` has one) plus the skew."""
+    from rlwhf.train.routing import ROUTING_BIAS_FILE, write_start_skew
 
-    if not Path(model_path).resolve().is_relative_to(run_dir.resolve()):
-        target = run_dir / "model" / "start"
-        shutil.copytree(model_path, target, dirs_exist_ok=True)
-        model_path = str(target)
-    bias = write_start_skew(model_path, recipe.moe.start_skew)
-    say(f"moe.start_skew: the first {int((bias[0] > 0).sum())} experts of every layer start with a selection bias "
-        f"of +{recipe.moe.start_skew:g}")
-    return model_path
+    target = run_dir / "model" / "start"
+    shutil.copytree(model_path, target, dirs_exist_ok=True)
+    own = Path(model_path) / ROUTING_BIAS_FILE
+    write_start_skew(target, recipe.moe.start_skew, torch.load(own) if own.is_file() else None)
+    say(f"moe.start_skew: the first top-k experts of every layer start with a selection bias "
+        f"+{recipe.moe.start_skew:g} above their own")
+    return str(target)
 
 
 def vllm_options(recipe: Recipe) -> dict:

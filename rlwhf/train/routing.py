@@ -227,10 +227,11 @@ def _group_limited(choice: torch.Tensor, module: nn.Module) -> torch.Tensor:
     return choice.masked_fill(~keep.repeat_interleave(choice.shape[-1] // groups, dim=1), float("-inf"))
 
 
-def write_start_skew(model_dir: str | Path, skew: float) -> torch.Tensor:
-    """Make the policy in ``model_dir`` start imbalanced on purpose (``moe.start_skew``): a selection
-    bias of ``skew`` on the first top-k experts of every layer, written beside its weights, where the
-    trainer and the vLLM engine read a checkpoint's bias. Returns it."""
+def write_start_skew(model_dir: str | Path, skew: float, base: torch.Tensor | None = None) -> torch.Tensor:
+    """Make the policy in ``model_dir`` start imbalanced on purpose (``moe.start_skew``): ``skew`` added
+    to the selection bias (``base``, the policy's own; zeros when None) of the first top-k experts of
+    every layer, written beside its weights, where the trainer and the vLLM engine read a checkpoint's
+    bias. Returns it."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -238,8 +239,8 @@ def write_start_skew(model_dir: str | Path, skew: float) -> torch.Tensor:
     if not len(routing) or not routing.bias_is_external or None in routing.kinds:
         raise ValueError(f"moe.start_skew: {model_dir} is not a softmax-routed MoE model (Qwen3-MoE-like); its "
                          "routers take no rlwhf selection bias")
-    bias = torch.zeros(len(routing), routing.num_experts)
-    bias[:, :routing.top_k] = skew
+    bias = torch.zeros(len(routing), routing.num_experts) if base is None else base.clone()
+    bias[:, :routing.top_k] += skew
     torch.save(bias, Path(model_dir) / ROUTING_BIAS_FILE)
     return bias
 

@@ -32,12 +32,14 @@ def cold_start_sft(
     seed: int,
     max_length: int = 256,
     router_aux_loss_coef: float | None = None,
+    bias_update_rate: float = 0.0,
     on_step: Callable[[int, float | None], None] | None = None,
 ) -> Path:
     """Fine-tune ``model_path`` on ``examples`` (``prompt``/``solution`` dicts); save to ``out_dir``.
 
     ``on_step(step, loss)`` is called after every optimizer step (``loss``: the last logged one),
-    in place of the trainer's own progress bar and log lines.
+    in place of the trainer's own progress bar and log lines. ``bias_update_rate`` > 0: balance the
+    experts with auxiliary-loss-free selection biases as the SFT goes (``SFTBalance``).
     """
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -74,6 +76,9 @@ def cold_start_sft(
         disable_tqdm=on_step is not None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    balance = SFTBalance(model, bias_update_rate) if bias_update_rate else None
+    if balance is not None:
+        trainer.add_callback(balance.callback())
     if on_step is not None:
 
         class ReportSteps(TrainerCallback):
@@ -95,7 +100,75 @@ def cold_start_sft(
     trainer.model.config.output_router_logits = False
     trainer.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    if balance is not None:
+        balance.save(out_dir)
     return out_dir
+
+
+class SFTBalance:
+    """Auxiliary-loss-free balancing during the SFT (``sft.bias_update_rate``), the way a DeepSeek-V3-style
+    model comes out of its pre-training: every training forward selects experts with the selection
+    bias, the load is counted over the loss's (completion) tokens, and after each optimizer step every
+    expert's bias moves by the rate against the sign of its load error, as ``moe.balance: aux_free``
+    does during RL. The bias is saved beside the weights, where the RL trainer and the engines read it."""
+
+    def __init__(self, model, rate: float):
+        import torch
+
+        from rlwhf.train.routing import Routing
+
+        self.routing = Routing(model)
+        self.routing.require_steerable("sft.bias_update_rate")
+        self.rate = rate
+        self.counts = torch.zeros(len(self.routing), self.routing.num_experts)
+        self._open = None
+        model.register_forward_pre_hook(self._before, with_kwargs=True)
+        model.register_forward_hook(self._after)
+
+    def _before(self, module, args, kwargs):
+        labels = kwargs.get("labels")
+        if not module.training or labels is None:
+            return
+        self._open = self.routing.pass_(mask=labels != -100)
+        self._open.__enter__()
+
+    def _after(self, module, args, output):
+        if self._open is None:
+            return
+        import torch
+
+        from rlwhf.train.routing import count_experts
+
+        mask = self.routing.mask
+        own = torch.stack([o[mask.to(o.device)].cpu() for o in self.routing.record.own], dim=1)  # [rows, layers, k]
+        self.counts += count_experts(own, self.routing.num_experts)
+        self._open.__exit__(None, None, None)
+        self._open = None
+
+    def step(self) -> None:
+        from rlwhf.train.routing import aux_free_update
+
+        self.routing.set_bias(aux_free_update(self.routing.bias, self.counts, self.rate))
+        self.counts.zero_()
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        balance = self
+
+        class BalanceAfterEachStep(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                balance.step()
+
+        return BalanceAfterEachStep()
+
+    def save(self, model_dir: Path) -> None:
+        import torch
+
+        from rlwhf.train.routing import ROUTING_BIAS_FILE
+
+        if self.routing.bias_is_external:  # the sigmoid kind's bias is a buffer, saved with the weights
+            torch.save(self.routing.bias, Path(model_dir) / ROUTING_BIAS_FILE)
 
 
 DEEPSEEK_ONLY = {"arch", "shared_experts", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"}
@@ -111,8 +184,9 @@ def sft_cache_dir(recipe) -> Path:
     if data["bad_rows"] == "drop":  # the key it had before data.bad_rows existed (drop is what it did)
         del data["bad_rows"]
     sft = recipe.sft.model_dump(mode="json", exclude={"cache"})
-    if sft["router_aux_loss_coef"] is None:  # the key it had before the setting existed
-        del sft["router_aux_loss_coef"]
+    for name, default in (("router_aux_loss_coef", None), ("bias_update_rate", 0.0)):
+        if sft[name] == default:  # the key it had before the setting existed
+            del sft[name]
     key = json.dumps([model, data, sft, recipe.run.seed, SFT_CACHE_VERSION],
                      sort_keys=True)
     return Path(recipe.run.output_dir) / ".sft-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -167,7 +241,7 @@ def _sft_with_progress(recipe, model_path: str, rows: list[dict], sft_dir: Path,
     task = cold_start_sft_task.remote(
         model_path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
         learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed, router_aux_loss_coef=recipe.sft.router_aux_loss_coef,
-        log_path=str(log_path), progress=progress)
+        bias_update_rate=recipe.sft.bias_update_rate, log_path=str(log_path), progress=progress)
     with tqdm(total=recipe.sft.steps, desc="cold-start SFT", unit="step", dynamic_ncols=True) as bar:
         done = []
         while not done:
