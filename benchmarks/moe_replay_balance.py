@@ -9,9 +9,9 @@ load over the mean, and the held-out accuracy after.
 
 bfloat16 (the default here) is where the engine and the trainer disagree: in float32 on this CPU
 they route every token alike and their log-probs differ by about 1e-6. The recipe is
-recipes/tiny-moe-balance.yaml, whose cold-start SFT is the demo's (cached once `make demo` ran), from
-the SFT's own routing unless --start-skew is given (the recipe's deliberate skew is not what the table in
-docs/moe.md measured).
+recipes/tiny-moe-balance.yaml from the start the table in docs/moe.md measured: the demo's cold-start SFT
+(cached once `make demo` ran) with its own routing, not the recipe's balanced SFT and skew (--as-recipe
+runs those).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def run(replay: str, balance: str, args) -> dict:
     name = f"moe-bench-{replay}-{balance}"
     overrides = [f"moe.routing_replay={replay}", f"moe.balance={balance}", f"train.steps={args.steps}",
                  f"model.dtype={args.dtype}", f"eval.num_prompts={args.eval_prompts}", "eval.samples=0",
-                 f"moe.start_skew={args.start_skew}",
+                 *([] if args.as_recipe else ["moe.start_skew=0", "sft.bias_update_rate=0"]),
                  f"run.name={name}", f"run.output_dir={args.output_dir}"]
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / "tiny-moe-balance.yaml"),
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--eval-prompts", type=int, default=100)
-    parser.add_argument("--start-skew", type=float, default=0.0, help="moe.start_skew (the recipe sets 0.2)")
+    parser.add_argument("--as-recipe", action="store_true", help="start as the recipe does (balanced SFT, skew)")
     parser.add_argument("--output-dir", default=str(ROOT / "runs"),
                         help="where the runs go: the demo's output_dir, whose .sft-cache holds its SFT")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "data" / "moe_replay_balance.json"))

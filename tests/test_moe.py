@@ -277,9 +277,75 @@ def test_a_deliberate_start_skew_is_applied_on_both_sides_and_kept_without_balan
         write_start_skew(tiny_dsv3, 0.2)
 
 
+
+@pytest.mark.slow
+def test_the_balance_recipe_skews_a_balanced_sft_and_both_sides_select_with_it(tmp_path):
+    """recipes/tiny-moe-balance.yaml as a user runs it (shortened), with balance none: the SFT leaves its
+    own bias, the start adds the skew to it, trainer and engine select with that, and it stays."""
+    from conftest import ROOT, SHORT, run_cli
+
+    run_dir = tmp_path / "runs" / "skew"
+    run_cli("train", ROOT / "recipes" / "tiny-moe-balance.yaml", *SHORT, "train.steps=2", "moe.balance=none",
+            "run.name=skew", f"run.output_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    sft_bias = torch.load(run_dir / "model" / "sft" / ROUTING_BIAS_FILE)
+    start = torch.load(run_dir / "model" / "start" / ROUTING_BIAS_FILE)
+    assert sft_bias.abs().sum() > 0  # sft.bias_update_rate balanced the SFT
+    skew = torch.zeros(4, 8)
+    skew[:, :2] = 0.2
+    assert torch.allclose(start, sft_bias + skew)
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "moe/routing_agreement" in m]
+    assert all(m["moe/routing_agreement"] > 0.98 for m in steps)  # the engine selects with the trainer's bias
+    assert all(m["moe/max_load_ratio"] > 2.0 for m in steps)  # the skew shows on both sides
+    assert all(abs(m["moe/rollout_max_load_ratio"] - m["moe/max_load_ratio"]) < 0.05 for m in steps)
+    assert torch.equal(torch.load(run_dir / "checkpoints" / "step_2" / ROUTING_BIAS_FILE), start)  # kept
+
 def test_the_sft_aux_loss_weight_reaches_the_sft_cache_key_only_when_set(tmp_path):
     from rlwhf.train.sft import sft_cache_dir
 
     base = load_recipe(None, [f"run.output_dir={tmp_path}"])
     assert sft_cache_dir(load_recipe(None, [f"run.output_dir={tmp_path}", "sft.router_aux_loss_coef=0.05"])) \
+        != sft_cache_dir(base)
+
+
+def test_a_balanced_sft_leaves_beside_its_weights_a_bias_that_evens_out_the_completion_load(tmp_path, tiny_model):
+    import random
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlwhf.train.routing import count_experts, load_ratios
+    from rlwhf.train.sft import cold_start_sft, sft_cache_dir
+
+    rng = random.Random(0)
+    examples = [{"prompt": f"{a}+{b}=", "solution": f"{a + b}"}
+                for a, b in ((rng.randint(10, 99), rng.randint(10, 99)) for _ in range(64))]
+    rate, steps = 0.01, 40
+    plain = cold_start_sft(tiny_model, examples, tmp_path / "plain", steps=steps, batch_size=16,
+                           learning_rate=3e-3, seed=0)
+    balanced = cold_start_sft(tiny_model, examples, tmp_path / "balanced", steps=steps, batch_size=16,
+                              learning_rate=3e-3, seed=0, bias_update_rate=rate)
+    assert not (plain / ROUTING_BIAS_FILE).exists()
+    bias = torch.load(balanced / ROUTING_BIAS_FILE)
+    moves = bias / rate  # every expert moved a whole number of sign steps, at most one a step
+    assert torch.allclose(moves, moves.round(), atol=1e-3) and moves.abs().max() <= steps and bias.abs().sum() > 0
+
+    tokenizer = AutoTokenizer.from_pretrained(balanced)
+    model = AutoModelForCausalLM.from_pretrained(balanced, dtype="float32").eval()
+    routing = Routing(model)
+    rows = [(tokenizer(e["prompt"])["input_ids"], tokenizer(e["solution"])["input_ids"]) for e in examples]
+    width = max(len(p) + len(s) for p, s in rows)
+    ids = torch.tensor([p + s + [0] * (width - len(p) - len(s)) for p, s in rows])
+    mask = torch.tensor([[len(p) <= t < len(p) + len(s) for t in range(width)] for p, s in rows])
+
+    def busiest_over_mean(with_bias: bool) -> float:
+        routing.set_bias(bias if with_bias else torch.zeros_like(bias))
+        with torch.no_grad(), routing.pass_(mask=mask) as record:
+            model(ids)
+        own = torch.stack([o[mask.reshape(-1)] for o in record.own], dim=1)
+        return float(load_ratios(count_experts(own, routing.num_experts))[0].mean())
+
+    with_bias, without = busiest_over_mean(True), busiest_over_mean(False)
+    assert with_bias < without - 0.2
+    base = load_recipe(None, [f"run.output_dir={tmp_path}"])  # the setting enters the cache key only when set
+    assert sft_cache_dir(load_recipe(None, [f"run.output_dir={tmp_path}", "sft.bias_update_rate=0.002"])) \
         != sft_cache_dir(base)
