@@ -299,7 +299,7 @@ class PolicyTrainer:
         seen = _SinglePass(batch.mask.shape, len(self.routing), self.routing.top_k) if single_pass else None
         # aux_free's rate is per RL step, spread over its optimizer steps: how fast the load evens out must
         # not hang on how many minibatches dynamic sampling left (an easy task keeps few groups).
-        bias_step = moe.bias_update_rate / (self.train_cfg.ppo_epochs * math.ceil(len(batch) / size))
+        bias_step = moe.bias_update_rate / max(1, self.train_cfg.ppo_epochs * math.ceil(len(batch) / size))
         for _ in range(self.train_cfg.ppo_epochs):
             order = torch.randperm(len(batch))
             for start in range(0, len(batch), size):
