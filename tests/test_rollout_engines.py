@@ -103,3 +103,36 @@ def test_hf_engine_samples_groups_with_logprobs_and_takes_new_weights(tiny_model
     c = groups[0].completions[0]
     assert c.logprobs == pytest.approx(hf_logprobs(trainer_model, groups[0].prompt_ids, c.token_ids), abs=1e-4)
     assert c.text == engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_a_bfloat16_vllm_engine_after_a_weight_sync_samples_as_one_started_from_those_weights(tiny_model, tmp_path):
+    """vLLM's CPU backend packs the experts for its kernel at load time (on AMX machines, for bfloat16, a
+    kernel of its own); a weight sync must leave the engine as if it had loaded the new weights."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.config.output_router_logits = False
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (0.5 if "experts" in name else 0.05))
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_model, moved)
+    model.save_pretrained(moved)
+    greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=12, seed=0)
+
+    synced = make_engine("vllm", tiny_model, seed=0, max_model_len=256, dtype="bfloat16")
+    before = synced.generate(PROMPTS, greedy)
+    synced.update_weights({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
+    after = synced.generate(PROMPTS, greedy)
+    synced.close()
+    fresh = make_engine("vllm", str(moved), seed=0, max_model_len=256, dtype="bfloat16")
+    expected = fresh.generate(PROMPTS, greedy)
+    fresh.close()
+    assert [g.completions[0].token_ids for g in after] != [g.completions[0].token_ids for g in before]
+    for got, want in zip(after, expected):
+        assert got.completions[0].token_ids == want.completions[0].token_ids
+        assert got.completions[0].logprobs == pytest.approx(want.completions[0].logprobs, abs=1e-4)

@@ -304,6 +304,7 @@ def repack_cpu_weights(model) -> int:
       only ran then; the kernel would read unpacked weights as packed. We run that prepack again.
     * LM head: its oneDNN handle holds a packed copy of the old weights; rebuilding it re-packs.
     """
+    from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUUnquantizedExperts
     from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
@@ -312,7 +313,8 @@ def repack_cpu_weights(model) -> int:
         method = getattr(module, "quant_method", None)
         if isinstance(method, UnquantizedFusedMoEMethod) and method.moe_kernel is not None:
             experts = getattr(method.moe_kernel.impl, "fused_experts", None)
-            if experts is not None and type(experts).__name__.startswith("CPU"):
+            # every CPU variant (x86 AMX for bfloat16, Arm, Power, the generic one) subclasses it
+            if isinstance(experts, CPUUnquantizedExperts):
                 experts.process_weights_after_loading(module)
                 repacked += 1
         elif isinstance(method, UnquantizedEmbeddingMethod) and hasattr(module, "cpu_linear"):
