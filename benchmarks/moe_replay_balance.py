@@ -36,7 +36,7 @@ def run(replay: str, balance: str, args) -> dict:
     overrides = [f"moe.routing_replay={replay}", f"moe.balance={balance}", f"train.steps={args.steps}",
                  f"model.dtype={args.dtype}", f"eval.num_prompts={args.eval_prompts}", "eval.samples=0",
                  *([] if args.as_recipe else ["moe.start_skew=0", "sft.bias_update_rate=0"]),
-                 f"run.name={name}", f"run.output_dir={args.output_dir}"]
+                 f"run.name={name}", f"run.output_dir={args.output_dir}", "run.overwrite=true"]
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / "tiny-moe-balance.yaml"),
                     *overrides], check=True, env={**os.environ, "WANDB_MODE": "offline"}, stdout=subprocess.DEVNULL)
