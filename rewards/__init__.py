@@ -27,7 +27,7 @@ RewardFn = Callable[..., list]
 
 ENTRY_POINT_GROUP = "rlwhf.rewards"
 # Modules holding the built-in rewards; imported on first lookup so that `import rewards` stays cheap.
-BUILTIN_MODULES = ("rewards.format", "rewards.math", "rewards.code", "rewards.steps")
+BUILTIN_MODULES = ("rewards.format", "rewards.math", "rewards.code", "rewards.steps", "rewards.gym")
 
 _registry: dict[str, RewardFn] = {}
 _builtins_loaded = False

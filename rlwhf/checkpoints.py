@@ -93,7 +93,12 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 def resolve_model(source: str | Path) -> Path:
     """The model folder that ``source`` names, for commands that read a model (eval, export, distill,
     data filter): a model folder in Hugging Face format (``config.json`` and weights) such as a
-    checkpoint, or a run directory, meaning its newest complete checkpoint (``newest_checkpoint``)."""
+    checkpoint, a run directory, meaning its newest complete checkpoint (``newest_checkpoint``), or a
+    GGUF file (a path or ``package:PKG/file.gguf``), meaning its converted folder (``rlwhf.models.gguf``)."""
+    from rlwhf.models.gguf import PACKAGE_PREFIX, converted_dir, is_gguf
+
+    if is_gguf(source) or str(source).startswith(PACKAGE_PREFIX):
+        return converted_dir(source)
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or directory; expected a checkpoint "

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -261,6 +261,8 @@ def data_check(
     cfg = _load(recipe or (DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None), list(overrides or []))
     from rlwhf.config import DATA_FILE_SUFFIXES
 
+    if source is None and cfg.data.task == "reasoning_gym":
+        _check_generated(cfg, split or "train", clean, json_path, show)
     if source is None:
         if cfg.data.task != "dataset":
             _fail(f"no SOURCE given and the recipe's data.task is {cfg.data.task!r}, not 'dataset'; give a data "
@@ -272,9 +274,8 @@ def data_check(
     if clean is not None and clean.suffix not in (".jsonl", ".json", ".parquet"):
         _fail(f"--clean {clean}: expected a .jsonl or .parquet file name")
     import datasets
-    from rich.console import Console
 
-    from rlwhf.data.check import check_dataset, print_report, write_clean
+    from rlwhf.data.check import check_dataset, write_clean
 
     datasets.disable_progress_bars()
     try:
@@ -282,18 +283,42 @@ def data_check(
                                       solution_column=solution_column)
     except Exception as exc:  # datasets: no such data set or split, a file it cannot read
         _fail(f"{source}: cannot be read: {type(exc).__name__}: {exc}")
-    console = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
-    print_report(report, console, show)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report.to_json(), indent=2))
-        console.print(f"report: {json_path}")
+    console = _print_data_report(report, json_path, show)
     if clean is not None:
         if any(p.kind == "missing_column" for p in report.problems):
             _fail(f"--clean {clean}: not written, a column the recipe names is missing from every row")
         kept = write_clean(table, report, clean)
         console.print(f"cleaned copy: {clean} ({kept} of {report.rows} rows)")
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _check_generated(cfg, split: str, clean: Optional[Path], json_path: Optional[Path], show: int) -> NoReturn:
+    """``data check`` on the rows a recipe's procedural task generates; exits 0 if they are clean, else 1."""
+    from rlwhf.data.check import check_generated_task
+
+    if clean is not None:
+        _fail("--clean: the recipe's task is generated (data.task reasoning_gym), there is no file to copy")
+    try:
+        report = check_generated_task(cfg, split)
+    except ValueError as exc:
+        _fail(str(exc))
+    _print_data_report(report, json_path, show)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _print_data_report(report, json_path: Optional[Path], show: int):
+    """A data check's report on the console (and as JSON at ``json_path``); returns the console."""
+    from rich.console import Console
+
+    from rlwhf.data.check import print_report
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
+    print_report(report, console, show)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_json(), indent=2))
+        console.print(f"report: {json_path}")
+    return console
 
 
 @data_app.command("filter")

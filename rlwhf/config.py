@@ -41,17 +41,26 @@ class RunConfig(Section):
 class ModelConfig(Section):
     path: str = Field(
         "tiny",
-        description="'tiny' builds a small Qwen3-MoE and tokenizer locally; otherwise a local "
-        "directory or a Hub id (downloaded, so only where a network is available).",
+        description="'tiny' builds a small Qwen3-MoE and tokenizer locally; a GGUF file, or one inside an "
+        "installed package as package:PKG/file.gguf (dequantized once into a cached Hugging Face folder); "
+        "otherwise a local directory or a Hub id (downloaded, so only where a network is available).",
     )
     tiny: TinyMoEConfig = Field(default_factory=TinyMoEConfig, description="Shape of the 'tiny' model.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Compute dtype of the trainer (autocast; "
                                                   "its weights and optimizer state stay float32) and of vLLM.")
 
 
+class GymDatasetSpec(Section):
+    name: str = Field(..., description="A reasoning-gym dataset name, e.g. products, chain_sum.")
+    weight: float = Field(1.0, gt=0, description="Mixing weight among data.gym's datasets.")
+    config: dict[str, Any] = Field(default_factory=dict, description="The dataset's own settings (its difficulty), "
+                                   "e.g. {min_digits: 1, max_digits: 2}; reasoning-gym's defaults otherwise.")
+
+
 class DataConfig(Section):
-    task: Literal["arithmetic", "coding", "dataset"] = Field(
-        "arithmetic", description="Prompt source: a procedural task, or 'dataset' (HF datasets)."
+    task: Literal["arithmetic", "coding", "dataset", "reasoning_gym"] = Field(
+        "arithmetic", description="Prompt source: a procedural task, 'dataset' (HF datasets), or 'reasoning_gym' "
+        "(the tasks named in data.gym, generated locally)."
     )
     num_train: int = Field(4000, ge=1, description="Training prompts (procedural tasks).")
     num_test: int = Field(200, ge=1, description="Held-out prompts for accuracy.")
@@ -65,6 +74,9 @@ class DataConfig(Section):
     test_split: str | None = Field(None, description="task=dataset: held-out split (else num_test rows split off).")
     prompt_column: str = Field("prompt", description="task=dataset: column holding the prompt.")
     answer_column: str = Field("answer", description="task=dataset: column holding the gold answer.")
+    gym: list[GymDatasetSpec] = Field(default_factory=list, description="task=reasoning_gym: the datasets, each "
+                                      "{name, weight, config}; num_train rows from run.seed, num_test held-out rows "
+                                      "from another seed, no question in both. Pay with the reasoning_gym reward.")
     chat_template: Literal["auto", "none"] = Field("auto", description="'auto': render prompts with the tokenizer's "
                                                    "chat template when it has one; 'none': plain text.")
     system_prompt: str | None = Field(None, description="A system message put before every prompt.")
@@ -85,6 +97,9 @@ class DataConfig(Section):
             raise ValueError(f"min_digits ({self.min_digits}) must be <= max_digits ({self.max_digits})")
         if self.task == "dataset" and not self.dataset:
             raise ValueError("task 'dataset' needs data.dataset (a file path or HF dataset name)")
+        if self.task == "reasoning_gym" and not self.gym:
+            raise ValueError("task 'reasoning_gym' needs data.gym, a list of datasets, e.g. [{name: products, "
+                             "config: {min_digits: 1, max_digits: 2}}]")
         if "{prompt}" not in self.prompt_template:
             raise ValueError(f"prompt_template {self.prompt_template!r} has no {{prompt}} to put the prompt in")
         return self
@@ -471,6 +486,20 @@ def check_references(recipe: Recipe) -> None:
             rewards.get(spec.name)
         except KeyError as exc:
             problems.append(f"rewards.funcs[{i}] = {spec.name!r}: {exc}")
+    from rlwhf.models.gguf import PACKAGE_PREFIX, is_gguf, locate
+
+    if is_gguf(recipe.model.path) or recipe.model.path.startswith(PACKAGE_PREFIX):
+        try:
+            locate(recipe.model.path)
+        except (OSError, ValueError) as exc:
+            problems.append(str(exc))
+    if recipe.data.task == "reasoning_gym":
+        from rlwhf.data.gym import check_names
+
+        try:
+            check_names(recipe.data.gym)
+        except ValueError as exc:
+            problems.append(str(exc))
     dataset = recipe.data.dataset
     if recipe.data.task == "dataset" and dataset and dataset.rsplit(".", 1)[-1] in DATA_FILE_SUFFIXES:
         if not Path(dataset).is_file():

@@ -348,7 +348,8 @@ def finish(run: Run, started: float) -> dict:
                "steps": recipe.train.steps, "wall_seconds": round(time.perf_counter() - started, 1),
                "rollout_engine": recipe.rollout.engine}
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    say(f"held-out accuracy after SFT: {describe_accuracy(run.before)}; after {recipe.train.steps} RL steps: "
+    start = "after SFT" if recipe.sft.enabled else "before RL"
+    say(f"held-out accuracy {start}: {describe_accuracy(run.before)}; after {recipe.train.steps} RL steps: "
         f"{describe_accuracy(after)}")
     say(f"run directory: {run.dir}  (traces: rlwhf.traces.load({str(run.dir)!r}))")
     return summary

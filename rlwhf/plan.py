@@ -37,7 +37,9 @@ def load_model_config(recipe: Recipe):
 
     from transformers import AutoConfig
 
-    path = recipe.model.path
+    from rlwhf.models.gguf import local_model_path
+
+    path = local_model_path(recipe.model.path)
     if path == "tiny":
         from rlwhf.models.tiny import build_tokenizer, hf_config
 

@@ -12,6 +12,7 @@ record). The kinds of problem, in the order a row is checked:
     overlong_prompt     the prompt, rendered for the recipe's tokenizer, is over rollout.max_prompt_tokens
     unparseable_answer  the math verifier cannot read the gold answer, so no completion could match it
     failing_reference   the row's reference solution fails its own tests in rewards.code's sandbox
+    gold_not_accepted   data.task reasoning_gym: the task's own verifier does not give its gold answer full marks
 
 The answer checks (missing, unparseable) apply to rows without tests: a row with tests is a coding
 problem, judged by its tests.
@@ -34,6 +35,7 @@ KINDS = {
     "overlong_prompt": "rendered, the prompt is longer than rollout.max_prompt_tokens",
     "unparseable_answer": "the math verifier cannot read the gold answer",
     "failing_reference": "the reference solution fails its own tests",
+    "gold_not_accepted": "the task's own verifier does not accept the gold answer",
 }
 # What the loader checks on every load (no tokenizer, verifier or sandbox needed).
 CHEAP_KINDS = ("missing_prompt", "empty_prompt", "missing_answer", "duplicate_prompt")
@@ -238,7 +240,9 @@ def renderer_for(recipe, notes: list[str]):
 
         return PromptRenderer(build_tokenizer(recipe.model.tiny.chat_format), recipe.data)
     try:
-        return PromptRenderer.from_pretrained(recipe.model.path, recipe.data)
+        from rlwhf.models.gguf import local_model_path
+
+        return PromptRenderer.from_pretrained(local_model_path(recipe.model.path), recipe.data)
     except Exception as exc:
         notes.append(f"overlong_prompt: not checked, the tokenizer of {recipe.model.path!r} cannot be loaded "
                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
@@ -274,6 +278,36 @@ def check_dataset(source: str, recipe, *, split: str | None = None, subset: str 
                                   max_prompt_tokens=recipe.rollout.max_prompt_tokens, code=code,
                                   tests_column=tests_column, solution_column=solution_column, notes=report.notes)
     return report, table
+
+
+def check_generated_task(recipe, split: str = "train") -> DataReport:
+    """The rows a procedural ``data.task`` (reasoning_gym) generates for ``split`` (``train`` or
+    ``test``: held-out), checked as a file's would be; for reasoning-gym, each gold answer is also
+    scored by its task's own verifier, which must give it full marks."""
+    from rewards.gym import score_entry
+    from rlwhf.data.source import load_task
+
+    if split not in ("train", "test"):
+        raise ValueError(f"--split {split!r}: a generated task has the splits 'train' and 'test' (held-out)")
+    task = load_task(recipe.data, recipe.run.seed)
+    rows = task.train if split == "train" else task.test
+    names = ", ".join(s.name for s in recipe.data.gym)
+    report = DataReport(f"reasoning_gym ({names})", split, len(rows), list(rows[0]) if rows else [])
+    found = check_rows(rows, needs_answer=True, renderer=renderer_for(recipe, report.notes),
+                       max_prompt_tokens=recipe.rollout.max_prompt_tokens, notes=report.notes)
+    repeats = sum(p.kind == "duplicate_prompt" for p in found)
+    if repeats:  # a small task's training rows repeat questions by design (none of them is held out)
+        report.notes.append(f"{repeats} {split} rows repeat an earlier question (the task has few at this "
+                            "difficulty); not a problem, no held-out question is among them")
+    report.problems += [p for p in found if p.kind != "duplicate_prompt"]
+    for i, row in enumerate(rows):
+        entry = {"question": row["prompt"], "answer": row["answer"], "metadata": json.loads(row["gym_metadata"])}
+        if score_entry(row["answer"], row["gym_dataset"], entry) < 1.0:
+            report.problems.append(Problem(i, "gold_not_accepted", f"{row['gym_dataset']}'s score_answer gives the "
+                                           f"gold {_short(row['answer'])} less than 1"))
+    order = {kind: k for k, kind in enumerate(KINDS)}
+    report.problems.sort(key=lambda p: (-1 if p.row is None else p.row, order[p.kind]))
+    return report
 
 
 def write_clean(table, report: DataReport, out: Path) -> int:

@@ -32,6 +32,10 @@ def load_task(cfg: DataConfig, seed: int, *, needs_answer: bool = True) -> TaskD
 
         rows = make_coding_tasks(cfg.num_train + cfg.num_test, seed)
         return TaskData(rows[cfg.num_test:], rows[: cfg.num_test])
+    if cfg.task == "reasoning_gym":
+        from rlwhf.data.gym import make_gym_rows
+
+        return TaskData(*make_gym_rows(cfg.gym, cfg.num_train, cfg.num_test, seed))
     return _load_dataset(cfg, seed, needs_answer)
 
 

@@ -194,9 +194,10 @@ def sft_cache_dir(recipe) -> Path:
 
 def prepare_policy(recipe, run_dir: Path, train_rows: list[dict], say: Callable[[str], None] = print) -> str:
     """The starting policy's directory: build the tiny model if asked, then the cold-start SFT (cached)."""
+    from rlwhf.models.gguf import local_model_path
     from rlwhf.models.tiny import build_tiny_moe
 
-    path = recipe.model.path
+    path = local_model_path(recipe.model.path, say=say)
     sft_dir = run_dir / "model" / "sft"
     use_cache = recipe.sft.enabled and recipe.sft.cache and recipe.model.path == "tiny"
     cached = sft_cache_dir(recipe)
