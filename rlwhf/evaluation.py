@@ -131,7 +131,12 @@ def trace_rows(step: int, rows: list[dict], groups: list, per_reward: dict, tota
 
 def final_answer(text: str, kind: str) -> str | None:
     """The answer a completion commits to: for ``math`` its final answer as written (boxed, answer
-    tags or a closing phrase; a bare last number does not count), for ``code`` its program."""
+    tags or a closing phrase; a bare last number does not count), for ``code`` its program, for
+    ``gym`` (reasoning-gym tasks) what the ``reasoning_gym`` reward's ``auto`` extractor reads."""
+    if kind == "gym":
+        from rewards.gym import extract_answer as gym_answer
+
+        return gym_answer(text)
     if kind == "code":
         from rewards.code import extract_code
 
@@ -143,14 +148,16 @@ def final_answer(text: str, kind: str) -> str | None:
 
 
 def answer_kind(accuracy_reward: str) -> str:
-    """How answers are read and compared for a recipe's accuracy reward: ``code`` or ``math``."""
+    """How answers are read and compared for a recipe's accuracy reward: ``gym``, ``code`` or ``math``."""
+    if accuracy_reward == "reasoning_gym":
+        return "gym"
     return "code" if "code" in accuracy_reward else "math"
 
 
 def majority_index(answers: list[str | None], kind: str) -> int | None:
     """The index of the first completion in the largest set of equivalent answers (ties: the set
     seen first); None when no completion has an answer. Math answers are grouped by the math
-    verifier (``2/4`` and ``0.5`` are one answer), programs by their text."""
+    verifier (``2/4`` and ``0.5`` are one answer), programs and reasoning-gym answers by their text."""
     present = [i for i, a in enumerate(answers) if a is not None]
     if not present:
         return None

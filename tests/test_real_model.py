@@ -45,6 +45,11 @@ def test_a_package_reference_names_the_file_and_a_wrong_one_says_what_is_missing
     with pytest.raises(FileNotFoundError, match="no such file"):
         gguf.local_model_path(str(tmp_path / "nothing.gguf"))
     assert gguf.local_model_path("tiny") == "tiny" and gguf.local_model_path("org/model") == "org/model"
+    from rlwhf.config import ConfigError, check_references, load_recipe
+
+    check_references(load_recipe(RECIPE))  # `rlwhf validate`: the shipped reference resolves, nothing converted
+    with pytest.raises(ConfigError, match="no installed package 'llm_smollm3'"):
+        check_references(load_recipe(RECIPE, ["model.path=package:llm_smollm3/x.gguf"]))
 
 
 @pytest.mark.slow

@@ -114,3 +114,16 @@ def test_data_check_and_data_show_read_a_generated_task(tmp_path):
     result = CliRunner().invoke(app, ["data", "show", str(recipe), "--n", "2"])
     assert result.exit_code == 0 and "40 training rows, 10 held-out rows" in result.output
     assert "gym_metadata" in result.output
+
+
+def test_evaluation_reads_and_groups_reasoning_gym_answers_as_its_reward_does():
+    from rlwhf.evaluation import Scored, answer_kind, completion_metrics, final_answer
+    from rlwhf.rollout.base import Completion, Group
+
+    assert answer_kind("reasoning_gym") == "gym" and final_answer("7 * 8 = 56", "gym") == "56"
+    texts = ["7 * 8 = 56", "The answer is 56.", "54", "7 * 8 = 54", "It is 54"]
+    group = Group("p", [1], [Completion(t, [1, 2], [0.0, 0.0], "stop") for t in texts])
+    scores = [1.0, 1.0, 0.0, 0.0, 0.0]
+    metrics = completion_metrics([group], Scored({"reasoning_gym": scores}, scores, {}, [], 0.0), "reasoning_gym", k=4)
+    assert metrics["maj@4"] == 1.0  # 56 twice, 54 twice: the set seen first wins
+    assert metrics["format_error_frac"] == 0.0 and metrics["pass@4"] == 1.0
