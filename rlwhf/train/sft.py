@@ -183,6 +183,8 @@ def sft_cache_dir(recipe) -> Path:
     data = recipe.data.model_dump(mode="json")
     if data["bad_rows"] == "drop":  # the key it had before data.bad_rows existed (drop is what it did)
         del data["bad_rows"]
+    if not data["gym"]:  # the key it had before data.gym existed
+        del data["gym"]
     sft = recipe.sft.model_dump(mode="json", exclude={"cache"})
     for name, default in (("router_aux_loss_coef", None), ("bias_update_rate", 0.0)):
         if sft[name] == default:  # the key it had before the setting existed
