@@ -45,7 +45,7 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# The formatter, on the files you name: make format FILES="rlwhf/plan.py tests/test_plan.py"
+# The formatter, on the files you name: make format FILES="rlwhf/commands/plan.py tests/test_plan.py"
 format: setup
 	$(if $(FILES),,$(error name the files to format: make format FILES="path ..."))
 	$(VENV)/bin/ruff format $(FILES)

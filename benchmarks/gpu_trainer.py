@@ -34,7 +34,7 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16
 
 
 def settings(args) -> SimpleNamespace:
-    """What PolicyTrainer and rlwhf.plan read from a recipe, as plain attributes."""
+    """What PolicyTrainer and rlwhf.commands.plan read from a recipe, as plain attributes."""
     algo = SimpleNamespace(advantage="grpo", loss_agg="token_mean", clip_low=0.2, clip_high=0.28, dual_clip=None,
                            ratio_level="token", kl_coef=0.0, kl_estimator="k3", kl_in_reward=False,
                            ref_refresh_every=0, entropy_coef=0.0, overlong_mask=False, tis_cap=None)
@@ -80,7 +80,7 @@ def main() -> None:
 
     import torch
 
-    from rlwhf.plan import model_size, trainer_memory
+    from rlwhf.commands.plan import model_size, trainer_memory
     from rlwhf.train.batch import pack
     from rlwhf.train.policy import PolicyTrainer
 

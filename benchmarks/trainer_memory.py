@@ -85,8 +85,8 @@ def measure(model_dir: str, mode: str, completions: int, length: int, work: Path
 
 
 def estimate(model_dir: str, mode: str, completions: int, length: int) -> float:
+    from rlwhf.commands.plan import load_model_config, model_size, trainer_memory
     from rlwhf.config import load_recipe
-    from rlwhf.plan import load_model_config, model_size, trainer_memory
 
     overrides = [f"model.path={model_dir}", f"train.minibatch_size={completions}", f"train.prompts_per_step={completions}",
                  "rollout.group_size=2", f"rollout.max_prompt_tokens={length // 16}",

@@ -113,7 +113,7 @@ def cold_start(s: Settings) -> str:
     the recipe's own model (a GGUF file is converted once, as a run would)."""
     from rlwhf.data.source import load_task
     from rlwhf.models.gguf import local_model_path
-    from rlwhf.train.sft import prepare_policy, sft_cache_dir
+    from rlwhf.starting_policy import prepare_policy, sft_cache_dir
 
     if not s.start.cold_start:
         return local_model_path(s.recipe().model.path)
@@ -178,7 +178,7 @@ def trl_process(out: Path, s: Settings, model: str, t0: float) -> None:
 
     from rlwhf.data.prompts import PromptRenderer
     from rlwhf.data.source import load_task
-    from rlwhf.evaluation import columns_of
+    from rlwhf.rollout.sampling import columns_of
 
     recipe = s.recipe()
     torch.manual_seed(recipe.run.seed)
@@ -258,8 +258,8 @@ def held_out_accuracy(model: str, s: Settings) -> float:
     """Greedy decoding on the held-out prompts with transformers, scored by the accuracy reward."""
     from rlwhf.data.prompts import render_task
     from rlwhf.data.source import load_task
-    from rlwhf.evaluation import columns_of
     from rlwhf.rollout import SamplingSettings, make_engine
+    from rlwhf.rollout.sampling import columns_of
 
     recipe = s.recipe()
     data = render_task(recipe, load_task(recipe.data, recipe.run.seed), model)

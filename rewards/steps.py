@@ -17,16 +17,28 @@ _ADDITION = re.compile(r"(\d+)\s*\+\s*(\d+)\s*=\s*\?")
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
+def addition_trace(a: int, b: int) -> str:
+    """Column-wise addition, least significant digit first, with explicit carries."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    carry, lines = 0, []
+    for i in range(max(len(da), len(db))):
+        x = int(da[i]) if i < len(da) else 0
+        y = int(db[i]) if i < len(db) else 0
+        terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
+        total = x + y + carry
+        lines.append(f"{terms}={total}")
+        carry = total // 10
+    return "\n".join(lines)
+
+
 @reward("arithmetic_steps")
 def arithmetic_steps(completions: list[str], *, prompts: list[str], **_) -> list[float | None]:
     """Share of the column-by-column addition steps written correctly, in order (0..1).
 
-    The expected steps are those of ``rlwhf.data.arithmetic.addition_trace`` for the prompt's
+    The expected steps are those of ``addition_trace`` (the procedure the task's solver writes) for the prompt's
     operands (``"Q: 347+586=?"``); a missing ``<think>`` block scores 0, and extra or missing lines
     count as wrong. ``None`` (not applicable) for prompts that are not an addition problem.
     """
-    from rlwhf.data.arithmetic import addition_trace
-
     scores: list[float | None] = []
     for completion, prompt in zip(completions, prompts):
         problem = _ADDITION.search(text_of(prompt))

@@ -14,8 +14,6 @@ import os
 import pickle
 import re
 import shutil
-import signal
-import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,28 +150,6 @@ def rewind_run_dir(run_dir: Path, step: int) -> None:
     (run_dir / "summary.json").unlink(missing_ok=True)
 
 
-def fault_point(phase: str, step: int) -> None:
-    """Fault injection for the crash tests: with ``RLWHF_FAULT=phase@step`` the run dies here by SIGKILL,
-    the driver first, then this process (a worker's, for ``save``), as when a machine goes down.
-    Phases: ``rollout`` (after sampling), ``update`` (while the policy trains), ``save`` (in the
-    policy worker, the checkpoint's files written but not yet renamed into place); and, for a worker
-    that dies alone, ``engine`` and ``reward`` (its ``step``-th call; with ``RLWHF_FAULT_MARK`` naming a
-    file, only once: the restarted worker finds the file and lives)."""
-    if os.environ.get("RLWHF_FAULT") != f"{phase}@{step}":
-        return
-    if phase in ("engine", "reward"):
-        mark = os.environ.get("RLWHF_FAULT_MARK")
-        if mark and os.path.exists(mark):
-            return
-        if mark:
-            Path(mark).write_text(phase)
-        os.kill(os.getpid(), signal.SIGKILL)
-    driver = int(os.environ.get("RLWHF_DRIVER_PID", os.getpid()))
-    if driver != os.getpid():
-        os.kill(driver, signal.SIGKILL)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def save_checkpoint(policy, run_dir: Path, step: int, state: dict, pending: Future | None = None) -> None:
     """Checkpoint after ``step`` through the policy (``rlwhf.groups.PolicyGroup``): the policy,
     optimizer and RNG states, the loop's ``state`` (data cursor, accuracy before RL) and, in one-step
@@ -191,22 +167,3 @@ def saved_rollouts(ckpt: Path | None) -> Future | None:
     future: Future = Future()
     future.set_result(pickle.loads((ckpt / "pending_rollouts.pkl").read_bytes()))
     return future
-
-
-class Preempted(Exception):
-    """SIGTERM stopped the run after a step, whose checkpoint was then written; resume continues it."""
-
-
-def watch_for_sigterm() -> threading.Event:
-    """SIGTERM (a preemption notice) lets the current step finish, then the loop checkpoints and stops."""
-    from rlwhf.tracking import say
-
-    stop = threading.Event()
-
-    def on_sigterm(signum, frame):
-        say("SIGTERM: finishing this step, then writing a checkpoint and stopping")
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_sigterm)
-    return stop

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import typer
 
@@ -21,13 +22,36 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(recipe: Optional[Path], overrides: list[str]):
-    from rlwhf.config import ConfigError, load_recipe
+def _or_default(recipe: Optional[Path]) -> Optional[Path]:
+    """The recipe named, else the tiny CPU demo's (None where it is not there: the built-in defaults)."""
+    if recipe is not None:
+        return recipe
+    return DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None
+
+
+def _load(recipe: Optional[Path], overrides: Optional[list[str]]):
+    from rlwhf.config import load_recipe
+
+    with _errors():
+        return load_recipe(recipe, list(overrides or []))
+
+
+@contextmanager
+def _errors(prefix: str = "") -> Iterator[None]:
+    """The one place an error becomes an exit code: bad input 2 (the message after ``prefix``), a run
+    that failed 1, a preemption that checkpointed 0 (see ``rlwhf.errors``)."""
+    from rlwhf.config import ConfigError
+    from rlwhf.errors import Preempted, RewardFailed
 
     try:
-        return load_recipe(recipe, overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
+        yield
+    except Preempted as exc:
+        typer.echo(f"[rlwhf] {exc}")
+        raise typer.Exit(0) from None
+    except RewardFailed as exc:
+        _fail(str(exc), code=1)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        _fail(prefix + str(exc))
 
 
 @app.command()
@@ -48,27 +72,19 @@ def train(
             _fail(f"--resume {resume}: no config.yaml there; expected a run directory made by `rlwhf train`")
         recipe = config
         overrides += [f"run.output_dir={resume.parent}", f"run.name={resume.name}"]
-    elif recipe is None:
-        recipe = DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None
+    else:
+        recipe = _or_default(recipe)
     if address:
         overrides.append(f"ray.address={address}")
     cfg = _load(recipe, overrides)
     import ray
 
-    from rlwhf.checkpoints import Preempted
-    from rlwhf.evaluation import RewardFailed
     from rlwhf.loop import train as run_training
     from rlwhf.workers import describe_failure
 
     try:
-        summary = run_training(cfg, resume=resume is not None)
-    except Preempted as exc:
-        typer.echo(f"[rlwhf] {exc}")
-        raise typer.Exit(0) from None
-    except RewardFailed as exc:
-        _fail(str(exc), code=1)
-    except (FileExistsError, ValueError) as exc:
-        _fail(str(exc))
+        with _errors():
+            summary = run_training(cfg, resume=resume is not None)
     except ray.exceptions.RayError as exc:
         import traceback
 
@@ -86,12 +102,12 @@ def validate(
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides."),
 ) -> None:
     """Check a recipe without running it (real-model recipes are validated here, run on GPU clusters)."""
-    cfg = _load(recipe, list(overrides or []))
+    cfg = _load(recipe, overrides)
     from rlwhf.config import ConfigError, check_references
 
     try:
         check_references(cfg)
-    except ConfigError as exc:
+    except ConfigError as exc:  # one line per problem, each naming the recipe
         _fail("\n".join(f"{recipe}: {line}" for line in str(exc).splitlines()))
     typer.echo(f"{recipe}: ok ({cfg.model.path}, {cfg.rollout.engine} rollouts, {cfg.train.steps} steps)")
 
@@ -103,13 +119,11 @@ def plan(
     gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU, in GiB."),
 ) -> None:
     """Before anything starts: the policy's size, each device's memory (trainer, rollout engine), whether it fits."""
-    cfg = _load(recipe, list(overrides or []))
-    from rlwhf.plan import plan_text
+    cfg = _load(recipe, overrides)
+    from rlwhf.commands.plan import plan_text
 
-    try:
+    with _errors(f"{recipe}: "):
         typer.echo(plan_text(cfg, gpu_memory))
-    except ValueError as exc:
-        _fail(f"{recipe}: {exc}")
 
 
 @app.command("eval")
@@ -133,44 +147,12 @@ def eval_command(
     """Score a model: greedy accuracy, pass@1, pass@k, maj@k, lengths, truncation and format errors, each reward."""
     if recipe is None:  # a run's own recipe: the same settings score exactly as the run's evaluations did
         recipe = next((d / "config.yaml" for d in (model, model.parent.parent) if (d / "config.yaml").is_file()),
-                      DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None)
-    cfg = _load(recipe, list(overrides or []))
-    e = cfg.eval
-    n = max(samples if samples is not None else e.samples, k or 0)
-    chosen = {"samples": n, "k": k or (min(e.k, n) if n else e.k), "num_prompts": prompts or e.num_prompts}
-    try:
-        cfg.eval = type(e).model_validate({**e.model_dump(), **chosen})
-    except ValueError as exc:
-        _fail(f"--k/--samples/--prompts: {exc}")
-    from rich.console import Console
-    from rich.table import Table
+                      _or_default(None))
+    cfg = _load(recipe, overrides)
+    from rlwhf.commands.evaluate import evaluate, with_eval_settings
 
-    from rlwhf.evaluation import RewardFailed, evaluate_model, metrics_table
-
-    try:
-        report = evaluate_model(str(model), cfg, data=data, split=split)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
-    except RewardFailed as exc:
-        _fail(str(exc), code=1)
-    settings, metrics = report["settings"], report["metrics"]
-    label = "_".join(Path(settings["model"]).resolve().parts[-3:])
-    out = out or Path(cfg.run.output_dir) / "eval" / f"{label}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": settings, "metrics": metrics}, indent=2))
-    import pandas as pd
-
-    completions = out.with_name(out.stem + "-completions.parquet")
-    pd.DataFrame(report["completions"]).to_parquet(completions, index=False)
-    console = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
-    table = Table(title=f"{settings['model']} on {settings['prompts']} prompts ({settings['data']}; recipe {recipe})")
-    table.add_column("metric")
-    table.add_column("greedy", justify="right")
-    table.add_column(f"sampled ({settings['samples']}/prompt, T={settings['temperature']})", justify="right")
-    for row in metrics_table(metrics):
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"report: {out}\ncompletions: {completions}")
+    with _errors():
+        evaluate(model, with_eval_settings(cfg, k, samples, prompts), recipe, data=data, split=split, out=out)
 
 
 @app.command()
@@ -179,34 +161,16 @@ def distill(
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. distill.teacher=runs/other."),
 ) -> None:
     """Rejection-sampling distillation: the teacher's verified answers fine-tune a smaller student; both scored."""
-    cfg = _load(recipe, list(overrides or []))
-    from rich.console import Console
-    from rich.table import Table
-
-    from rlwhf.config import ConfigError, check_references
-    from rlwhf.distill import distill as run_distill
-    from rlwhf.evaluation import RewardFailed
+    cfg = _load(recipe, overrides)
+    from rlwhf.commands.distill import distill as run_distill
+    from rlwhf.commands.distill import print_summary
+    from rlwhf.config import check_references
     from rlwhf.tracking import say
 
-    try:
+    with _errors():
         check_references(cfg)
         summary = run_distill(cfg, say=say)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        _fail(str(exc))
-    except RewardFailed as exc:
-        _fail(str(exc), code=1)
-    k = cfg.eval.k
-    table = Table(title=f"held-out, {summary['held_out_prompts']} prompts")
-    for col in ("model", "parameters", "accuracy (greedy)", "pass@1", f"pass@{k}", f"maj@{k}", "mean tokens"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    sizes = {"teacher": summary["teacher_parameters"]}
-    for name, m in summary["metrics"].items():
-        table.add_row(name, f"{sizes.get(name, summary['student_parameters']):,}", _fmt(m["accuracy"]),
-                      _fmt(m.get("sampled/pass@1")), _fmt(m.get(f"pass@{k}")), _fmt(m.get(f"maj@{k}")),
-                      _fmt(m["greedy/length/mean"], ".1f"))
-    Console(highlight=False).print(table)
-    typer.echo(f"kept {summary['kept']} verified teacher completions from {summary['prompts']} prompts; "
-               f"run directory: {summary['run_dir']} ({summary['wall_seconds']:.0f} s)")
+    print_summary(summary, cfg.eval.k)
 
 
 @app.command("rewards")
@@ -230,7 +194,7 @@ def data_show(
     n: int = typer.Option(3, help="Rows to show."),
 ) -> None:
     """Show the first prompts (and solutions) a recipe trains on."""
-    cfg = _load(recipe or (DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None), [])
+    cfg = _load(_or_default(recipe), [])
     from rlwhf.data.source import load_task
 
     task = load_task(cfg.data, cfg.run.seed)
@@ -258,67 +222,13 @@ def data_check(
 ) -> None:
     """Check a prompt data set before a long run: missing columns, empty, duplicate or over-long prompts,
     gold answers the math verifier cannot read, reference solutions failing their tests. Exit 1 if any."""
-    cfg = _load(recipe or (DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None), list(overrides or []))
-    from rlwhf.config import DATA_FILE_SUFFIXES
+    cfg = _load(_or_default(recipe), overrides)
+    from rlwhf.commands.check_data import check_data
 
-    if source is None and cfg.data.task == "reasoning_gym":
-        _check_generated(cfg, split or "train", clean, json_path, show)
-    if source is None:
-        if cfg.data.task != "dataset":
-            _fail(f"no SOURCE given and the recipe's data.task is {cfg.data.task!r}, not 'dataset'; give a data "
-                  "file or HF dataset name, or a --recipe whose data.task is dataset")
-        source, subset = cfg.data.dataset, subset or cfg.data.subset
-    if source.rsplit(".", 1)[-1] in DATA_FILE_SUFFIXES and not Path(source).is_file():
-        _fail(f"{source}: no such file (relative paths start from {Path.cwd()}); expected a local "
-              f"{'/'.join(DATA_FILE_SUFFIXES)} file or a Hugging Face dataset name")
-    if clean is not None and clean.suffix not in (".jsonl", ".json", ".parquet"):
-        _fail(f"--clean {clean}: expected a .jsonl or .parquet file name")
-    import datasets
-
-    from rlwhf.data.check import check_dataset, write_clean
-
-    datasets.disable_progress_bars()
-    try:
-        report, table = check_dataset(source, cfg, split=split, subset=subset, code=not no_code,
-                                      solution_column=solution_column)
-    except Exception as exc:  # datasets: no such data set or split, a file it cannot read
-        _fail(f"{source}: cannot be read: {type(exc).__name__}: {exc}")
-    console = _print_data_report(report, json_path, show)
-    if clean is not None:
-        if any(p.kind == "missing_column" for p in report.problems):
-            _fail(f"--clean {clean}: not written, a column the recipe names is missing from every row")
-        kept = write_clean(table, report, clean)
-        console.print(f"cleaned copy: {clean} ({kept} of {report.rows} rows)")
-    raise typer.Exit(0 if report.ok else 1)
-
-
-def _check_generated(cfg, split: str, clean: Optional[Path], json_path: Optional[Path], show: int) -> NoReturn:
-    """``data check`` on the rows a recipe's procedural task generates; exits 0 if they are clean, else 1."""
-    from rlwhf.data.check import check_generated_task
-
-    if clean is not None:
-        _fail("--clean: the recipe's task is generated (data.task reasoning_gym), there is no file to copy")
-    try:
-        report = check_generated_task(cfg, split)
-    except ValueError as exc:
-        _fail(str(exc))
-    _print_data_report(report, json_path, show)
-    raise typer.Exit(0 if report.ok else 1)
-
-
-def _print_data_report(report, json_path: Optional[Path], show: int):
-    """A data check's report on the console (and as JSON at ``json_path``); returns the console."""
-    from rich.console import Console
-
-    from rlwhf.data.check import print_report
-
-    console = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
-    print_report(report, console, show)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report.to_json(), indent=2))
-        console.print(f"report: {json_path}")
-    return console
+    with _errors():
+        ok = check_data(cfg, source, split=split, subset=subset, clean=clean, json_path=json_path,
+                        code=not no_code, show=show, solution_column=solution_column)
+    raise typer.Exit(0 if ok else 1)
 
 
 @data_app.command("filter")
@@ -339,40 +249,13 @@ def data_filter(
     split: Optional[str] = typer.Option(None, "--split", help="--data's split (default: the recipe's split)."),
 ) -> None:
     """Keep the prompts whose pass rate under the model lies in a band: drop always- and never-solved ones."""
-    cfg = _load(recipe or (DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None), list(overrides or []))
-    from rlwhf.data.difficulty import filter_by_pass_rate
-    from rlwhf.evaluation import RewardFailed
+    cfg = _load(_or_default(recipe), overrides)
+    from rlwhf.commands.filter_data import filter_by_pass_rate, stats_text
 
-    try:
+    with _errors():
         stats = filter_by_pass_rate(str(model or cfg.run.dir), cfg, out, k=k, low=min_rate, high=max_rate,
                                     prompts=prompts, data=data, split=split)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
-    except RewardFailed as exc:
-        _fail(str(exc), code=1)
-    bars = ", ".join(f"{float(level):.2f}: {count}" for level, count in stats["histogram"].items())
-    typer.echo(f"pass rates of {stats['prompts']} prompts ({k} samples each), prompts per rate: {bars}")
-    typer.echo(f"kept {stats['kept']} with a pass rate in [{min_rate}, {max_rate}]; dropped "
-               f"{stats['prompts'] - stats['kept']}, of which {stats['always_solved']} always solved and "
-               f"{stats['never_solved']} never solved -> {out}\n"
-               f"histogram: {stats['plot']}\ntrain on it: data.task=dataset data.dataset={out}")
-
-
-def _steps_text(steps) -> str:
-    steps = sorted(int(s) for s in set(steps))
-    if not steps:
-        return "none"
-    if steps == list(range(steps[0], steps[-1] + 1)):
-        return f"{steps[0]}..{steps[-1]}" if len(steps) > 1 else str(steps[0])
-    return ", ".join(map(str, steps))
-
-
-def _fmt(value, spec: str = ".3f") -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    return "—" if value != value else format(value, spec)
+    typer.echo(stats_text(stats, k, min_rate, max_rate, out))
 
 
 @app.command()
@@ -384,150 +267,10 @@ def inspect(
     every: int = typer.Option(10, "--every", min=1, help="Per-step table: every Nth step (plus first and last)."),
 ) -> None:
     """Summarise a run (reward, accuracy, lengths, per-step table) or print one group's completions."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+    from rlwhf.commands.inspect import inspect_run
 
-    from rlwhf import traces as T
-
-    if not run_dir.is_dir():
-        _fail(f"run directory {run_dir} does not exist")
-    if not (run_dir / "metrics.jsonl").is_file():
-        _fail(f"{run_dir}: no metrics.jsonl; expected a run directory made by `rlwhf train`")
-    # Piped output (tests, `| less`) gets 120 columns unless COLUMNS says otherwise.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
-    if step is None and prompt is None:
-        _inspect_summary(console, run_dir, every)
-        return
-    if step is None:
-        _fail("--prompt needs --step N as well")
-    try:
-        df = T.load(run_dir, tag)
-    except FileNotFoundError:
-        found = sorted({p.name.split("_step_")[0] for p in (run_dir / "traces").glob("*_step_*.parquet")})
-        _fail(f"{run_dir}: no {tag} traces; traces there: {', '.join(found) or 'none'}")
-    if step not in set(df["step"]):
-        _fail(f"step {step} not in run: steps {_steps_text(df['step'])}" + ("" if tag == "train" else f" ({tag})"))
-    at_step = df[df["step"] == step]
-    accuracy = T.accuracy_column(df, (T.load_config(run_dir).get("rewards") or {}).get("accuracy"))
-    if prompt is None:
-        table = Table(title=f"{run_dir.name}: step {step} ({tag}), {at_step['prompt_index'].nunique()} prompts")
-        for col in ("prompt", "text", "gold", "mean reward", "right", "mean tokens"):
-            table.add_column(col, justify="right" if col not in ("text", "gold") else "left")
-        for k, g in at_step.groupby("prompt_index"):
-            right = f"{int(g[accuracy].ge(1.0).sum())}/{len(g)}" if accuracy else "—"
-            table.add_row(str(k), str(g["prompt"].iloc[0]).strip(), str(g["answer"].iloc[0]),
-                          _fmt(g["reward"].mean()), right, _fmt(g["num_tokens"].mean(), ".1f"))
-        console.print(table)
-        console.print(f"[dim]see one group: rlwhf inspect {run_dir} --step {step} --prompt K[/dim]")
-        return
-    if prompt not in set(at_step["prompt_index"]):
-        _fail(f"prompt {prompt} not at step {step}: prompts {_steps_text(at_step['prompt_index'])}")
-    rows = T.group(df, step, prompt)
-    first = rows.iloc[0]
-    console.print(f"[bold]step {step} · prompt {prompt}[/bold] ({tag})   gold answer: [bold]{first['answer']}[/bold]")
-    console.print(Text(str(first["prompt"]).rstrip(), style="cyan"))
-    reward_cols = T.reward_columns(rows)
-    console.print("[dim]reasoning dim; answer[/dim] [bold green]green[/bold green] [dim]= right,[/dim] "
-                  "[bold red]red[/bold red] [dim]= wrong (by the accuracy reward)[/dim]")
-    table = Table(show_lines=True, box=box.SIMPLE_HEAD)
-    table.add_column("#", justify="right")
-    table.add_column("completion", ratio=1, min_width=24, overflow="fold")
-    table.add_column("reward\nadvantage", justify="right", no_wrap=True)
-    table.add_column("per reward", no_wrap=True)
-    table.add_column("tokens\nfinish", justify="right", no_wrap=True)
-    for row in rows.to_dict("records"):
-        text = str(row["completion"])
-        span = T.answer_span(text)
-        value = row.get(accuracy) if accuracy else None
-        right = None if value is None or value != value else float(value) >= 1.0
-        cell = Text()
-        if span is None:
-            cell.append(text, style="dim")
-        else:
-            a, b = span
-            cell.append(text[:a], style="dim")
-            cell.append(text[a:b], style={True: "bold green", False: "bold red", None: "bold"}[right])
-            cell.append(text[b:], style="dim")
-        per_reward = Text()
-        for c in reward_cols:
-            v = row[c]
-            bad = v is None or v != v
-            per_reward.append(f"{c[len('reward_'):]} ")
-            per_reward.append("error" if bad else _fmt(v), style="red" if bad else "")
-            per_reward.append("\n" if c != reward_cols[-1] else "")
-        table.add_row(str(row["sample_index"]), cell, f"{_fmt(row['reward'])}\n{_fmt(row['advantage'], '+.3f')}",
-                      per_reward, f"{row['num_tokens']}\n{row['finish_reason']}")
-    console.print(table)
-
-
-def _inspect_summary(console, run_dir: Path, every: int) -> None:
-    from rich import box
-    from rich.table import Table
-
-    from rlwhf import traces as T
-
-    metrics = T.load_metrics(run_dir)
-    summary = T.load_summary(run_dir)
-    rows = metrics.dropna(subset=["reward/mean"]) if "reward/mean" in metrics else metrics.iloc[0:0]
-    rows = rows.drop_duplicates("step", keep="last").sort_values("step")
-    if rows.empty:
-        _fail(f"{run_dir}: metrics.jsonl has no training steps yet")
-    acc = T.accuracy_points(metrics)
-    first, last = rows.iloc[0], rows.iloc[-1]
-
-    def pair(key: str, spec: str = ".3f") -> str:
-        return f"{_fmt(first.get(key), spec)} → {_fmt(last.get(key), spec)}" if key in rows else "—"
-
-    table = Table(title=f"run {run_dir.name}" + ("" if summary else " (unfinished: no summary.json)"),
-                  show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("steps", f"{len(rows)} (steps {_steps_text(rows['step'])})")
-    table.add_row("reward (first → last step)", pair("reward/mean"))
-    for key in [c for c in rows.columns if c.startswith("reward/") and c.endswith("/mean") and c != "reward/mean"]:
-        table.add_row(f"  {key.split('/')[1]}", pair(key))
-    before = summary.get("accuracy_before_rl", acc.get(0))
-    after = summary.get("accuracy_after_rl", acc.iloc[-1] if len(acc) else None)
-    table.add_row("accuracy, greedy (before → after RL)", f"{_fmt(before)} → {_fmt(after)}")
-    if "sampled_accuracy_after_rl" in summary:
-        table.add_row("accuracy, sampled (before → after RL)",
-                      f"{_fmt(summary.get('sampled_accuracy_before_rl'))} → {_fmt(summary['sampled_accuracy_after_rl'])}")
-    for key in sorted(k.removesuffix("_after_rl") for k in summary if k.startswith(("pass@", "maj@"))
-                      and k.endswith("_after_rl")):
-        table.add_row(f"{key}, sampled (before → after RL)",
-                      f"{_fmt(summary.get(key + '_before_rl'))} → {_fmt(summary[key + '_after_rl'])}")
-    table.add_row("mean response length (first → last)", pair("response_length/mean", ".1f") + " tokens")
-    if "response_length/truncated_frac" in rows:
-        table.add_row("truncated fraction (first → last)", pair("response_length/truncated_frac", ".2f"))
-    if "moe/max_load_ratio" in rows:
-        table.add_row("expert load busiest/mean (first → last)", pair("moe/max_load_ratio", ".2f"))
-        table.add_row("expert load idlest/mean (first → last)", pair("moe/min_load_ratio", ".2f"))
-    if "moe/routing_agreement" in rows:
-        table.add_row("trainer/rollout routing agreement (first → last)", pair("moe/routing_agreement", ".3f"))
-    wall = summary.get("wall_seconds")
-    table.add_row("wall time", f"{float(wall):.1f} s" if wall is not None else
-                  f"{rows['time/step'].sum():.1f} s in steps" if "time/step" in rows else "—")
-    console.print(table)
-
-    shown = rows[(rows["step"] % every == 0) | (rows["step"] == first["step"]) | (rows["step"] == last["step"])]
-    columns = [("reward/mean", "reward", ".3f")]
-    columns += [(c, c.split("/")[1], ".3f") for c in rows.columns
-                if c.startswith("reward/") and c.endswith("/mean") and c != "reward/mean"]
-    columns += [("response_length/mean", "length", ".1f"), ("kl", "kl", ".4f"), ("entropy", "entropy", ".3f"),
-                ("clip_fraction", "clip", ".3f"), ("time/step", "s/step", ".1f")]
-    columns = [c for c in columns if c[0] in rows]
-    steps = Table(title=f"per step (every {every}th, plus first and last)", box=box.SIMPLE_HEAD)
-    steps.add_column("step", justify="right")
-    for _, name, _ in columns:
-        steps.add_column(name, justify="right")
-    steps.add_column("accuracy", justify="right")
-    for row in shown.to_dict("records"):
-        steps.add_row(str(int(row["step"])), *(_fmt(row.get(k), spec) for k, _, spec in columns),
-                      _fmt(acc.get(int(row["step"]))))
-    console.print(steps)
-    console.print(f"[dim]one step's prompts: rlwhf inspect {run_dir} --step {int(last['step'])}[/dim]")
+    with _errors():
+        inspect_run(run_dir, step, prompt, tag, every)
 
 
 @app.command()
@@ -542,31 +285,11 @@ def export(
                                              "checkpoint without its routing bias (its routing will differ)."),
 ) -> None:
     """Write a model as a plain Hugging Face folder (safetensors, config, tokenizer, generation config) for vLLM/transformers."""
-    import warnings
+    from rlwhf.commands.export import export
 
-    from transformers.utils import logging as hf_logging
-
-    from rlwhf.export import EXPORT_INFO, export_model
-
-    hf_logging.disable_progress_bar()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        try:
-            written = export_model(checkpoint, out, dtype=dtype, overwrite=overwrite,
-                                   ignore_routing_bias=ignore_routing_bias)
-        except (FileNotFoundError, FileExistsError, ValueError) as exc:
-            _fail(str(exc))
-    for w in caught:
-        if "routing bias" in str(w.message):
-            typer.secho(f"warning: {w.message}", fg="yellow", err=True)
-    info = json.loads((written / EXPORT_INFO).read_text())
-    step = f" (step {info['step']})" if info.get("step") is not None else ""
-    typer.echo(f"exported {info['source']}{step} to {written} as {info['dtype']}:")
-    for f in sorted(written.iterdir()):
-        typer.echo(f"  {f.name:24s} {f.stat().st_size:>12,d} bytes")
-    typer.echo("load it with:")
-    typer.echo(f"  vllm.LLM({str(written)!r})")
-    typer.echo(f"  transformers.AutoModelForCausalLM.from_pretrained({str(written)!r})")
+    with _errors():
+        for line in export(checkpoint, out, dtype=dtype, overwrite=overwrite, ignore_routing_bias=ignore_routing_bias):
+            typer.echo(line)
 
 
 def main() -> None:

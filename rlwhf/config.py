@@ -57,6 +57,19 @@ class GymDatasetSpec(Section):
                                    "e.g. {min_digits: 1, max_digits: 2}; reasoning-gym's defaults otherwise.")
 
 
+def check_gym_names(specs: list[GymDatasetSpec]) -> None:
+    """Refuse a dataset name reasoning-gym does not have, naming the close ones."""
+    import difflib
+
+    from reasoning_gym.factory import DATASETS
+
+    for i, spec in enumerate(specs):
+        if spec.name not in DATASETS:
+            close = difflib.get_close_matches(spec.name, list(DATASETS), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else f"; it has {len(DATASETS)}, e.g. products, chain_sum"
+            raise ValueError(f"data.gym[{i}].name = {spec.name!r}: reasoning-gym has no such dataset{hint}")
+
+
 class DataConfig(Section):
     task: Literal["arithmetic", "coding", "dataset", "reasoning_gym"] = Field(
         "arithmetic", description="Prompt source: a procedural task, 'dataset' (HF datasets), or 'reasoning_gym' "
@@ -494,10 +507,8 @@ def check_references(recipe: Recipe) -> None:
         except (OSError, ValueError) as exc:
             problems.append(str(exc))
     if recipe.data.task == "reasoning_gym":
-        from rlwhf.data.gym import check_names
-
         try:
-            check_names(recipe.data.gym)
+            check_gym_names(recipe.data.gym)
         except ValueError as exc:
             problems.append(str(exc))
     dataset = recipe.data.dataset

@@ -28,18 +28,21 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rlwhf import checkpoints
+from rlwhf import checkpoints, faults
 from rlwhf.algo import group_advantages, overlong_penalty, scale_negative, zero_variance_groups
 from rlwhf.config import Recipe, check_references
-from rlwhf.data.check import math_reward_used
 from rlwhf.data.prompts import render_task
+from rlwhf.data.rows import math_reward_used
 from rlwhf.data.source import PromptSource, TaskData, load_task
-from rlwhf.evaluation import describe_accuracy, evaluate, sample, score, trace_rows
+from rlwhf.errors import Preempted
+from rlwhf.evaluation import describe_accuracy, evaluate
 from rlwhf.groups import PolicyGroup, RewardGroup, RolloutGroup, reserve
-from rlwhf.rollout import SamplingSettings
+from rlwhf.rollout import SamplingSettings, engine_options
+from rlwhf.rollout.sampling import sample, score, trace_rows
+from rlwhf.starting_policy import prepare_policy
 from rlwhf.tracking import Tracker, say, skipped_step_metrics, step_metrics
 from rlwhf.train.batch import RolloutBatch, pack
-from rlwhf.train.sft import prepare_policy
+from rlwhf.train.routing import ROUTING_BIAS_FILE, write_start_skew
 from rlwhf.workers import init_ray
 
 
@@ -84,7 +87,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     started = time.perf_counter()
     run = start_run(recipe, resume)
     steps = recipe.train.steps
-    stop = checkpoints.watch_for_sigterm()
+    stop = faults.watch_for_sigterm()
     prefetch = ThreadPoolExecutor(1) if recipe.train.off_policy_steps else None
     pending = run.pending
     bar = tqdm(range(run.start_step, steps), desc="GRPO", unit="step", initial=run.start_step, total=steps,
@@ -112,7 +115,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                                         {"cursor": run.source.cursor, **before_state(run.before)}, pending)
         if stop.is_set() and step + 1 < steps:
             bar.close()
-            raise checkpoints.Preempted(f"stopped by SIGTERM after step {step + 1}, whose checkpoint is written; "
+            raise Preempted(f"stopped by SIGTERM after step {step + 1}, whose checkpoint is written; "
                                         f"continue with `rlwhf train --resume {run.dir}`")
     bar.close()
     if prefetch:
@@ -143,10 +146,7 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     rc, logs = recipe.rollout, run_dir / "logs"
     pg = reserve(recipe.resources)
     rollout = RolloutGroup(recipe, model_path, pg, logs, shared_cores=recipe.train.off_policy_steps > 0,
-                           dtype=recipe.model.dtype, seed=recipe.run.seed, kv_cache_gib=rc.kv_cache_gib,
-                           max_model_len=rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
-                           gpu_memory_utilization=rc.gpu_memory_utilization,
-                           tensor_parallel_size=rc.tensor_parallel_size, **vllm_options(recipe))
+                           **engine_options(recipe))
     policy = PolicyGroup(recipe, model_path, pg, logs, str(ckpt) if ckpt else None, temperature=rc.temperature,
                          max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed, dtype=recipe.model.dtype,
                          completions_per_step=recipe.train.prompts_per_step * rc.group_size)
@@ -173,8 +173,6 @@ def skewed_start(recipe: Recipe, run_dir: Path, model_path: str) -> str:
     """The starting policy with the deliberate imbalance of ``moe.start_skew``: a copy in the run
     directory (``model/start``) whose selection bias is the policy's own (an SFT balanced with
     ``sft.bias_update_rate`` has one) plus the skew."""
-    from rlwhf.train.routing import ROUTING_BIAS_FILE, write_start_skew
-
     target = run_dir / "model" / "start"
     shutil.copytree(model_path, target, dirs_exist_ok=True)
     own = Path(model_path) / ROUTING_BIAS_FILE
@@ -182,16 +180,6 @@ def skewed_start(recipe: Recipe, run_dir: Path, model_path: str) -> str:
     say(f"moe.start_skew: the first top-k experts of every layer start with a selection bias "
         f"+{recipe.moe.start_skew:g} above their own")
     return str(target)
-
-
-def vllm_options(recipe: Recipe) -> dict:
-    """The vLLM engine's own options: compiled or eager, and what it records of its MoE routing: the
-    experts of every position it computes and, to replay them whole (R3), every prompt's positions
-    computed afresh (no prefix cache)."""
-    if recipe.rollout.engine != "vllm":
-        return {}
-    return {"record_routes": recipe.moe.rollout_routing, "prefix_caching": recipe.moe.routing_replay != "rollout",
-            "compile": recipe.rollout.compile, "weight_transfer": recipe.sync.transport == "collective"}
 
 
 def collect(run: Run, step: int) -> Collected:
@@ -202,7 +190,7 @@ def collect(run: Run, step: int) -> Collected:
     while len(out.rows) < run.recipe.train.prompts_per_step and out.rounds < algo.max_sampling_rounds:
         rows = next_prompts(run, out)  # 1
         groups, seconds = sample(run.rollout, rows, sampling_settings(run, step, out.rounds))  # 2
-        checkpoints.fault_point("rollout", step + 1)
+        faults.fault_point("rollout", step + 1)
         scored = score(run.reward, rows, groups, run.recipe.rewards.stop_on_total_failure)  # 3
         out.t_rollout, out.t_reward, out.rounds = out.t_rollout + seconds, out.t_reward + scored.seconds, out.rounds + 1
         for name, count in scored.errors.items():
@@ -275,7 +263,7 @@ def compute_advantages(run: Run, collected: Collected) -> tuple[RolloutBatch, to
 def update_policy(run: Run, batch: RolloutBatch, step: int) -> dict:
     """5. ``train.ppo_epochs`` passes of clipped policy-gradient minibatch updates; their metrics."""
     t0 = time.perf_counter()
-    metrics = run.policy.train_on(batch, while_running=lambda: checkpoints.fault_point("update", step + 1))
+    metrics = run.policy.train_on(batch, while_running=lambda: faults.fault_point("update", step + 1))
     seconds = time.perf_counter() - t0
     return {**metrics, "time/train": seconds, "tokens_per_s/train": int(batch.attention_mask.sum()) / max(seconds, 1e-9)}
 

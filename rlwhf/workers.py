@@ -16,6 +16,9 @@ import sys
 
 import ray
 
+from rlwhf.faults import fault_point
+from rlwhf.train.sft import cold_start_sft
+
 # Which log file in the run directory holds each worker's output (see ``log_to``).
 LOG_FILES = {"RolloutWorker": "rollout.log", "PolicyWorker": "policy.log", "RewardWorker": "rewards.log",
              "cold_start_sft_task": "sft.log"}
@@ -115,7 +118,6 @@ def cold_start_sft_task(*args, log_path: str | None = None, progress=None, **kwa
     count. ``progress``: a ``ProgressBoard`` actor that hears ``(step, loss)`` after each step."""
     import torch
 
-    from rlwhf.train.sft import cold_start_sft
 
     log_to(log_path)
     claim_cores(False)
@@ -138,8 +140,6 @@ class RolloutWorker:
         return True
 
     def generate(self, prompts, sampling):
-        from rlwhf.checkpoints import fault_point
-
         self.calls += 1
         fault_point("engine", self.calls)
         return self.engine.generate(prompts, sampling)
@@ -237,7 +237,7 @@ class PolicyWorker:
     def send_weights(self) -> int:
         """The policy's weights into every engine through vLLM's weight-transfer API (a collective of
         every rank); the routing bias of aux-free balancing after them. Returns the bytes sent."""
-        from rlwhf.rollout.base import ROUTING_BIAS_KEY
+        from rlwhf.train.routing import ROUTING_BIAS_KEY
 
         self.transfer.send_weights()
         if self.trainer.rank != 0:
@@ -265,8 +265,6 @@ class RewardWorker:
         return True
 
     def score(self, groups):
-        from rlwhf.checkpoints import fault_point
-
         self.calls += 1
         fault_point("reward", self.calls)
         return self.runner.score(groups)

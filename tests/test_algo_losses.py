@@ -45,7 +45,7 @@ def test_an_all_masked_batch_aggregates_to_zero_with_a_gradient_of_zero():
 
 
 def test_aggregate_errors_name_the_bad_value():
-    with pytest.raises(ValueError, match=r"aggregation mode 'sum': expected one of 'token_mean', "
+    with pytest.raises(ValueError, match=r"loss_agg 'sum': expected one of 'token_mean', "
                                          r"'seq_mean_token_mean', 'seq_mean_token_sum_norm'"):
         aggregate(VALUES, MASK, "sum")
     with pytest.raises(ValueError, match="norm_constant 0.0: expected a positive number of tokens"):
@@ -100,7 +100,7 @@ def _batch():
 ])
 def test_clipped_loss_by_hand_in_each_aggregation_mode(mode, norm, expected):
     logp, old, adv, mask = _batch()
-    loss, _ = policy_loss(logp, old, adv, mask, aggregation=mode, norm_constant=norm)
+    loss, _ = policy_loss(logp, old, adv, mask, loss_agg=mode, norm_constant=norm)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
@@ -187,7 +187,7 @@ def test_gspo_on_an_uneven_batch_averages_per_sequence():
     logp = old + torch.tensor([[0.1, 0.3], [-0.2, 99.0]])            # row 1 has one token; 99 is padding
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     loss, _ = policy_loss(logp, old, torch.tensor([1.0, -1.0]), mask, clip_high=0.3,
-                          ratio_level="sequence", aggregation="seq_mean_token_mean")
+                          ratio_level="sequence", loss_agg="seq_mean_token_mean")
     # row 0: -e^.2 = -1.221403; row 1: A = -1, s = e^-.2 = .818731 inside [.8, 1.3] -> +.818731
     assert loss.item() == pytest.approx((-math.exp(0.2) + math.exp(-0.2)) / 2)
 
@@ -254,7 +254,7 @@ def test_padding_never_changes_the_loss_or_the_gradient(mode, ratio_level):
     ref = logp + 0.1 * torch.randn(3, 4)
     mask = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
     adv = torch.tensor([0.5, -1.0, 2.0])
-    kwargs = dict(aggregation=mode, norm_constant=8.0, ratio_level=ratio_level, kl_coef=0.1,
+    kwargs = dict(loss_agg=mode, norm_constant=8.0, ratio_level=ratio_level, kl_coef=0.1,
                   entropy_coef=0.01, dual_clip=3.0)
 
     def run(lp, o, r, msk, a):
@@ -279,7 +279,7 @@ def test_padding_never_changes_the_loss_or_the_gradient(mode, ratio_level):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(ratio_level="seq"), r"ratio_level 'seq': expected one of 'token', 'sequence'"),
-    (dict(aggregation="mean"), r"aggregation 'mean': expected one of 'token_mean'"),
+    (dict(loss_agg="mean"), r"loss_agg 'mean': expected one of 'token_mean'"),
     (dict(kl_estimator="k4"), r"kl_estimator 'k4': expected one of 'k1', 'k2', 'k3'"),
     (dict(clip_low=1.0), r"clip_low 1.0 / clip_high 0.2: expected 0 <= clip_low < 1"),
     (dict(clip_high=-0.1), r"clip_high -0.1: expected"),

@@ -6,8 +6,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from rlwhf.commands.check_data import check_dataset, write_clean
 from rlwhf.config import load_recipe
-from rlwhf.data.check import CHEAP_KINDS, check_dataset, check_rows, write_clean
+from rlwhf.data.rows import CHEAP_KINDS, check_rows
 from rlwhf.data.source import load_task
 
 ROWS = [

@@ -5,8 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from rlwhf.evaluation import Scored, completion_metrics, final_answer, majority_index
+from rlwhf.evaluation import completion_metrics, final_answer, majority_index
 from rlwhf.rollout.base import Completion, Group
+from rlwhf.rollout.sampling import Scored
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 

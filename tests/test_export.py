@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlwhf.export import export_model
+from rlwhf.commands.export import export_model
 from rlwhf.train.routing import ROUTING_BIAS_FILE
 
 TRAINER_FILES = ("trainer_state.pt", "loop_state.json", "pending_rollouts.pkl", ROUTING_BIAS_FILE)

@@ -9,10 +9,10 @@ import torch
 
 from rlwhf.config import AlgoConfig, ConfigError, MoEConfig, TrainConfig, load_recipe
 from rlwhf.models.tiny import TinyMoEConfig, build_tiny_moe
-from rlwhf.rollout.base import ROUTING_BIAS_KEY, SamplingSettings
+from rlwhf.rollout.base import SamplingSettings
 from rlwhf.train.batch import pack
 from rlwhf.train.policy import PolicyTrainer
-from rlwhf.train.routing import ROUTING_BIAS_FILE, Routing, agreement, aux_free_update, find_routers
+from rlwhf.train.routing import ROUTING_BIAS_FILE, ROUTING_BIAS_KEY, Routing, agreement, aux_free_update, find_routers
 
 PROMPTS = ["Compute 123+456.", "Compute 77*8.", "Compute 905-38."]
 
@@ -301,7 +301,7 @@ def test_the_balance_recipe_skews_a_balanced_sft_and_both_sides_select_with_it(t
     assert torch.equal(torch.load(run_dir / "checkpoints" / "step_2" / ROUTING_BIAS_FILE), start)  # kept
 
 def test_the_sft_aux_loss_weight_reaches_the_sft_cache_key_only_when_set(tmp_path):
-    from rlwhf.train.sft import sft_cache_dir
+    from rlwhf.starting_policy import sft_cache_dir
 
     base = load_recipe(None, [f"run.output_dir={tmp_path}"])
     assert sft_cache_dir(load_recipe(None, [f"run.output_dir={tmp_path}", "sft.router_aux_loss_coef=0.05"])) \
@@ -313,8 +313,9 @@ def test_a_balanced_sft_leaves_beside_its_weights_a_bias_that_evens_out_the_comp
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlwhf.starting_policy import sft_cache_dir
     from rlwhf.train.routing import count_experts, load_ratios
-    from rlwhf.train.sft import cold_start_sft, sft_cache_dir
+    from rlwhf.train.sft import cold_start_sft
 
     rng = random.Random(0)
     examples = [{"prompt": f"{a}+{b}=", "solution": f"{a + b}"}

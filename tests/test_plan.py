@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from rlwhf.commands.plan import load_model_config, model_size, plan_text, trainer_memory
 from rlwhf.config import load_recipe
-from rlwhf.plan import load_model_config, model_size, plan_text, trainer_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))

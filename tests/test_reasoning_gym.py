@@ -94,7 +94,7 @@ def test_data_check_and_data_show_read_a_generated_task(tmp_path):
     from typer.testing import CliRunner
 
     from rlwhf.cli import app
-    from rlwhf.data.check import check_generated_task
+    from rlwhf.commands.check_data import check_generated_task
 
     recipe = tmp_path / "gym.yaml"
     recipe.write_text("data:\n  task: reasoning_gym\n  num_train: 40\n  num_test: 10\n  gym:\n"
@@ -117,8 +117,9 @@ def test_data_check_and_data_show_read_a_generated_task(tmp_path):
 
 
 def test_evaluation_reads_and_groups_reasoning_gym_answers_as_its_reward_does():
-    from rlwhf.evaluation import Scored, answer_kind, completion_metrics, final_answer
+    from rlwhf.evaluation import answer_kind, completion_metrics, final_answer
     from rlwhf.rollout.base import Completion, Group
+    from rlwhf.rollout.sampling import Scored
 
     assert answer_kind("reasoning_gym") == "gym" and final_answer("7 * 8 = 56", "gym") == "56"
     texts = ["7 * 8 = 56", "The answer is 56.", "54", "7 * 8 = 54", "It is 54"]

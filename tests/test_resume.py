@@ -2,7 +2,7 @@
 checkpoint) or stopped by SIGTERM resumes to exactly the metrics of a run that was never interrupted.
 
 The crashes are real: the driver kills itself with SIGKILL where ``RLWHF_FAULT=phase@step`` says
-(``rlwhf.loop.fault_point``), and SIGTERM is sent from here. Each run gets its own process session,
+(``rlwhf.faults.fault_point``), and SIGTERM is sent from here. Each run gets its own process session,
 so that the Ray processes a killed driver leaves behind are killed with it.
 """
 

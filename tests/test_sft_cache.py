@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rlwhf.config import load_recipe
 from rlwhf.data.source import load_task
-from rlwhf.train.sft import prepare_policy, sft_cache_dir
+from rlwhf.starting_policy import prepare_policy, sft_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,10 +38,11 @@ def test_sft_cache_is_reused_only_when_enabled_and_inputs_match(tmp_path, local_
     assert not (prepare(other) / "from_cache").exists()
 
 
-def test_sft_cache_key_ignores_what_the_sft_does_not_read_and_keeps_older_keys(tmp_path):
+def test_sft_cache_key_ignores_what_the_sft_does_not_read_and_changes_only_on_purpose(tmp_path):
     base = recipe_in(tmp_path)
     # The SFT trains in float32 whatever the RL's dtype: a bfloat16 run reuses the float32 run's SFT.
     assert sft_cache_dir(recipe_in(tmp_path, "model.dtype=bfloat16")) == sft_cache_dir(base)
     assert sft_cache_dir(recipe_in(tmp_path, "model.tiny.arch=deepseek_v3")) != sft_cache_dir(base)
-    # The demo's key from before the DeepSeek-V3 fields existed (a cache `make demo` left stays valid).
-    assert sft_cache_dir(load_recipe(ROOT / "recipes" / "tiny.yaml", ["run.output_dir=runs"])).name == "bd842061af17cb0e"
+    # The demo's key: a change of it makes every user's `make demo` redo its SFT, so it changes only with
+    # SFT_CACHE_VERSION (a new recipe field changes it too: then raise the version, and this value).
+    assert sft_cache_dir(load_recipe(ROOT / "recipes" / "tiny.yaml", ["run.output_dir=runs"])).name == "41bf01b138203500"

@@ -23,7 +23,7 @@ def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(m, x, 0.0).sum() / m.sum().clamp(min=1)
 
 
-def aggregate(values: Tensor, mask: Tensor, mode: str = "token_mean", norm_constant: float | None = None,
+def aggregate(values: Tensor, mask: Tensor, loss_agg: str = "token_mean", norm_constant: float | None = None,
               denominator: float | None = None) -> Tensor:
     """Reduce per-token ``values [B, T]`` to a scalar over the tokens where ``mask`` is set.
 
@@ -47,15 +47,15 @@ def aggregate(values: Tensor, mask: Tensor, mode: str = "token_mean", norm_const
     the whole batch's, so gradients accumulated over micro-batches (and summed over ranks) equal one
     pass over the whole (see ``normaliser``).
     """
-    check_option("aggregation mode", mode, AGGREGATIONS)
+    check_option("loss_agg", loss_agg, AGGREGATIONS)
     if values.shape != mask.shape:
         raise ValueError(f"values {tuple(values.shape)} and mask {tuple(mask.shape)} must have the same shape")
     m = mask.bool()
     masked = torch.where(m, values, 0.0)
-    count = normaliser(mask, mode) if denominator is None else float(denominator)
-    if mode == "token_mean":
+    count = normaliser(mask, loss_agg) if denominator is None else float(denominator)
+    if loss_agg == "token_mean":
         return masked.sum() / max(count, 1.0)
-    if mode == "seq_mean_token_mean":
+    if loss_agg == "seq_mean_token_mean":
         per_seq = masked.sum(-1) / m.sum(-1).clamp(min=1)
     else:
         constant = float(values.shape[-1]) if norm_constant is None else float(norm_constant)
@@ -65,12 +65,12 @@ def aggregate(values: Tensor, mask: Tensor, mode: str = "token_mean", norm_const
     return per_seq.sum() / max(count, 1.0)
 
 
-def normaliser(mask: Tensor, mode: str) -> float:
-    """What ``aggregate(mode)`` divides by over the batch of ``mask``: its tokens (``token_mean``) or
+def normaliser(mask: Tensor, loss_agg: str) -> float:
+    """What ``aggregate(loss_agg)`` divides by over the batch of ``mask``: its tokens (``token_mean``) or
     its completions with at least one token (the sequence modes)."""
-    check_option("aggregation mode", mode, AGGREGATIONS)
+    check_option("loss_agg", loss_agg, AGGREGATIONS)
     m = mask.bool()
-    return float(m.sum() if mode == "token_mean" else m.any(-1).sum())
+    return float(m.sum() if loss_agg == "token_mean" else m.any(-1).sum())
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
@@ -97,7 +97,7 @@ def _ratio_spread(ratio: Tensor, mask: Tensor) -> float:
 
 def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
                 clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
-                ratio_level: str = "token", aggregation: str = "token_mean", norm_constant: float | None = None,
+                ratio_level: str = "token", loss_agg: str = "token_mean", norm_constant: float | None = None,
                 ref_logp: Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
                 entropy: Tensor | None = None, entropy_coef: float = 0.0,
                 is_weights: Tensor | None = None, denominator: float | None = None) -> tuple[Tensor, dict[str, float]]:
@@ -114,11 +114,11 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     ``ratio_level="sequence"`` is GSPO (Zheng et al. 2025, eq. 5-7): one ratio per completion,
     ``s = exp(mean_t (logp - old_logp))`` over its tokens, clipped as a whole; every token of the
     completion carries ``s`` and its gradient flows through ``s`` (GSPO uses clip ranges near
-    3e-4 / 4e-4 and a per-sequence mean: ``aggregation="seq_mean_token_mean"``).
+    3e-4 / 4e-4 and a per-sequence mean: ``loss_agg="seq_mean_token_mean"``).
 
     ``is_weights`` (detached) multiply each token's surrogate: truncated importance sampling for the
     rollout/trainer mismatch (``rlwhf.algo.truncated_is_weights``). The terms are reduced by
-    ``aggregate(aggregation)``; then ``+ kl_coef * KL(pi || ref)`` (estimator ``kl_estimator``,
+    ``aggregate(loss_agg)`` (the recipe's ``algo.loss_agg``); then ``+ kl_coef * KL(pi || ref)`` (estimator ``kl_estimator``,
     the same aggregation) and ``- entropy_coef * entropy``. ``denominator``: see ``aggregate``; with
     it, the loss of a micro-batch is its share of the whole minibatch's loss.
 
@@ -135,7 +135,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     and ``approx_kl`` (k3 estimate of KL(pi_old || pi), token mean).
     """
     check_option("ratio_level", ratio_level, RATIO_LEVELS)
-    check_option("aggregation", aggregation, AGGREGATIONS)
+    check_option("loss_agg", loss_agg, AGGREGATIONS)
     check_option("kl_estimator", kl_estimator, KL_ESTIMATORS)
     if not (0.0 <= clip_low < 1.0) or clip_high < 0.0:
         raise ValueError(f"clip_low {clip_low!r} / clip_high {clip_high!r}: expected 0 <= clip_low < 1 and "
@@ -164,17 +164,17 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     pg = -surrogate
     if is_weights is not None:
         pg = pg * torch.where(m, is_weights.detach(), 0.0)
-    pg_loss = aggregate(pg, mask, aggregation, norm_constant, denominator)
+    pg_loss = aggregate(pg, mask, loss_agg, norm_constant, denominator)
     loss = pg_loss
 
     kl_value = 0.0
     if ref_logp is not None:
         kl = kl_estimate(torch.where(m, logp, 0.0), torch.where(m, ref_logp.detach(), 0.0), kl_estimator)
         if kl_coef:
-            loss = loss + kl_coef * aggregate(kl, mask, aggregation, norm_constant, denominator)
+            loss = loss + kl_coef * aggregate(kl, mask, loss_agg, norm_constant, denominator)
         kl_value = float(_masked_mean(kl.detach(), mask))
     if entropy is not None and entropy_coef:
-        loss = loss - entropy_coef * aggregate(entropy, mask, aggregation, norm_constant, denominator)
+        loss = loss - entropy_coef * aggregate(entropy, mask, loss_agg, norm_constant, denominator)
 
     with torch.no_grad():
         r = ratio.detach()

@@ -17,19 +17,7 @@ from __future__ import annotations
 
 import random
 
-
-def addition_trace(a: int, b: int) -> str:
-    """Column-wise addition, least significant digit first, with explicit carries."""
-    da, db = str(a)[::-1], str(b)[::-1]
-    carry, lines = 0, []
-    for i in range(max(len(da), len(db))):
-        x = int(da[i]) if i < len(da) else 0
-        y = int(db[i]) if i < len(db) else 0
-        terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
-        total = x + y + carry
-        lines.append(f"{terms}={total}")
-        carry = total // 10
-    return "\n".join(lines)
+from rewards.steps import addition_trace
 
 
 def make_example(a: int, b: int, direct: bool = False) -> dict:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 
+from rlwhf.config import check_gym_names
+
 # The held-out set's seed is the run's seed shifted by this (any fixed offset gives another stream).
 HELD_OUT_SEED_OFFSET = 1_000_003
 
@@ -44,7 +46,7 @@ def make_gym_rows(specs, num_train: int, num_test: int, seed: int) -> tuple[list
     proportions the task's own generator gives. Training rows are then drawn from the run's seed,
     skipping every held-out question; a small task may repeat a training question (as epochs would),
     but never shows a held-out one."""
-    check_names(specs)
+    check_gym_names(specs)
     fallback = specs[0].name
     size = num_test
     for _ in range(7):  # small tasks repeat questions: draw more until num_test distinct ones
@@ -72,16 +74,3 @@ def _draw(specs, size: int, seed: int, fallback: str) -> list[dict]:
 
 def _distinct(rows: list[dict], n: int) -> list[dict]:
     return list({r["prompt"]: r for r in rows}.values())[:n] if n else []
-
-
-def check_names(specs) -> None:
-    """Refuse a dataset name reasoning-gym does not have, naming the close ones."""
-    import difflib
-
-    from reasoning_gym.factory import DATASETS
-
-    for i, spec in enumerate(specs):
-        if spec.name not in DATASETS:
-            close = difflib.get_close_matches(spec.name, list(DATASETS), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else f"; it has {len(DATASETS)}, e.g. products, chain_sum"
-            raise ValueError(f"data.gym[{i}].name = {spec.name!r}: reasoning-gym has no such dataset{hint}")

@@ -17,13 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlwhf.config import DataConfig
+from rlwhf.data.rows import is_conversation
 from rlwhf.data.source import TaskData
-
-
-def is_conversation(prompt) -> bool:
-    """Whether a prompt is TRL's conversational shape: a list of ``{"role", "content"}`` messages."""
-    return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
-            and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt))
 
 
 class PromptRenderer:

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from rlwhf.config import DATA_FILE_SUFFIXES, DataConfig
+from rlwhf.data.rows import CHEAP_KINDS, check_rows, math_reward_used
 
 
 @dataclass
@@ -19,7 +20,7 @@ class TaskData:
 def load_task(cfg: DataConfig, seed: int, *, needs_answer: bool = True) -> TaskData:
     """Build or read the prompts named by ``data.task``; the held-out split never overlaps training.
 
-    A data set's bad rows (``rlwhf.data.check.CHEAP_KINDS``; a blank gold answer only when
+    A data set's bad rows (``rlwhf.data.rows.CHEAP_KINDS``; a blank gold answer only when
     ``needs_answer``, i.e. a math reward scores it) are dropped and counted in ``dropped``, or
     refused, as ``data.bad_rows`` says."""
     if cfg.task == "arithmetic":
@@ -52,9 +53,8 @@ def read_table(dataset: str, subset: str | None, split: str):
 
 def read_split(cfg: DataConfig, split: str, *, needs_answer: bool = True, dropped: Counter | None = None) -> list[dict]:
     """Every row of one split of ``data.dataset``, its prompt and answer columns renamed ``prompt``
-    and ``answer`` as the recipe maps them; bad rows (``rlwhf.data.check.CHEAP_KINDS``) dropped
+    and ``answer`` as the recipe maps them; bad rows (``rlwhf.data.rows.CHEAP_KINDS``) dropped
     and counted in ``dropped`` by kind, or refused, as ``data.bad_rows`` says."""
-    from rlwhf.data.check import check_rows
 
     table = read_table(cfg.dataset, cfg.subset, split)
     for column in (cfg.prompt_column, cfg.answer_column):
@@ -78,7 +78,6 @@ def read_split(cfg: DataConfig, split: str, *, needs_answer: bool = True, droppe
 
 
 def _load_dataset(cfg: DataConfig, seed: int, needs_answer: bool = True) -> TaskData:
-    from rlwhf.data.check import CHEAP_KINDS
 
     dropped: Counter = Counter()
     rows = read_split(cfg, cfg.split, needs_answer=needs_answer, dropped=dropped)
@@ -117,7 +116,6 @@ def rows_to_score(recipe, which: str, data: str | None = None, split: str | None
     ``which`` split (``train`` or ``test``: held-out), or every row of ``data`` (a local file or a
     Hugging Face data set, read with the recipe's column mapping; ``split`` by default the recipe's
     test_split for ``test``, else its split)."""
-    from rlwhf.data.check import math_reward_used
 
     needs_answer = math_reward_used(recipe)
     if data is None:

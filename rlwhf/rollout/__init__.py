@@ -31,4 +31,21 @@ def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int
     raise ValueError(f"rollout.engine {kind!r}: expected 'vllm' or 'hf'")
 
 
-__all__ = ["Completion", "Group", "RolloutEngine", "SamplingSettings", "make_engine"]
+def engine_options(recipe, *, in_run: bool = True) -> dict:
+    """``make_engine``'s keyword arguments from a recipe, for a run's engines and for the one a command
+    (``rlwhf eval``, ``distill``, ``data filter``) builds alike. A run's vLLM engines also record
+    their MoE routing where the recipe replays it (with every prompt's positions computed afresh,
+    no prefix cache, for R3) and take weights through vLLM's weight-transfer API where
+    ``sync.transport`` says so; a command's engine (``in_run=False``) does neither."""
+    rc = recipe.rollout
+    options = {"dtype": recipe.model.dtype, "seed": recipe.run.seed, "kv_cache_gib": rc.kv_cache_gib,
+               "max_model_len": rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
+               "gpu_memory_utilization": rc.gpu_memory_utilization, "tensor_parallel_size": rc.tensor_parallel_size,
+               "compile": rc.compile}
+    if in_run and rc.engine == "vllm":
+        options.update(record_routes=recipe.moe.rollout_routing, prefix_caching=recipe.moe.routing_replay != "rollout",
+                       weight_transfer=recipe.sync.transport == "collective")
+    return options
+
+
+__all__ = ["Completion", "Group", "RolloutEngine", "SamplingSettings", "engine_options", "make_engine"]

@@ -68,11 +68,6 @@ Prompt = str | list[int]
 WeightBuckets = dict[str, torch.Tensor] | Iterable[dict[str, torch.Tensor]]
 
 
-# The entry of a weight update that carries the MoE selection bias ``[layers, experts]`` (rlwhf's own,
-# for models whose checkpoint has no place for one: see ``rlwhf.train.routing``); not a model weight.
-ROUTING_BIAS_KEY = "rlwhf.routing_bias"
-
-
 def as_buckets(weights: WeightBuckets) -> Iterable[dict[str, torch.Tensor]]:
     return [weights] if isinstance(weights, dict) else weights
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from rlwhf.rollout.base import ROUTING_BIAS_KEY, Completion, Group, Prompt, SamplingSettings, WeightBuckets, as_buckets
-from rlwhf.train.routing import ROUTING_BIAS_FILE, Routing
+from rlwhf.rollout.base import Completion, Group, Prompt, SamplingSettings, WeightBuckets, as_buckets
+from rlwhf.train.routing import ROUTING_BIAS_FILE, ROUTING_BIAS_KEY, Routing
 
 
 class HFEngine:

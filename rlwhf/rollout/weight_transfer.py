@@ -19,7 +19,7 @@ tensor by tensor while vLLM's layerwise reload loads them:
   with vLLM's engine factory) and ``GlooTrainerWeightTransferEngine`` (trainer side, a subclass of
   vLLM's NCCL trainer engine that changes only how the group is opened and how a tensor is sent).
   After vLLM's layerwise reload the CPU backend's packed copies of the experts and the LM head are
-  rebuilt (``vllm_engine.repack_cpu_weights``), as after the object-store path's ``reload_weights``.
+  rebuilt (``cpu_repack.repack_cpu_weights``), as after the object-store path's ``reload_weights``.
 
 A restarted engine cannot rejoin a group in place: the driver reconnects every engine and the
 trainer in a new group (``PolicyWorker.connect_engines``).
@@ -49,6 +49,8 @@ from vllm.distributed.weight_transfer.nccl_engine import (
     NCCLTrainerWeightTransferEngine,
     NCCLWeightTransferUpdateInfo,
 )
+
+from rlwhf.rollout.cpu_repack import repack_cpu_weights
 
 GLOO_BACKEND = "rlwhf_gloo"
 TIMEOUT = datetime.timedelta(minutes=10)
@@ -112,8 +114,6 @@ class GlooWeightTransferEngine(WeightTransferEngine[NCCLWeightTransferInitInfo, 
 
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
-
-        from rlwhf.rollout.vllm_engine import repack_cpu_weights
 
         finalize_layerwise_reload(self.model, self.model_config)
         repack_cpu_weights(self.model)

@@ -32,13 +32,13 @@ from rlwhf.algo import (
     policy_loss,
     truncated_is_weights,
 )
-from rlwhf.rollout.base import ROUTING_BIAS_KEY
 from rlwhf.train import distributed
 from rlwhf.train.batch import RolloutBatch
 from rlwhf.train.logprobs import token_logprobs
 from rlwhf.train.routing import (
     NO_MOE_CONTROLS,
     ROUTING_BIAS_FILE,
+    ROUTING_BIAS_KEY,
     Routing,
     agreement,
     aux_free_update,
@@ -444,7 +444,7 @@ class PolicyTrainer:
         return policy_loss(
             logp, cut(old_logp), part.advantages, part_mask,
             clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
-            ratio_level=algo.ratio_level, aggregation=algo.loss_agg, norm_constant=float(self.max_new_tokens),
+            ratio_level=algo.ratio_level, loss_agg=algo.loss_agg, norm_constant=float(self.max_new_tokens),
             ref_logp=None if algo.kl_in_reward else cut(ref_logp),
             kl_coef=0.0 if algo.kl_in_reward else algo.kl_coef, kl_estimator=algo.kl_estimator,
             entropy=entropy, entropy_coef=algo.entropy_coef, is_weights=cut(is_weights),
@@ -466,7 +466,8 @@ class PolicyTrainer:
         so a run resumes onto any number of ranks."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        from rlwhf.checkpoints import commit_directory, fault_point
+        from rlwhf.checkpoints import commit_directory
+        from rlwhf.faults import fault_point
 
         whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = self.full_state_dict()

@@ -107,3 +107,25 @@ def export_model(source: str | Path, out: str | Path, *, dtype: str | None = Non
     if out.exists() and not any(out.iterdir()):
         out.rmdir()  # an empty folder the user made for it
     return commit_directory(tmp, out)
+
+
+def export(checkpoint: Path, out: Path, *, dtype: str | None = None, overwrite: bool = False,
+           ignore_routing_bias: bool = False) -> list[str]:
+    """``rlwhf export``: ``export_model``, its routing-bias warning on stderr; returns what to print (the
+    folder's files and how to load it)."""
+    from rich.console import Console
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        written = export_model(checkpoint, out, dtype=dtype, overwrite=overwrite, ignore_routing_bias=ignore_routing_bias)
+    for w in caught:
+        if "routing bias" in str(w.message):
+            Console(stderr=True, highlight=False).print(f"warning: {w.message}", style="yellow", markup=False)
+    info = json.loads((written / EXPORT_INFO).read_text())
+    step = f" (step {info['step']})" if info.get("step") is not None else ""
+    return [f"exported {info['source']}{step} to {written} as {info['dtype']}:",
+            *(f"  {f.name:24s} {f.stat().st_size:>12,d} bytes" for f in sorted(written.iterdir())),
+            "load it with:", f"  vllm.LLM({str(written)!r})",
+            f"  transformers.AutoModelForCausalLM.from_pretrained({str(written)!r})"]

@@ -13,15 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
+from rlwhf.checkpoints import resolve_model
 from rlwhf.config import Recipe
+from rlwhf.data.prompts import PromptRenderer, render_rows
+from rlwhf.data.rows import write_rows
+from rlwhf.data.source import rows_to_score
+from rlwhf.evaluation import local_workers
+from rlwhf.rollout import SamplingSettings
+from rlwhf.rollout.sampling import sampled_chunks
 
 
 def pass_rates(engine, runner, rows: list[dict], recipe: Recipe, k: int) -> list[float]:
     """Each row's fraction of ``k`` completions (at the rollout temperature) that the recipe's
     accuracy reward scores 1."""
-    from rlwhf.evaluation import sampled_chunks
-    from rlwhf.rollout import SamplingSettings
-
     rc = recipe.rollout
     settings = SamplingSettings(n=k, temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens,
                                 seed=recipe.run.seed)
@@ -31,17 +35,6 @@ def pass_rates(engine, runner, rows: list[dict], recipe: Recipe, k: int) -> list
         right = np.array([(s or 0.0) >= 1.0 for s in scored.per_reward[recipe.rewards.accuracy]], dtype=float)
         rates.extend(right.reshape(len(groups), k).mean(axis=1).tolist())
     return rates
-
-
-def write_rows(rows: list[dict], out: Path) -> None:
-    """``rows`` as JSON lines, or Parquet when ``out`` ends in ``.parquet``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        import pandas as pd
-
-        pd.DataFrame(rows).to_parquet(out, index=False)
-    else:
-        out.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def plot_histogram(rates: list[float], k: int, low: float, high: float, out: Path, title: str) -> None:
@@ -72,11 +65,6 @@ def filter_by_pass_rate(model: str, recipe: Recipe, out: Path, *, k: int = 8, lo
     ``model``, keep the rows whose pass rate lies in ``[low, high]`` and write them to ``out`` (their
     columns as read, plus ``pass_rate``); a histogram beside it (``<out>.png``) and the counts
     (``<out stem>.stats.json``). Returns the counts."""
-    from rlwhf.checkpoints import resolve_model
-    from rlwhf.data.prompts import PromptRenderer, render_rows
-    from rlwhf.data.source import rows_to_score
-    from rlwhf.evaluation import local_workers
-
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"pass-rate band [{low}, {high}]: expected 0 <= low <= high <= 1")
     path = str(resolve_model(model))
@@ -98,3 +86,13 @@ def filter_by_pass_rate(model: str, recipe: Recipe, out: Path, *, k: int = 8, lo
                    f"{Path(path).name}: {len(kept)} of {len(rendered)} prompts kept")
     stats_file.write_text(json.dumps(stats, indent=2))
     return stats
+
+
+def stats_text(stats: dict, k: int, low: float, high: float, out: Path) -> str:
+    """What ``rlwhf data filter`` prints: the pass-rate histogram, what was kept, and how to train on it."""
+    bars = ", ".join(f"{float(level):.2f}: {count}" for level, count in stats["histogram"].items())
+    return (f"pass rates of {stats['prompts']} prompts ({k} samples each), prompts per rate: {bars}\n"
+            f"kept {stats['kept']} with a pass rate in [{low}, {high}]; dropped "
+            f"{stats['prompts'] - stats['kept']}, of which {stats['always_solved']} always solved and "
+            f"{stats['never_solved']} never solved -> {out}\n"
+            f"histogram: {stats['plot']}\ntrain on it: data.task=dataset data.dataset={out}")

@@ -1,5 +1,6 @@
-"""A prompt data set checked before a long run (``rlwhf data check``), and the cheap row checks the
-loader applies itself (``data.bad_rows``).
+"""Rows as the loader and ``rlwhf data check`` see them: the checks (the cheap ones every load
+applies, ``data.bad_rows``; the costly ones only the check runs), the report they fill, and rows
+written back out.
 
 Row numbers are 0-based indices in file order, as ``datasets`` reads the file (for jsonl: the Nth
 record). The kinds of problem, in the order a row is checked:
@@ -76,22 +77,20 @@ class DataReport:
                 "counts": self.counts(), "problems": [asdict(p) for p in self.problems], "notes": self.notes}
 
 
-def _blank(value) -> bool:
+def is_blank(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _prompt_problem(prompt) -> tuple[str, str] | None:
-    from rlwhf.data.prompts import is_conversation
-
     if prompt is None:
         return "missing_prompt", "the prompt is null"
     if isinstance(prompt, (list, tuple)):
         if not prompt:
             return "empty_prompt", "the conversation has no messages"
-        if is_conversation(prompt) and all(_blank(m.get("content")) for m in prompt):
+        if is_conversation(prompt) and all(is_blank(m.get("content")) for m in prompt):
             return "empty_prompt", "every message of the conversation is blank"
         return None
-    if _blank(str(prompt)):
+    if is_blank(str(prompt)):
         return "empty_prompt", "the prompt is blank" if prompt == "" else f"the prompt is only whitespace: {prompt!r}"
     return None
 
@@ -111,7 +110,7 @@ def has_tests(row: dict, tests_column: str = "tests") -> bool:
     return not hasattr(tests, "__len__") or len(tests) > 0
 
 
-def _short(value, limit: int = 60) -> str:
+def short_repr(value, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -139,7 +138,7 @@ def check_rows(rows: list[dict], *, prompt_column: str = "prompt", answer_column
         coding = has_tests(row, tests_column)
         if answer_column is not None and not coding and (needs_answer or math):
             answer = row.get(answer_column)
-            if _blank(answer if answer is None else str(answer)):
+            if is_blank(answer if answer is None else str(answer)):
                 if needs_answer:
                     what = "null" if answer is None else "blank"
                     problems.append(Problem(i, "missing_answer", f"the gold answer ({answer_column}) is {what}"))
@@ -166,7 +165,7 @@ def check_rows(rows: list[dict], *, prompt_column: str = "prompt", answer_column
     if math and answer_rows:
         for i in _unreadable_golds([str(rows[i][answer_column]) for i in answer_rows], answer_rows):
             problems.append(Problem(i, "unparseable_answer", f"the math verifier cannot read the gold answer "
-                                    f"{_short(rows[i][answer_column])}"))
+                                    f"{short_repr(rows[i][answer_column])}"))
     if code:
         problems += _failing_references(rows, tests_column, solution_column, notes if notes is not None else [])
     order = {kind: k for k, kind in enumerate(KINDS)}
@@ -205,7 +204,7 @@ def _failing_references(rows: list[dict], tests_column: str, solution_column: st
     if solution_column not in rows[0]:
         notes.append(f"failing_reference: not checked, no {solution_column!r} column holds reference solutions")
         return []
-    checked = [i for i in coding if not _blank(rows[i].get(solution_column))]
+    checked = [i for i in coding if not is_blank(rows[i].get(solution_column))]
     if len(checked) < len(coding):
         notes.append(f"failing_reference: {len(coding) - len(checked)} rows with tests have no reference solution; "
                      "not checked")
@@ -230,128 +229,19 @@ def math_reward_used(recipe) -> bool:
     return any(spec.name == "math_accuracy" for spec in recipe.rewards.funcs)
 
 
-def renderer_for(recipe, notes: list[str]):
-    """The recipe's prompt renderer: the tiny model's tokenizer built locally, else the model's own
-    (None, with a note, when it cannot be loaded)."""
-    from rlwhf.data.prompts import PromptRenderer
 
-    if recipe.model.path == "tiny":
-        from rlwhf.models.tokenizer import build_tokenizer
-
-        return PromptRenderer(build_tokenizer(recipe.model.tiny.chat_format), recipe.data)
-    try:
-        from rlwhf.models.gguf import local_model_path
-
-        return PromptRenderer.from_pretrained(local_model_path(recipe.model.path), recipe.data)
-    except Exception as exc:
-        notes.append(f"overlong_prompt: not checked, the tokenizer of {recipe.model.path!r} cannot be loaded "
-                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-        return None
+def is_conversation(prompt) -> bool:
+    """Whether a prompt is TRL's conversational shape: a list of ``{"role", "content"}`` messages."""
+    return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt))
 
 
-def check_dataset(source: str, recipe, *, split: str | None = None, subset: str | None = None, code: bool = True,
-                  tests_column: str = "tests", solution_column: str = "solution") -> tuple[DataReport, object]:
-    """Read ``source`` (a local data file or an HF dataset name) as the recipe would and check every
-    row. Returns the report and the ``datasets.Dataset`` read (for a cleaned copy)."""
-    from rlwhf.data.source import read_table
-
-    split = split or recipe.data.split
-    table = read_table(source, subset, split)
-    rows = table.to_list()
-    cfg = recipe.data
-    report = DataReport(source, split, len(rows), list(table.column_names))
-    missing = [c for c in dict.fromkeys((cfg.prompt_column, cfg.answer_column)) if c not in table.column_names]
-    for column in missing:
-        which = "prompt" if column == cfg.prompt_column else "answer"
-        report.problems.append(Problem(None, "missing_column", f"no {which} column {column!r} "
-                                       f"(data.{which}_column); columns: {', '.join(table.column_names)}"))
-    if cfg.prompt_column in missing:
-        report.notes.append("row checks: not run, there is no prompt column")
-        return report, table
-    uses_math = math_reward_used(recipe)
-    answer_column = None if cfg.answer_column in missing else cfg.answer_column
-    renderer = renderer_for(recipe, report.notes)
-    if not code:
-        report.notes.append("failing_reference: not checked (--no-code)")
-    report.problems += check_rows(rows, prompt_column=cfg.prompt_column, answer_column=answer_column,
-                                  needs_answer=uses_math, math=uses_math, renderer=renderer,
-                                  max_prompt_tokens=recipe.rollout.max_prompt_tokens, code=code,
-                                  tests_column=tests_column, solution_column=solution_column, notes=report.notes)
-    return report, table
-
-
-def check_generated_task(recipe, split: str = "train") -> DataReport:
-    """The rows a procedural ``data.task`` (reasoning_gym) generates for ``split`` (``train`` or
-    ``test``: held-out), checked as a file's would be; for reasoning-gym, each gold answer is also
-    scored by its task's own verifier, which must give it full marks."""
-    from rewards.gym import score_entry
-    from rlwhf.data.source import load_task
-
-    if split not in ("train", "test"):
-        raise ValueError(f"--split {split!r}: a generated task has the splits 'train' and 'test' (held-out)")
-    task = load_task(recipe.data, recipe.run.seed)
-    rows = task.train if split == "train" else task.test
-    names = ", ".join(s.name for s in recipe.data.gym)
-    report = DataReport(f"reasoning_gym ({names})", split, len(rows), list(rows[0]) if rows else [])
-    found = check_rows(rows, needs_answer=True, renderer=renderer_for(recipe, report.notes),
-                       max_prompt_tokens=recipe.rollout.max_prompt_tokens, notes=report.notes)
-    repeats = sum(p.kind == "duplicate_prompt" for p in found)
-    if repeats:  # a small task's training rows repeat questions by design (none of them is held out)
-        report.notes.append(f"{repeats} {split} rows repeat an earlier question (the task has few at this "
-                            "difficulty); not a problem, no held-out question is among them")
-    report.problems += [p for p in found if p.kind != "duplicate_prompt"]
-    for i, row in enumerate(rows):
-        entry = {"question": row["prompt"], "answer": row["answer"], "metadata": json.loads(row["gym_metadata"])}
-        if score_entry(row["answer"], row["gym_dataset"], entry) < 1.0:
-            report.problems.append(Problem(i, "gold_not_accepted", f"{row['gym_dataset']}'s score_answer gives the "
-                                           f"gold {_short(row['answer'])} less than 1"))
-    order = {kind: k for k, kind in enumerate(KINDS)}
-    report.problems.sort(key=lambda p: (-1 if p.row is None else p.row, order[p.kind]))
-    return report
-
-
-def write_clean(table, report: DataReport, out: Path) -> int:
-    """Every row without a problem (of duplicates, the first), with the file's own columns, to
-    ``out`` (jsonl or json lines, or parquet, by its suffix). Returns the rows written."""
-    bad = report.bad_rows()
-    keep = [i for i in range(len(table)) if i not in bad]
-    clean = table.select(keep)
+def write_rows(rows: list[dict], out: Path) -> None:
+    """``rows`` as JSON lines, or Parquet when ``out`` ends in ``.parquet``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
-        clean.to_parquet(str(out))
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(out, index=False)
     else:
-        clean.to_json(str(out), lines=True, force_ascii=False)
-    return len(keep)
-
-
-def print_report(report: DataReport, console, show: int = 5) -> None:
-    """A table of counts per kind, then the first ``show`` rows of each kind with the reason."""
-    from rich.table import Table
-    from rich.text import Text
-
-    console.print(Text(f"{report.source} ({report.split} split): {report.rows} rows; {ROW_NUMBERS}", style="bold"))
-    counts = report.counts()
-    if not counts:
-        console.print("no problems: every row passed every check that ran")
-    table = Table()
-    table.add_column("problem")
-    table.add_column("rows", justify="right")
-    table.add_column("meaning")
-    for kind, meaning in KINDS.items():
-        if kind in counts:
-            table.add_row(kind, str(counts[kind]), meaning)
-    if "missing_column" not in counts:
-        table.add_row(Text("rows with a problem", style="bold"), Text(str(len(report.bad_rows())), style="bold"),
-                      f"of {report.rows}; kept by --clean: {report.rows - len(report.bad_rows())}")
-    if counts:
-        console.print(table)
-    for kind in counts:
-        found = [p for p in report.problems if p.kind == kind]
-        console.print(Text(f"{kind} ({len(found)}):", style="bold"))
-        for p in found[:show]:
-            where = "file" if p.row is None else f"row {p.row}"
-            console.print(Text(f"  {where}: {p.reason}"))
-        if len(found) > show:
-            console.print(Text(f"  ... and {len(found) - show} more (--show N, or --json PATH for all)", style="dim"))
-    for note in report.notes:
-        console.print(Text(f"note: {note}", style="dim"))
+        out.write_text("".join(json.dumps(row) + "\n" for row in rows))

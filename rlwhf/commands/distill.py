@@ -21,7 +21,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from rlwhf.checkpoints import prepare_run_dir, resolve_model
+from rlwhf.commands.output import fmt
 from rlwhf.config import Recipe
+from rlwhf.data.prompts import PromptRenderer, render_rows
+from rlwhf.data.rows import math_reward_used, write_rows
+from rlwhf.data.source import load_task
+from rlwhf.evaluation import EvalPlan, local_workers, run_evaluation
+from rlwhf.models.tiny import build_tiny_moe
+from rlwhf.rollout import SamplingSettings
+from rlwhf.rollout.sampling import sampled_chunks
+from rlwhf.train.sft import cold_start_sft
 
 
 def sample_verified(engine, runner, rows: list[dict], recipe: Recipe) -> tuple[list[dict], dict]:
@@ -29,9 +39,6 @@ def sample_verified(engine, runner, rows: list[dict], recipe: Recipe) -> tuple[l
     rewards, the ones the accuracy reward scores 1 kept (at most ``distill.keep_per_prompt`` per
     prompt). Returns the kept examples (``prompt``, ``solution`` and the row's other columns) and
     counts: ``sampled``, ``verified``, ``prompts_with_one``, ``kept``."""
-    from rlwhf.evaluation import sampled_chunks
-    from rlwhf.rollout import SamplingSettings
-
     d, rc = recipe.distill, recipe.rollout
     pick = random.Random(recipe.run.seed)
     kept, counts = [], {"sampled": 0, "verified": 0, "prompts_with_one": 0, "kept": 0}
@@ -64,10 +71,7 @@ def student_seed(recipe: Recipe) -> int:
 def build_student(recipe: Recipe, out: Path) -> str:
     """The student's starting folder: ``distill.student_path``, or one built from ``distill.student``."""
     if recipe.distill.student_path:
-        from rlwhf.checkpoints import resolve_model
-
         return str(resolve_model(recipe.distill.student_path))
-    from rlwhf.models.tiny import build_tiny_moe
 
     if not (out / "config.json").is_file():
         build_tiny_moe(out, recipe.distill.student, seed=student_seed(recipe))
@@ -76,9 +80,6 @@ def build_student(recipe: Recipe, out: Path) -> str:
 
 def evaluate_folder(model: str, recipe: Recipe, rows: list[dict]) -> dict:
     """Held-out metrics of one model folder (``rlwhf.evaluation.run_evaluation``, in this process)."""
-    from rlwhf.data.prompts import PromptRenderer, render_rows
-    from rlwhf.evaluation import EvalPlan, local_workers, run_evaluation
-
     rendered = render_rows(rows, PromptRenderer.from_pretrained(model, recipe.data), recipe, "held-out")
     with local_workers(model, recipe) as (engine, runner):
         return run_evaluation(EvalPlan.of(recipe), engine, runner, rendered, recipe.rewards.accuracy,
@@ -96,14 +97,6 @@ def parameters(model: str) -> int:
 
 def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
     """Run a distillation (module docstring); returns its summary, also written to ``summary.json``."""
-    from rlwhf.checkpoints import prepare_run_dir, resolve_model
-    from rlwhf.data.check import math_reward_used
-    from rlwhf.data.difficulty import write_rows
-    from rlwhf.data.prompts import PromptRenderer, render_rows
-    from rlwhf.data.source import load_task
-    from rlwhf.evaluation import EvalPlan, local_workers, run_evaluation
-    from rlwhf.train.sft import cold_start_sft
-
     started = time.perf_counter()
     d = recipe.distill
     try:
@@ -169,3 +162,21 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
                "wall_seconds": round(time.perf_counter() - started, 1)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def print_summary(summary: dict, k: int) -> None:
+    """Teacher and student side by side on the held-out prompts, then what was kept and where."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"held-out, {summary['held_out_prompts']} prompts")
+    for col in ("model", "parameters", "accuracy (greedy)", "pass@1", f"pass@{k}", f"maj@{k}", "mean tokens"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    sizes = {"teacher": summary["teacher_parameters"]}
+    for name, m in summary["metrics"].items():
+        table.add_row(name, f"{sizes.get(name, summary['student_parameters']):,}", fmt(m["accuracy"]),
+                      fmt(m.get("sampled/pass@1")), fmt(m.get(f"pass@{k}")), fmt(m.get(f"maj@{k}")),
+                      fmt(m["greedy/length/mean"], ".1f"))
+    Console(highlight=False).print(table)
+    print(f"kept {summary['kept']} verified teacher completions from {summary['prompts']} prompts; "
+          f"run directory: {summary['run_dir']} ({summary['wall_seconds']:.0f} s)")

@@ -1,0 +1,136 @@
+"""The package's shape, as docs/architecture.md draws it: no import circles, and the floors that must
+not reach up (the trainer's classes know nothing of Ray or of the loop)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("rlwhf", "rewards")
+# docs/architecture.md's floors, ground first: a module imports from its own floor or below, never up.
+FLOORS = (
+    ("rewards", "rlwhf.errors", "rlwhf.faults", "rlwhf.models", "rlwhf.algo", "rlwhf.tracking", "rlwhf.traces"),
+    ("rlwhf.config",),
+    ("rlwhf.data", "rlwhf.checkpoints", "rlwhf.reward_runner"),
+    ("rlwhf.train",),
+    ("rlwhf.rollout",),
+    ("rlwhf.evaluation", "rlwhf.workers"),
+    ("rlwhf.groups", "rlwhf.starting_policy", "rlwhf.commands"),
+    ("rlwhf.loop",),
+    ("rlwhf.cli",),
+)
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The project modules ``name`` imports anywhere in its file (inside functions too), each taken
+    as the longest known module its dotted name starts with; a module's own packages left out (Python
+    imports those first anyway, so they cannot close a circle through it)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            targets += [f"{base}.{alias.name}" for alias in node.names] + [base]
+    found = set()
+    for target in targets:
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        if target and target != name and not name.startswith(target + "."):
+            found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports_of(name, path, known) for name, path in known.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_circle_finder_finds_a_circle_and_nothing_else():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_of_rlwhf_or_rewards_imports_itself_through_others():
+    graph = import_graph()
+    assert "rlwhf.loop" in graph and "rlwhf.starting_policy" in graph["rlwhf.loop"]  # the graph is read
+    found = circles(graph)
+    assert not found, "import circles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def floor_of(module: str) -> int | None:
+    for floor, rooms in enumerate(FLOORS, start=1):
+        if any(module == room or module.startswith(room + ".") for room in rooms):
+            return floor
+    return None
+
+
+def test_every_module_has_a_floor_and_no_import_runs_up():
+    graph = import_graph()
+    homeless = sorted(m for m in graph if floor_of(m) is None and m != "rlwhf")
+    assert not homeless, f"modules on no floor of docs/architecture.md (tests/test_architecture.py FLOORS): {homeless}"
+    up = [f"{m} (floor {floor_of(m)}) -> {t} (floor {floor_of(t)})" for m, targets in graph.items() if m != "rlwhf"
+          for t in sorted(targets) if t != "rlwhf" and floor_of(t) > floor_of(m)]
+    assert not up, "imports that run up a floor: " + "; ".join(up)
+
+
+def test_the_trainer_and_the_data_know_nothing_of_ray_or_of_what_drives_them():
+    graph = import_graph()
+    upper = {"rlwhf.loop", "rlwhf.groups", "rlwhf.workers", "rlwhf.starting_policy", "rlwhf.cli"}
+    for name, path in modules().items():
+        if name.startswith(("rlwhf.train", "rlwhf.data", "rlwhf.algo", "rlwhf.models", "rewards")):
+            assert not graph[name] & upper, f"{name} imports {sorted(graph[name] & upper)}"
+            assert not any(m.startswith("rlwhf.commands") for m in graph[name]), f"{name} imports a command"
+            tree = ast.parse(path.read_text())
+            ray = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                   and any((getattr(n, "module", None) or a.name).split(".")[0] == "ray" for a in n.names)]
+            assert not ray, f"{name} imports ray"
