@@ -44,7 +44,7 @@ def main() -> None:
         init_ray(None, None)
         policy = PolicyGroup(recipe, model, None, Path(tmp), None, temperature=1.0, max_new_tokens=64)
         rollout = RolloutGroup(recipe, model, None, Path(tmp), max_model_len=128, weight_transfer=True)
-        policy.connect(rollout)
+        policy.connect_engines(rollout.engines, recipe.rollout.tensor_parallel_size)
 
         def timed(fn) -> float:
             times = []
@@ -62,12 +62,12 @@ def main() -> None:
         for mb in args.buckets_mb:
             def sync(mb=mb):
                 refs, _ = policy.weight_buckets(mb)
-                rollout.update_weights(refs)
+                rollout.each("update_weights", refs)
                 return len(refs)
             count = sync()
             print(f"  buckets of {mb:6g} MiB ({count:4d}):     {timed(sync) * 1000:8.1f} ms")
-        sent = policy.send_weights(rollout)
-        print(f"  collective (vLLM weight transfer): {timed(lambda: policy.send_weights(rollout)) * 1000:8.1f} ms"
+        sent = policy.send_weights()
+        print(f"  collective (vLLM weight transfer): {timed(lambda: policy.send_weights()) * 1000:8.1f} ms"
               f"  ({sent / 2**20:.1f} MiB in checkpoint layout)")
         ray.shutdown()
 

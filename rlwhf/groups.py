@@ -6,11 +6,10 @@ reward worker, and the weight sync between them.
   driver reads rank 0's answer.
 - ``RolloutGroup``: M engines; a batch's prompts are split into M contiguous parts, each prompt
   keeping the seed it has in the whole batch, so completions do not depend on M (vLLM).
-- Weight sync: rank 0 puts the weights in Ray's object store in buckets (``sync.bucket_mb``), once,
-  and every engine reads them bucket by bucket; or, with ``sync.transport: collective``, rank 0
-  broadcasts them into the engines through vLLM's weight-transfer API (``rlwhf.rollout.weight_transfer``).
+- Weight sync between them is ``rlwhf.sync``'s: the groups only pass its calls to their workers.
 - An engine or the reward worker that dies is restarted by Ray (``resources.max_restarts``); the
-  group waits for it, gives an engine the current weights again, and redoes its part of the step.
+  group waits for it, has ``rlwhf.sync`` give an engine the current weights again
+  (``on_restart``), and redoes its part of the step.
   A policy rank that dies ends the run: the rest of a collective cannot be recovered in place.
 
 Workers that reserve CPUs or GPUs (``resources``) are held by a placement group, so a run starts
@@ -80,7 +79,6 @@ class PolicyGroup:
                    None if pg is None else (pg, 0), rank).remote(
                 log_path=str(log_dir / (LOG_FILES["PolicyWorker"] if n == 1 else f"policy-{rank}.log")))
             for rank in range(n)]
-        self.connected_after = None  # engine restarts when the weight-transfer group was formed (collective sync)
         address = ray.get(self.workers[0].address.remote()) if n > 1 else None
         ray.get([w.setup.remote(model_path, recipe.algo, recipe.train, rank=rank, world=n, address=address,
                                 resume_from=resume_from, moe=recipe.moe, **trainer_kwargs) for rank, w in enumerate(self.workers)])
@@ -100,22 +98,19 @@ class PolicyGroup:
     def sequence_kl(self, batch) -> list[float]:
         return self._all("sequence_kl", ray.put(batch))
 
+    # What rlwhf.sync asks of the policy's ranks.
     def weight_buckets(self, bucket_mb: float) -> tuple[list, int]:
         return self._all("weight_buckets", bucket_mb)
 
-    def connect(self, rollout: RolloutGroup) -> None:
-        """Form the weight-transfer group of every rank and every engine (``sync.transport: collective``)."""
-        address = ray.get(self.workers[0].address.remote())
-        tp = rollout.recipe.rollout.tensor_parallel_size
-        ray.get([w.connect_engines.remote(rollout.engines, tp, address if rank == 0 else None)
-                 for rank, w in enumerate(self.workers)])
-        self.connected_after = rollout.restarts
+    def routing_bias(self):
+        return self._all("routing_bias")
 
-    def send_weights(self, rollout: RolloutGroup) -> int:
-        """The weights into every engine through vLLM's weight-transfer API; the group is formed anew
-        first when an engine was restarted since it was last formed. Returns the bytes sent."""
-        if self.connected_after != rollout.restarts:
-            self.connect(rollout)
+    def connect_engines(self, engines: list, tensor_parallel_size: int) -> None:
+        address = ray.get(self.workers[0].address.remote())
+        ray.get([w.connect_engines.remote(engines, tensor_parallel_size, address if rank == 0 else None)
+                 for rank, w in enumerate(self.workers)])
+
+    def send_weights(self) -> int:
         return self._all("send_weights")
 
     def save(self, path: str, extra_state: dict, extra_files: dict | None = None) -> None:
@@ -127,7 +122,7 @@ class RolloutGroup:
         res, self.recipe = recipe.resources, recipe
         m = res.rollout_engines
         self.restarts = 0
-        self.weights = None  # where the engines' current weights come from: a callable giving bucket refs
+        self.on_restart = None  # called with an engine that Ray restarted (rlwhf.sync loads its weights)
         self.engines = [
             _actor(RolloutWorker, res.cpus_per_rollout_engine, res.gpus_per_rollout_engine,
                    None if pg is None else (pg, res.policy_workers), i, res.max_restarts).remote(
@@ -158,8 +153,10 @@ class RolloutGroup:
                     refs[i] = call(i, a, b)
         return groups
 
-    def update_weights(self, bucket_refs: list) -> None:
-        refs = [e.update_weights.remote(bucket_refs) for e in self.engines]
+    def each(self, method: str, *args) -> None:
+        """Call ``method`` on every engine; one that died is restarted and brought up to date by
+        ``on_restart`` instead."""
+        refs = [getattr(e, method).remote(*args) for e in self.engines]
         for i, ref in enumerate(refs):
             try:
                 ray.get(ref)
@@ -167,13 +164,13 @@ class RolloutGroup:
                 self._recover(i)
 
     def _recover(self, i: int) -> None:
-        """Wait for engine ``i`` to come back from its restart, then load the current weights into it."""
+        """Wait for engine ``i`` to come back from its restart, then bring it up to date (``on_restart``)."""
         self.restarts += 1
         if self.restarts > self.recipe.resources.max_restarts * len(self.engines):
             raise RuntimeError(f"rollout engines died {self.restarts} times; see their logs")
         wait_for_restart(self.engines[i])
-        if self.weights is not None:
-            ray.get(self.engines[i].update_weights.remote(self.weights()))
+        if self.on_restart is not None:
+            self.on_restart(self.engines[i])
 
 
 class RewardGroup:

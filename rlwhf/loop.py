@@ -40,6 +40,7 @@ from rlwhf.groups import PolicyGroup, RewardGroup, RolloutGroup, reserve
 from rlwhf.rollout import SamplingSettings, engine_options
 from rlwhf.rollout.sampling import sample, score, trace_rows
 from rlwhf.starting_policy import prepare_policy
+from rlwhf.sync import WeightSync, make_sync
 from rlwhf.tracking import Tracker, say, skipped_step_metrics, step_metrics
 from rlwhf.train.batch import RolloutBatch, pack
 from rlwhf.train.routing import ROUTING_BIAS_FILE, write_start_skew
@@ -57,6 +58,7 @@ class Run:
     rollout: object  # Ray actor handles
     policy: object
     reward: object
+    sync: WeightSync
     tracker: Tracker
     start_step: int
     before: dict  # held-out accuracy before RL: accuracy (greedy) and accuracy/sampled
@@ -150,15 +152,14 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     policy = PolicyGroup(recipe, model_path, pg, logs, str(ckpt) if ckpt else None, temperature=rc.temperature,
                          max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed, dtype=recipe.model.dtype,
                          completions_per_step=recipe.train.prompts_per_step * rc.group_size)
-    rollout.weights = lambda: policy.weight_buckets(recipe.sync.bucket_mb)[0]  # to reload a restarted engine
-    if recipe.sync.transport == "collective":
-        policy.connect(rollout)
+    sync = make_sync(recipe)
+    sync.start(policy, rollout)
     reward = RewardGroup(recipe, logs)
     tracker = Tracker(run_dir, use_wandb=recipe.tracking.wandb, project=recipe.tracking.wandb_project,
                       run_name=recipe.run.name, config=recipe.model_dump(mode="json"),
                       console_every=recipe.tracking.console_every, total_steps=recipe.train.steps)
     source = PromptSource(data.train, recipe.run.seed, cursor=state.get("cursor", 0))
-    run = Run(recipe, run_dir, data, source, rollout, policy, reward, tracker, state.get("step", 0), {},
+    run = Run(recipe, run_dir, data, source, rollout, policy, reward, sync, tracker, state.get("step", 0), {},
               pending=checkpoints.saved_rollouts(ckpt))
     if "accuracy_before_rl" in state:
         run.before = restore_before(state)
@@ -269,18 +270,9 @@ def update_policy(run: Run, batch: RolloutBatch, step: int) -> dict:
 
 
 def sync_weights(run: Run) -> dict:
-    """6. The policy's new weights into the running rollout engines, without restarting them: put in
-    Ray's object store once, in buckets, and read bucket by bucket by every engine; or broadcast by
-    rank 0 into every engine (``sync.transport: collective``)."""
-    t0 = time.perf_counter()
-    if run.recipe.sync.transport == "collective":
-        size, parts = run.policy.send_weights(run.rollout), {}
-    else:
-        buckets, size = run.policy.weight_buckets(run.recipe.sync.bucket_mb)
-        run.rollout.update_weights(buckets)
-        parts = {"sync/buckets": len(buckets)}
-    return {"time/sync": time.perf_counter() - t0, "sync/bytes": size, **parts,
-            "workers/restarts": run.rollout.restarts + run.reward.restarts}
+    """6. The policy's new weights into the running rollout engines, without restarting them
+    (``rlwhf.sync``: through Ray's object store in buckets, or broadcast by ``sync.transport: collective``)."""
+    return {**run.sync.push(run.policy, run.rollout), "workers/restarts": run.rollout.restarts + run.reward.restarts}
 
 
 def record_step(run: Run, step: int, collected: Collected, batch: RolloutBatch | None, metrics: dict,

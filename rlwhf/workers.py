@@ -17,6 +17,7 @@ import sys
 import ray
 
 from rlwhf.faults import fault_point
+from rlwhf.sync.object_store import put_in_buckets, take_buckets
 from rlwhf.train.sft import cold_start_sft
 
 # Which log file in the run directory holds each worker's output (see ``log_to``).
@@ -147,14 +148,12 @@ class RolloutWorker:
     def update_weights(self, weights) -> None:
         """A state dict, or the object-store references of its buckets (``PolicyWorker.weight_buckets``),
         read one bucket at a time."""
-        if isinstance(weights, list) and weights and isinstance(weights[0], ray.ObjectRef):
-            weights = (ray.get(ref) for ref in weights)
-        self.engine.update_weights(weights)
+        self.engine.update_weights(take_buckets(weights))
 
     def set_routing_bias(self, bias) -> None:
         self.engine.set_routing_bias(bias)
 
-    # vLLM's weight-transfer API, called by the policy's rank 0 (rlwhf.rollout.weight_transfer.EnginesClient)
+    # vLLM's weight-transfer API, called by the policy's rank 0 (rlwhf.sync.weight_transfer.EnginesClient)
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         self.engine.shutdown_weight_transfer_engine()  # a group from before an engine restart is gone
         self.engine.init_weight_transfer_engine(init_info)
@@ -209,24 +208,17 @@ class PolicyWorker:
         object store, and their bytes: rank 0's; the other ranks take part in gathering them and
         return none. The gathered state dict is read bucket by bucket, so the object store holds the
         only copy of the whole model."""
-        weights = {**self.trainer.full_state_dict(), **self.trainer.routing_bias_for_engines()}
-        refs, bucket, size, total = [], {}, 0, 0
-        for name in list(weights):
-            tensor = weights.pop(name).detach()
-            if tensor.is_floating_point():
-                tensor = tensor.to(self.trainer.compute_dtype)
-            bucket[name] = tensor
-            size += tensor.numel() * tensor.element_size()
-            if size >= bucket_mb * 2**20 or not weights:
-                refs.append(ray.put(bucket))
-                total += size
-                bucket, size = {}, 0
-        return refs, total
+        return put_in_buckets(self.trainer.full_state_dict(), self.trainer.compute_dtype, bucket_mb)
+
+    def routing_bias(self):
+        """The MoE selection bias the engines select with (``rlwhf.sync`` sends it after the weights), or None."""
+        bias = self.trainer.bias_for_engines()
+        return None if bias is None else bias.detach().float().cpu()
 
     def connect_engines(self, engines: list, tp: int, address: tuple[str, int] | None) -> None:
         """Join the weight-transfer group with the rollout engines (every rank: rank 0 sends, the
         others take part in gathering the weights); a group from before replaced."""
-        from rlwhf.rollout.weight_transfer import connect
+        from rlwhf.sync.weight_transfer import connect  # vLLM
 
         if getattr(self, "transfer", None) is not None:
             self.transfer.shutdown()
@@ -236,15 +228,10 @@ class PolicyWorker:
 
     def send_weights(self) -> int:
         """The policy's weights into every engine through vLLM's weight-transfer API (a collective of
-        every rank); the routing bias of aux-free balancing after them. Returns the bytes sent."""
-        from rlwhf.train.routing import ROUTING_BIAS_KEY
-
+        every rank). Returns the bytes sent (rank 0's count)."""
         self.transfer.send_weights()
         if self.trainer.rank != 0:
             return 0
-        bias = self.trainer.routing_bias_for_engines()
-        if bias:
-            ray.get([e.set_routing_bias.remote(bias[ROUTING_BIAS_KEY]) for e in self.engines])
         return sum(m.dtype.itemsize * math.prod(m.shape) for m in self.transfer.source.metadata())
 
     def save(self, path: str, extra_state: dict, extra_files: dict[str, bytes] | None = None) -> str:

@@ -14,7 +14,7 @@ FLOORS = (
     ("rlwhf.config",),
     ("rlwhf.data", "rlwhf.checkpoints", "rlwhf.reward_runner"),
     ("rlwhf.train",),
-    ("rlwhf.rollout",),
+    ("rlwhf.rollout", "rlwhf.sync"),
     ("rlwhf.evaluation", "rlwhf.workers"),
     ("rlwhf.groups", "rlwhf.starting_policy", "rlwhf.commands"),
     ("rlwhf.loop",),

@@ -12,7 +12,7 @@ from rlwhf.models.tiny import TinyMoEConfig, build_tiny_moe
 from rlwhf.rollout.base import SamplingSettings
 from rlwhf.train.batch import pack
 from rlwhf.train.policy import PolicyTrainer
-from rlwhf.train.routing import ROUTING_BIAS_FILE, ROUTING_BIAS_KEY, Routing, agreement, aux_free_update, find_routers
+from rlwhf.train.routing import ROUTING_BIAS_FILE, Routing, agreement, aux_free_update, find_routers
 
 PROMPTS = ["Compute 123+456.", "Compute 77*8.", "Compute 905-38."]
 
@@ -102,9 +102,9 @@ def test_the_engine_selects_with_the_trainers_bias_after_a_sync_and_a_resume_res
     bias = torch.zeros(4, 8)
     bias[:, 3] = 5.0  # larger than any score difference: expert 3 is among every token's top-2
     policy.routing.set_bias(bias)
-    weights = {**policy.full_state_dict(), **policy.routing_bias_for_engines()}
-    assert ROUTING_BIAS_KEY in weights
-    engine.update_weights([weights])  # the path of a weight sync
+    assert torch.equal(policy.bias_for_engines(), bias)
+    engine.update_weights([policy.full_state_dict()])  # the path of a weight sync: the weights, then the bias
+    engine.set_routing_bias(policy.bias_for_engines())
     groups = engine.generate(PROMPTS, SamplingSettings(n=4, temperature=1.0, max_new_tokens=16, seed=3))
     routes = [c.routes for g in groups for c in g.completions]
     assert all((r == 3).any(-1).all() for r in routes)
@@ -122,7 +122,7 @@ def test_the_engine_selects_with_the_trainers_bias_after_a_sync_and_a_resume_res
     resumed.routing.set_bias(torch.zeros(4, 8))
     resumed.load_trainer_state(tmp_path / "ckpt")
     assert torch.equal(resumed.routing.bias, after)  # and from the trainer state
-    engine.update_weights([{**policy.full_state_dict(), ROUTING_BIAS_KEY: torch.zeros(4, 8)}])  # leave it as found
+    engine.set_routing_bias(torch.zeros(4, 8))  # leave it as found
 
 
 def test_replay_makes_the_first_ratio_exactly_one_and_rollout_replay_lowers_the_mismatch(tiny_model):
@@ -265,8 +265,8 @@ def test_a_deliberate_start_skew_is_applied_on_both_sides_and_kept_without_balan
     assert bias.shape == (4, 8) and torch.equal(bias[:, :2], torch.full((4, 2), 0.2)) and not bias[:, 2:].any()
     policy = trainer(str(model))  # balance none: the bias stays, and still travels with the weights
     assert torch.equal(policy.routing.bias, bias)
-    assert torch.equal(policy.routing_bias_for_engines()[ROUTING_BIAS_KEY], bias)
-    assert not trainer(tiny_model).routing_bias_for_engines()  # no bias, nothing to send
+    assert torch.equal(policy.bias_for_engines(), bias)
+    assert trainer(tiny_model).bias_for_engines() is None  # no bias, nothing to send
     # The engine reads the bias beside the weights and routes as the skewed trainer does.
     engine = make_engine("vllm", str(model), seed=0, max_model_len=128)
     groups = engine.generate(PROMPTS, SamplingSettings(n=2, temperature=1.0, max_new_tokens=8, seed=3))

@@ -43,7 +43,7 @@ def perturb(model, seed: int) -> None:
 def test_the_weight_source_yields_the_checkpoint_layout_it_declares(tiny_model):
     from transformers.core_model_loading import revert_weight_conversion
 
-    from rlwhf.rollout.weight_transfer import CheckpointLayoutSource
+    from rlwhf.sync.weight_transfer import CheckpointLayoutSource
 
     model = trainer_model(tiny_model)
     source = CheckpointLayoutSource(model, torch.bfloat16)
@@ -58,7 +58,7 @@ def test_the_weight_source_yields_the_checkpoint_layout_it_declares(tiny_model):
 
 @pytest.mark.slow
 def test_the_trainer_broadcasts_its_weights_into_two_engines_and_reconnects(tiny_model, local_ray, tmp_path):
-    from rlwhf.rollout.weight_transfer import connect
+    from rlwhf.sync.weight_transfer import connect
 
     recipe = load_recipe(None, ["resources.rollout_engines=2", "sft.enabled=false", "sync.transport=collective"])
     group = RolloutGroup(recipe, tiny_model, None, tmp_path, seed=0, max_model_len=128, weight_transfer=True)

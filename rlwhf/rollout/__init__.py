@@ -14,7 +14,7 @@ def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int
     """Build the engine the recipe names: ``vllm`` or ``hf`` (which runs on one device). ``record_routes``
     (vLLM): return each position's MoE experts with the completions; ``compile`` (vLLM on CPU): run
     the model compiled rather than eagerly; ``weight_transfer`` (vLLM): take weights through vLLM's
-    weight-transfer API (``rlwhf.rollout.weight_transfer``)."""
+    weight-transfer API (``rlwhf.sync.weight_transfer``)."""
     if kind == "vllm":
         from rlwhf.rollout.vllm_engine import VLLMEngine
 

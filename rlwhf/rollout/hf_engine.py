@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from rlwhf.rollout.base import Completion, Group, Prompt, SamplingSettings, WeightBuckets, as_buckets
-from rlwhf.train.routing import ROUTING_BIAS_FILE, ROUTING_BIAS_KEY, Routing
+from rlwhf.train.routing import ROUTING_BIAS_FILE, Routing
 
 
 class HFEngine:
@@ -65,12 +65,13 @@ class HFEngine:
             groups.append(Group(text, ids, results[i * sampling.n:(i + 1) * sampling.n]))
         return groups
 
+    def set_routing_bias(self, bias: torch.Tensor) -> None:
+        """Select experts with ``bias [layers, experts]`` added to the router's scores, as the trainer does."""
+        self.routing.set_bias(bias)
+
     def update_weights(self, weights: WeightBuckets) -> None:
         missing = set(self.model.state_dict())
         for bucket in as_buckets(weights):
-            bucket = dict(bucket)
-            if ROUTING_BIAS_KEY in bucket:
-                self.routing.set_bias(bucket.pop(ROUTING_BIAS_KEY))
             self.model.load_state_dict(bucket, strict=False)
             missing -= set(bucket)
         if missing:

@@ -11,7 +11,7 @@ fused in-memory layout (``experts.gate_up_proj``), so we first turn its state di
 checkpoint layout with transformers' ``revert_weight_conversion`` on a meta-device twin of the
 model (no memory, no copy of the weights). That is ``update_weights``, for weights that come as
 state dicts or object-store buckets; with ``weight_transfer`` the engine instead takes part in
-vLLM's weight-transfer API (``rlwhf.rollout.weight_transfer``), the trainer broadcasting into it.
+vLLM's weight-transfer API (``rlwhf.sync.weight_transfer``), the trainer broadcasting into it.
 
 The engine runs in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that weights
 pass by reference, not through a pipe.
@@ -45,7 +45,7 @@ from rlwhf.rollout.base import (
     prompt_seeds,
 )
 from rlwhf.rollout.cpu_repack import repack_cpu_weights
-from rlwhf.train.routing import ROUTING_BIAS_FILE, ROUTING_BIAS_KEY
+from rlwhf.train.routing import ROUTING_BIAS_FILE
 
 
 def _prepare_environment(kv_cache_gib: float) -> None:
@@ -86,8 +86,8 @@ class VLLMEngine:
             # which takes only 16-bit weights; in float32 the reference CPU kernel runs instead.
             if getattr(config, "kv_lora_rank", None) and dtype == "float32":
                 kwargs["attention_backend"] = "CPU_MLA"
-        if weight_transfer:  # weights arrive through vLLM's weight-transfer API (rlwhf.rollout.weight_transfer)
-            from rlwhf.rollout.weight_transfer import backend_for, register_backends
+        if weight_transfer:  # weights arrive through vLLM's weight-transfer API (rlwhf.sync.weight_transfer)
+            from rlwhf.sync.weight_transfer import backend_for, register_backends
 
             register_backends()
             kwargs["weight_transfer_config"] = {"backend": backend_for("cuda" if torch.cuda.is_available() else "cpu")}
@@ -160,13 +160,8 @@ class VLLMEngine:
     def update_weights(self, buckets: WeightBuckets) -> None:
         from transformers.core_model_loading import revert_weight_conversion
 
-        bias = []
-
         def checkpoint_layout():  # one bucket at a time, each turned into the checkpoint's names and shapes
             for bucket in as_buckets(buckets):
-                bucket = dict(bucket)
-                if ROUTING_BIAS_KEY in bucket:
-                    bias.append(bucket.pop(ROUTING_BIAS_KEY))
                 yield from revert_weight_conversion(self._layout_twin, bucket).items()
 
         # The engine runs in this process, so vLLM can read the buckets as they arrive; several
@@ -176,12 +171,10 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         if not torch.cuda.is_available():
             self.llm.collective_rpc(_repack_cpu_weights)
-        if bias:
-            self.set_routing_bias(bias[-1])
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
 
 
-    # -- the engine side of vLLM's weight-transfer API (``rollout.weight_transfer.EnginesClient``) --
+    # -- the engine side of vLLM's weight-transfer API (``sync.weight_transfer.EnginesClient``) --
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         self.llm.init_weight_transfer_engine({"init_info": init_info})
 

@@ -38,7 +38,6 @@ from rlwhf.train.logprobs import token_logprobs
 from rlwhf.train.routing import (
     NO_MOE_CONTROLS,
     ROUTING_BIAS_FILE,
-    ROUTING_BIAS_KEY,
     Routing,
     agreement,
     aux_free_update,
@@ -195,14 +194,14 @@ class PolicyTrainer:
         return {k: v.detach().to("cpu", self.compute_dtype if v.is_floating_point() else v.dtype, copy=True)
                 for k, v in self.full_state_dict().items()}
 
-    def routing_bias_for_engines(self) -> dict[str, torch.Tensor]:
-        """What a weight update carries besides the weights: the selection bias when it is rlwhf's own
-        (not a buffer of the model) and balancing moves it, or it was set at the start (``moe.start_skew``)."""
+    def bias_for_engines(self) -> torch.Tensor | None:
+        """What the engines need besides the weights: the selection bias when it is rlwhf's own (not a
+        buffer of the model) and balancing moves it, or it was set at the start (``moe.start_skew``)."""
         if not (self.routing.bias_is_external and len(self.routing)):
-            return {}
+            return None
         if self.moe.balance == "aux_free" or self.routing.bias.any():  # a fixed bias too (moe.start_skew)
-            return {ROUTING_BIAS_KEY: self.routing.bias}
-        return {}
+            return self.routing.bias
+        return None
 
     def refresh_reference(self) -> None:
         if self.reference is not None:
@@ -491,7 +490,7 @@ class PolicyTrainer:
         torch.save({"optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "reference": reference,
                     "rng": rng, "step": self.step, "routing_bias": self.routing.bias if len(self.routing) else None},
                    tmp / "trainer_state.pt")
-        if self.routing_bias_for_engines():  # the engines and the next trainer read it beside the weights
+        if self.bias_for_engines() is not None:  # the engines and the next trainer read it beside the weights
             torch.save(self.routing.bias, tmp / ROUTING_BIAS_FILE)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)

@@ -42,9 +42,6 @@ NO_MOE_CONTROLS = SimpleNamespace(routing_replay="none", balance="none", bias_up
                                   z_loss_coef=0.0, freeze_router=False, rollout_routing=False)
 
 ROUTING_BIAS_FILE = "routing_bias.pt"  # beside a checkpoint's weights: the softmax kind's selection bias
-# The entry of a weight update that carries the MoE selection bias ``[layers, experts]`` (rlwhf's own,
-# for models whose checkpoint has no place for one); not a model weight.
-ROUTING_BIAS_KEY = "rlwhf.routing_bias"
 
 
 def find_routers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -22,7 +22,7 @@ tensor by tensor while vLLM's layerwise reload loads them:
   rebuilt (``cpu_repack.repack_cpu_weights``), as after the object-store path's ``reload_weights``.
 
 A restarted engine cannot rejoin a group in place: the driver reconnects every engine and the
-trainer in a new group (``PolicyWorker.connect_engines``).
+trainer in a new group (``rlwhf.sync.CollectiveSync``).
 """
 
 from __future__ import annotations
