@@ -38,8 +38,9 @@ def naive(program: str, stdin: str) -> str:
 
 def naive_bare(program: str, stdin: str) -> str:
     """The fastest naive start: no site, no environment (-I -S), so no .pth files to process."""
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", program], input=stdin, capture_output=True,
-                          text=True, timeout=5)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", program], input=stdin, capture_output=True, text=True, timeout=5
+    )
     return proc.stdout
 
 
@@ -70,8 +71,10 @@ def main() -> None:
 
     start = time.perf_counter()
     level = code.isolation_level()
-    print(f"isolation level: {level}; pool start + probe: {(time.perf_counter() - start) * 1000:.0f} ms; "
-          f"{os.cpu_count()} cores; python {sys.version.split()[0]}")
+    print(
+        f"isolation level: {level}; pool start + probe: {(time.perf_counter() - start) * 1000:.0f} ms; "
+        f"{os.cpu_count()} cores; python {sys.version.split()[0]}"
+    )
     for p, s in PROGRAMS:
         assert naive(p, s) == naive_bare(p, s) == sandboxed(p, s), p
 
@@ -82,8 +85,10 @@ def main() -> None:
             best["naive"] = max(best["naive"], throughput(naive, args.n // 4, threads))
             best["bare"] = max(best["bare"], throughput(naive_bare, args.n // 4, threads))
             best["run"] = max(best["run"], throughput(sandboxed, args.n, threads))
-        print(f"{threads:>7} {best['naive']:>13.1f} {best['bare']:>12.1f} {best['run']:>11.1f} "
-              f"{best['run'] / best['naive']:>8.1f}x {best['run'] / best['bare']:>8.1f}x")
+        print(
+            f"{threads:>7} {best['naive']:>13.1f} {best['bare']:>12.1f} {best['run']:>11.1f} "
+            f"{best['run'] / best['naive']:>8.1f}x {best['run'] / best['bare']:>8.1f}x"
+        )
 
     latencies = []
     for _ in range(args.n):
@@ -101,9 +106,11 @@ def main() -> None:
     bare_lat.sort()
     med = lambda xs: xs[len(xs) // 2] * 1000  # noqa: E731
     p90 = lambda xs: xs[int(len(xs) * 0.9)] * 1000  # noqa: E731
-    print(f"overhead per execution (program `pass`): run {med(latencies):.2f} ms median, {p90(latencies):.2f} ms p90; "
-          f"naive {med(naive_lat):.2f} ms median, {p90(naive_lat):.2f} ms p90; "
-          f"naive -I -S {med(bare_lat):.2f} ms median, {p90(bare_lat):.2f} ms p90")
+    print(
+        f"overhead per execution (program `pass`): run {med(latencies):.2f} ms median, {p90(latencies):.2f} ms p90; "
+        f"naive {med(naive_lat):.2f} ms median, {p90(naive_lat):.2f} ms p90; "
+        f"naive -I -S {med(bare_lat):.2f} ms median, {p90(bare_lat):.2f} ms p90"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,18 @@ VARIANTS = ["tiny-grpo", "tiny-dr-grpo", "tiny-dapo", "tiny-gspo", "tiny-rloo", 
 
 
 def run(recipe: str, out: Path, steps: int, extra: list[str]) -> None:
-    cmd = [sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / f"{recipe}.yaml"),
-           f"run.output_dir={out}", f"train.steps={steps}", "run.overwrite=true", "train.save_every=0", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlwhf.cli",
+        "train",
+        str(ROOT / "recipes" / f"{recipe}.yaml"),
+        f"run.output_dir={out}",
+        f"train.steps={steps}",
+        "run.overwrite=true",
+        "train.save_every=0",
+        *extra,
+    ]
     print("$", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -52,13 +62,17 @@ def row(run_dir: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| recipe | greedy before | greedy after | change (points) | sampled before | sampled after "
-             "| change (points) | training accuracy, last 10 steps | mean length | s/step | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recipe | greedy before | greedy after | change (points) | sampled before | sampled after "
+        "| change (points) | training accuracy, last 10 steps | mean length | s/step | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| `{r['recipe']}` | {r['before']:.1%} | {r['after']:.1%} | {100 * (r['after'] - r['before']):+.1f} "
-                     f"| {r['sampled_before']:.1%} | {r['sampled_after']:.1%} "
-                     f"| {100 * (r['sampled_after'] - r['sampled_before']):+.1f} | {r['sampled']:.2f} | {r['length']:.1f} | {r['s_per_step']:.2f} | {r['wall']:.0f} |")
+        lines.append(
+            f"| `{r['recipe']}` | {r['before']:.1%} | {r['after']:.1%} | {100 * (r['after'] - r['before']):+.1f} "
+            f"| {r['sampled_before']:.1%} | {r['sampled_after']:.1%} "
+            f"| {100 * (r['sampled_after'] - r['sampled_before']):+.1f} | {r['sampled']:.2f} | {r['length']:.1f} | {r['s_per_step']:.2f} | {r['wall']:.0f} |"
+        )
     return "\n".join(lines)
 
 

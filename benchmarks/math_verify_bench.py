@@ -87,8 +87,13 @@ def mv_hazard(gold: str, prediction: str) -> tuple[bool, float, bool]:
     """(verdict, seconds, timed_out) for one hazard, math-verify in a child process."""
     t = time.perf_counter()
     try:
-        out = subprocess.run([sys.executable, "-c", MV_CHILD], input=json.dumps([gold, prediction]),
-                             capture_output=True, text=True, timeout=MV_HAZARD_CAP_S)
+        out = subprocess.run(
+            [sys.executable, "-c", MV_CHILD],
+            input=json.dumps([gold, prediction]),
+            capture_output=True,
+            text=True,
+            timeout=MV_HAZARD_CAP_S,
+        )
         ok, inner = json.loads(out.stdout.strip().splitlines()[-1])
         return ok, inner, False
     except subprocess.TimeoutExpired:
@@ -111,8 +116,9 @@ def main() -> None:
             rows.append({**r, "set": name})
     ordinary = [r for r in rows if r["category"] != "hazard"]
     hazards = [r for r in rows if r["category"] == "hazard"]
-    hazards += [{"gold": "2", "prediction": h, "equivalent": False, "category": "hazard", "set": "bench"}
-                for h in EXTRA_HAZARDS]
+    hazards += [
+        {"gold": "2", "prediction": h, "equivalent": False, "category": "hazard", "set": "bench"} for h in EXTRA_HAZARDS
+    ]
     print(f"{len(ordinary)} ordinary items, {len(hazards)} hazards")
 
     # warm both: imports, rlwhf's helper process, math-verify's parser
@@ -128,14 +134,18 @@ def main() -> None:
         if name == "rlwhf":
             probe_only = rm.stats["probe_only"] - probe_only
         results[name] = {"verdicts": verdicts, "latencies": lat}
-        print(f"{name}: {len(ordinary) / sum(lat):.0f} items/s, p50 {1000 * pct(lat, .5):.2f} ms, "
-              f"p99 {1000 * pct(lat, .99):.1f} ms, max {1000 * max(lat):.0f} ms")
+        print(
+            f"{name}: {len(ordinary) / sum(lat):.0f} items/s, p50 {1000 * pct(lat, 0.5):.2f} ms, "
+            f"p99 {1000 * pct(lat, 0.99):.1f} ms, max {1000 * max(lat):.0f} ms"
+        )
     t = time.perf_counter()
     batch = rm.verify_batch([r["gold"] for r in ordinary], [r["prediction"] for r in ordinary])
     batch_s = time.perf_counter() - t
-    print(f"rlwhf verify_batch: {len(ordinary) / batch_s:.0f} items/s "
-          f"(agrees with per-item calls on {sum(a == b for a, b in zip(batch, results['rlwhf']['verdicts']))}"
-          f"/{len(ordinary)})")
+    print(
+        f"rlwhf verify_batch: {len(ordinary) / batch_s:.0f} items/s "
+        f"(agrees with per-item calls on {sum(a == b for a, b in zip(batch, results['rlwhf']['verdicts']))}"
+        f"/{len(ordinary)})"
+    )
 
     # accuracy per set and category
     table = defaultdict(lambda: defaultdict(lambda: [0, 0]))
@@ -155,8 +165,10 @@ def main() -> None:
     for set_name, cells in totals.items():
         r_ok, n = cells["rlwhf"]
         m_ok, _ = cells["math-verify"]
-        lines.append(f"| **{set_name}** | **all** | {n} | **{r_ok}/{n} ({100 * r_ok / n:.1f}%)** | "
-                     f"**{m_ok}/{n} ({100 * m_ok / n:.1f}%)** |")
+        lines.append(
+            f"| **{set_name}** | **all** | {n} | **{r_ok}/{n} ({100 * r_ok / n:.1f}%)** | "
+            f"**{m_ok}/{n} ({100 * m_ok / n:.1f}%)** |"
+        )
     print("\n" + "\n".join(lines))
 
     # the two kinds of error: a wrong answer paid (false positive, what a policy learns to exploit)
@@ -170,19 +182,25 @@ def main() -> None:
             got = results[name]["verdicts"][i]
             errors[r["set"]][name][0] += got and not r["equivalent"]
             errors[r["set"]][name][1] += r["equivalent"] and not got
-    lines = ["| set | wrong answers paid: rlwhf | math-verify | right answers missed: rlwhf | math-verify |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| set | wrong answers paid: rlwhf | math-verify | right answers missed: rlwhf | math-verify |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for set_name, cells in errors.items():
         neg, pos = negatives[set_name], positives[set_name]
-        lines.append(f"| {set_name} | {cells['rlwhf'][0]}/{neg} | {cells['math-verify'][0]}/{neg} | "
-                     f"{cells['rlwhf'][1]}/{pos} | {cells['math-verify'][1]}/{pos} |")
+        lines.append(
+            f"| {set_name} | {cells['rlwhf'][0]}/{neg} | {cells['math-verify'][0]}/{neg} | "
+            f"{cells['rlwhf'][1]}/{pos} | {cells['math-verify'][1]}/{pos} |"
+        )
     print("\n" + "\n".join(lines))
     print(f"rlwhf: {probe_only} of {len(ordinary)} items paid on numeric probes alone (no symbolic proof)")
     for i, r in enumerate(ordinary):
         for name in results:
             if results[name]["verdicts"][i] and not r["equivalent"]:
-                print(f"  {name} paid a wrong answer ({r['set']}/{r['category']}): gold {r['gold']!r}, "
-                      f"prediction ...{r['prediction'][-80:]!r}")
+                print(
+                    f"  {name} paid a wrong answer ({r['set']}/{r['category']}): gold {r['gold']!r}, "
+                    f"prediction ...{r['prediction'][-80:]!r}"
+                )
 
     # hazards
     rm.stats["timeouts"] = 0
@@ -198,15 +216,22 @@ def main() -> None:
         label = repr(r["prediction"][:40]) + ("..." if len(r["prediction"]) > 40 else "")
         print(f"| `{label}` | {a[1]:.2f} ({'yes' if a[2] else 'no'}) | {b[1]:.2f} ({'yes' if b[2] else 'no'}) |")
     for name, got in hz.items():
-        print(f"{name}: hazards scored True {sum(g[0] for g in got)}/{len(got)}, worst {max(g[1] for g in got):.2f} s, "
-              f"limit hit {sum(g[2] for g in got)}")
+        print(
+            f"{name}: hazards scored True {sum(g[0] for g in got)}/{len(got)}, worst {max(g[1] for g in got):.2f} s, "
+            f"limit hit {sum(g[2] for g in got)}"
+        )
 
     if args.json:
         summary = {
-            name: {"items_per_s": len(ordinary) / sum(v["latencies"]), "p50_ms": 1000 * pct(v["latencies"], .5),
-                   "p99_ms": 1000 * pct(v["latencies"], .99),
-                   "hazard_worst_s": max(g[1] for g in hz[name]), "hazard_limit_hits": sum(g[2] for g in hz[name])}
-            for name, v in results.items()}
+            name: {
+                "items_per_s": len(ordinary) / sum(v["latencies"]),
+                "p50_ms": 1000 * pct(v["latencies"], 0.5),
+                "p99_ms": 1000 * pct(v["latencies"], 0.99),
+                "hazard_worst_s": max(g[1] for g in hz[name]),
+                "hazard_limit_hits": sum(g[2] for g in hz[name]),
+            }
+            for name, v in results.items()
+        }
         summary["rlwhf"]["batch_items_per_s"] = len(ordinary) / batch_s
         summary["accuracy"] = {f"{s}/{c}": {k: v for k, v in cells.items()} for (s, c), cells in table.items()}
         summary["wrong_paid_and_right_missed"] = {s: {k: v for k, v in cells.items()} for s, cells in errors.items()}

@@ -37,8 +37,10 @@ def main(run_dir: str, out: str) -> None:
     axes[3].plot(share.index, share.values, color="tab:blue")
     axes[3].set(title="answers given as a bare number", xlabel="step", ylabel="share of samples", ylim=(0, 1.05))
     fig.savefig(out, dpi=90)
-    print(f"wrote {out}: bare-number answers {share.iloc[0]:.2f} at step {share.index[0]}, "
-          f"{share.iloc[-1]:.2f} at step {share.index[-1]}")
+    print(
+        f"wrote {out}: bare-number answers {share.iloc[0]:.2f} at step {share.index[0]}, "
+        f"{share.iloc[-1]:.2f} at step {share.index[-1]}"
+    )
 
 
 if __name__ == "__main__":

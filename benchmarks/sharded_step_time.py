@@ -23,11 +23,21 @@ PHASES = ["time/step", "time/rollout", "time/reward", "time/train", "time/sync"]
 
 
 def run(recipe: str, steps: int, out: Path) -> list[dict]:
-    overrides = [f"train.steps={steps}", "sft.steps=60", "eval.num_prompts=16", "train.eval_every=0",
-                 "train.save_every=0", f"run.output_dir={out}"]
+    overrides = [
+        f"train.steps={steps}",
+        "sft.steps=60",
+        "eval.num_prompts=16",
+        "train.eval_every=0",
+        "train.save_every=0",
+        f"run.output_dir={out}",
+    ]
     env = {**os.environ, "WANDB_MODE": "offline"}
-    subprocess.run([sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / recipe), *overrides],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / recipe), *overrides],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     name = recipe.removesuffix(".yaml")
     lines = (out / name / "metrics.jsonl").read_text().splitlines()
     return [m for m in map(json.loads, lines) if "time/step" in m]
@@ -39,8 +49,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = {recipe: run(recipe, args.steps, Path(tmp)) for recipe in ("tiny.yaml", "tiny-sharded.yaml")}
-    medians = {r: {k: statistics.median(m[k] for m in steps[1:] if k in m) for k in PHASES}
-               for r, steps in results.items()}
+    medians = {
+        r: {k: statistics.median(m[k] for m in steps[1:] if k in m) for k in PHASES} for r, steps in results.items()
+    }
     print(f"median over steps 2..{args.steps} (seconds)")
     print(f"{'phase':14s} {'tiny':>8s} {'tiny-sharded':>13s} {'ratio':>7s}")
     for key in PHASES:

@@ -32,8 +32,10 @@ TASKS = {
     "gcd up to 100": ("gcd", {"max_value": 100}),
     "number_sorting 3-4 numbers": ("number_sorting", {"min_numbers": 3, "max_numbers": 4}),
     "count_bits up to 255": ("count_bits", {"max_n": 255}),
-    "basic_arithmetic 2 terms 1-2 digits": ("basic_arithmetic", {"min_terms": 2, "max_terms": 2, "min_digits": 1,
-                                                                 "max_digits": 2, "operators": ["+", "-", "*"]}),
+    "basic_arithmetic 2 terms 1-2 digits": (
+        "basic_arithmetic",
+        {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": ["+", "-", "*"]},
+    ),
 }
 PROMPTS = {
     "plain": "{prompt}",
@@ -65,31 +67,63 @@ def main() -> None:
         name, config = TASKS[label]
         _, rows = make_gym_rows([GymDatasetSpec(name=name, config=config)], 20, args.prompts, seed=0)
         for tname in args.templates.split(","):
-            texts = [tok.apply_chat_template([{"role": "user", "content": PROMPTS[tname].replace("{prompt}", r["prompt"]).replace("{{}}", "{}")}],
-                                             tokenize=False, add_generation_prompt=True) for r in rows]
+            texts = [
+                tok.apply_chat_template(
+                    [
+                        {
+                            "role": "user",
+                            "content": PROMPTS[tname].replace("{prompt}", r["prompt"]).replace("{{}}", "{}"),
+                        }
+                    ],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+                for r in rows
+            ]
             t0 = time.perf_counter()
             greedy = llm.generate(texts, SamplingParams(temperature=0, max_tokens=args.max_tokens), use_tqdm=False)
-            sampled = llm.generate(texts, SamplingParams(n=args.samples, temperature=args.temperature, seed=1,
-                                                         max_tokens=args.max_tokens), use_tqdm=False)
+            sampled = llm.generate(
+                texts,
+                SamplingParams(n=args.samples, temperature=args.temperature, seed=1, max_tokens=args.max_tokens),
+                use_tqdm=False,
+            )
 
             def score(out, row):
-                entry = {"question": row["prompt"], "answer": row["answer"], "metadata": json.loads(row["gym_metadata"])}
+                entry = {
+                    "question": row["prompt"],
+                    "answer": row["answer"],
+                    "metadata": json.loads(row["gym_metadata"]),
+                }
                 return score_entry(extract_answer(out.text), row["gym_dataset"], entry)
 
             g = [score(o.outputs[0], r) for o, r in zip(greedy, rows)]
             s = [[score(c, r) for c in o.outputs] for o, r in zip(sampled, rows)]
             outs = [c for o in sampled for c in o.outputs]
-            rec = {"task": label, "template": tname, "greedy": sum(g) / len(g),
-                   "sampled": sum(map(sum, s)) / (len(s) * args.samples),
-                   f"pass@{args.samples}": sum(pass_at_k(args.samples, int(sum(x)), args.samples) for x in s) / len(s),
-                   "length": sum(len(c.token_ids) for c in outs) / len(outs),
-                   "truncated": sum(c.finish_reason == "length" for c in outs) / len(outs),
-                   "seconds": round(time.perf_counter() - t0, 1), "example": sampled[0].outputs[0].text[:200]}
+            rec = {
+                "task": label,
+                "template": tname,
+                "greedy": sum(g) / len(g),
+                "sampled": sum(map(sum, s)) / (len(s) * args.samples),
+                f"pass@{args.samples}": sum(pass_at_k(args.samples, int(sum(x)), args.samples) for x in s) / len(s),
+                "length": sum(len(c.token_ids) for c in outs) / len(outs),
+                "truncated": sum(c.finish_reason == "length" for c in outs) / len(outs),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "example": sampled[0].outputs[0].text[:200],
+            }
             print(json.dumps(rec), flush=True)
             results.append(rec)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-                                    "settings": vars(args) | {"out": str(args.out)}, "results": results}, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": platform.processor() or platform.machine(),
+                "settings": vars(args) | {"out": str(args.out)},
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,12 +28,36 @@ sys.path.insert(0, str(ROOT))
 
 # Shapes of the tiny Qwen3-MoE (rlwhf.models.tiny.TinyMoEConfig fields) measured by default.
 SIZES = {
-    "small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64, num_experts=8,
-                  experts_per_token=2, expert_hidden_size=256),
-    "medium": dict(hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2, head_dim=64, num_experts=16,
-                   experts_per_token=2, expert_hidden_size=384),
-    "large": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2, head_dim=64, num_experts=16,
-                  experts_per_token=2, expert_hidden_size=512),
+    "small": dict(
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        num_experts=8,
+        experts_per_token=2,
+        expert_hidden_size=256,
+    ),
+    "medium": dict(
+        hidden_size=384,
+        num_layers=6,
+        num_heads=6,
+        num_kv_heads=2,
+        head_dim=64,
+        num_experts=16,
+        experts_per_token=2,
+        expert_hidden_size=384,
+    ),
+    "large": dict(
+        hidden_size=512,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=64,
+        num_experts=16,
+        experts_per_token=2,
+        expert_hidden_size=512,
+    ),
 }
 MODES = {  # train-config overrides of each way of running the step
     "whole": {},
@@ -68,10 +92,14 @@ def one_step(model_dir: str, mode: str, completions: int, length: int, out: str)
     g = torch.Generator().manual_seed(0)
     prompt = length // 16
     for _ in range(2):  # the second step is a run's steady state: AdamW's moments exist from the first
-        batch = pack([torch.randint(5, 90, (prompt,), generator=g).tolist() for _ in range(completions)],
-                     [torch.randint(5, 90, (length - prompt,), generator=g).tolist() for _ in range(completions)],
-                     [[-1.0] * (length - prompt)] * completions, torch.randn(completions, generator=g).tolist(),
-                     [False] * completions, pad_id=0)
+        batch = pack(
+            [torch.randint(5, 90, (prompt,), generator=g).tolist() for _ in range(completions)],
+            [torch.randint(5, 90, (length - prompt,), generator=g).tolist() for _ in range(completions)],
+            [[-1.0] * (length - prompt)] * completions,
+            torch.randn(completions, generator=g).tolist(),
+            [False] * completions,
+            pad_id=0,
+        )
         trainer.train_on(batch)
     torch.save(trainer.model.state_dict(), out + ".pt")
     Path(out).write_text(json.dumps({"peak": peak_bytes() - baseline}))
@@ -79,8 +107,9 @@ def one_step(model_dir: str, mode: str, completions: int, length: int, out: str)
 
 def measure(model_dir: str, mode: str, completions: int, length: int, work: Path) -> tuple[int, Path]:
     out = work / f"{Path(model_dir).name}-{mode}.json"
-    subprocess.run([sys.executable, __file__, "--one-step", model_dir, mode, str(completions), str(length), str(out)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, __file__, "--one-step", model_dir, mode, str(completions), str(length), str(out)], check=True
+    )
     return json.loads(out.read_text())["peak"], Path(str(out) + ".pt")
 
 
@@ -88,9 +117,15 @@ def estimate(model_dir: str, mode: str, completions: int, length: int) -> float:
     from rlwhf.commands.plan import load_model_config, model_size, trainer_memory
     from rlwhf.config import load_recipe
 
-    overrides = [f"model.path={model_dir}", f"train.minibatch_size={completions}", f"train.prompts_per_step={completions}",
-                 "rollout.group_size=2", f"rollout.max_prompt_tokens={length // 16}",
-                 f"rollout.max_new_tokens={length - length // 16}", "sft.enabled=false"]
+    overrides = [
+        f"model.path={model_dir}",
+        f"train.minibatch_size={completions}",
+        f"train.prompts_per_step={completions}",
+        "rollout.group_size=2",
+        f"rollout.max_prompt_tokens={length // 16}",
+        f"rollout.max_new_tokens={length - length // 16}",
+        "sft.enabled=false",
+    ]
     overrides += [f"train.{k}={v}" for k, v in MODES[mode].items()]
     recipe = load_recipe(None, overrides)
     return trainer_memory(recipe, model_size(load_model_config(recipe))).total
@@ -121,18 +156,32 @@ def main() -> None:
                 guess = estimate(model_dir, mode, args.completions, args.length)
                 total = sum(v.numel() for v in params[mode].values())
                 drift = max((params[mode][k] - params[args.modes[0]][k]).abs().max().item() for k in params[mode])
-                rows.append({"size": name, "parameters": total, "mode": mode, "measured_mib": peak / 2**20,
-                             "estimated_mib": guess / 2**20, "estimate_error": guess / peak - 1,
-                             "max_param_diff_vs_" + args.modes[0]: drift})
+                rows.append(
+                    {
+                        "size": name,
+                        "parameters": total,
+                        "mode": mode,
+                        "measured_mib": peak / 2**20,
+                        "estimated_mib": guess / 2**20,
+                        "estimate_error": guess / peak - 1,
+                        "max_param_diff_vs_" + args.modes[0]: drift,
+                    }
+                )
                 r = rows[-1]
-                print(f"{name:7s} {total / 1e6:6.1f}M  {mode:11s} measured {r['measured_mib']:9.0f} MiB  "
-                      f"estimated {r['estimated_mib']:9.0f} MiB ({r['estimate_error']:+.0%})  "
-                      f"parameters differ from {args.modes[0]} by {drift:.1e}", flush=True)
+                print(
+                    f"{name:7s} {total / 1e6:6.1f}M  {mode:11s} measured {r['measured_mib']:9.0f} MiB  "
+                    f"estimated {r['estimated_mib']:9.0f} MiB ({r['estimate_error']:+.0%})  "
+                    f"parameters differ from {args.modes[0]} by {drift:.1e}",
+                    flush=True,
+                )
             whole = next((r for r in rows if r["size"] == name and r["mode"] == "whole"), None)
             lean = next((r for r in rows if r["size"] == name and r["mode"] == "micro+ckpt"), None)
             if whole and lean:
-                print(f"{name}: micro-batches + checkpointing peak {whole['measured_mib'] / lean['measured_mib']:.1f}x "
-                      f"below the whole-minibatch step", flush=True)
+                print(
+                    f"{name}: micro-batches + checkpointing peak {whole['measured_mib'] / lean['measured_mib']:.1f}x "
+                    f"below the whole-minibatch step",
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -38,9 +38,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZES = {
     "demo": [],
     # ~30M parameters; a shorter SFT (the comparison is of speed; both arms start from the same model)
-    "30m": ["model.tiny.hidden_size=384", "model.tiny.num_layers=6", "model.tiny.num_heads=6",
-            "model.tiny.num_kv_heads=2", "model.tiny.head_dim=64", "model.tiny.num_experts=16",
-            "model.tiny.expert_hidden_size=256", "sft.steps=300", "sft.learning_rate=1e-3"],
+    "30m": [
+        "model.tiny.hidden_size=384",
+        "model.tiny.num_layers=6",
+        "model.tiny.num_heads=6",
+        "model.tiny.num_kv_heads=2",
+        "model.tiny.head_dim=64",
+        "model.tiny.num_experts=16",
+        "model.tiny.expert_hidden_size=256",
+        "sft.steps=300",
+        "sft.learning_rate=1e-3",
+    ],
 }
 SKIP = 2  # steps dropped from the median: the first ones pay for warm-up in both tools
 
@@ -86,16 +94,32 @@ class Settings:
         """The model's recipe turned into the comparison's settings (no dynamic sampling, overlong
         penalty or importance-sampling correction, which TRL's defaults do not have; float32)."""
         n, start = self.prompts * 8, self.start
-        return [*(SIZES[self.size] if self.model == "tiny" else []),
-                *([f"sft.steps={self.sft_steps}"] if self.sft_steps else []),
-                f"train.steps={self.steps}", f"train.minibatch_size={n}", f"train.prompts_per_step={self.prompts}",
-                "rollout.group_size=8", f"rollout.temperature={start.temperature}",
-                f"rollout.max_new_tokens={self.tokens}", f"eval.max_new_tokens={self.tokens}",
-                f"eval.num_prompts={self.held_out}", f"train.learning_rate={start.learning_rate}",
-                f"train.warmup_steps={start.warmup_steps}", "algo.clip_low=0.2", "algo.clip_high=0.2",
-                "algo.loss_agg=token_mean", "algo.kl_coef=0.0", "algo.dynamic_sampling=false",
-                "algo.overlong_penalty=false", "algo.tis_cap=null", "model.dtype=float32", "train.eval_every=0",
-                "eval.samples=0", "train.save_every=0", f"run.output_dir={self.runs}"]
+        return [
+            *(SIZES[self.size] if self.model == "tiny" else []),
+            *([f"sft.steps={self.sft_steps}"] if self.sft_steps else []),
+            f"train.steps={self.steps}",
+            f"train.minibatch_size={n}",
+            f"train.prompts_per_step={self.prompts}",
+            "rollout.group_size=8",
+            f"rollout.temperature={start.temperature}",
+            f"rollout.max_new_tokens={self.tokens}",
+            f"eval.max_new_tokens={self.tokens}",
+            f"eval.num_prompts={self.held_out}",
+            f"train.learning_rate={start.learning_rate}",
+            f"train.warmup_steps={start.warmup_steps}",
+            "algo.clip_low=0.2",
+            "algo.clip_high=0.2",
+            "algo.loss_agg=token_mean",
+            "algo.kl_coef=0.0",
+            "algo.dynamic_sampling=false",
+            "algo.overlong_penalty=false",
+            "algo.tis_cap=null",
+            "model.dtype=float32",
+            "train.eval_every=0",
+            "eval.samples=0",
+            "train.save_every=0",
+            f"run.output_dir={self.runs}",
+        ]
 
     def recipe(self, *extra: str):
         from rlwhf.config import load_recipe
@@ -103,9 +127,23 @@ class Settings:
         return load_recipe(self.recipe_path, [*self.overrides(), *extra])
 
     def args(self) -> list[str]:
-        return ["--size", self.size, "--model", self.model, "--steps", str(self.steps), "--tokens", str(self.tokens),
-                "--prompts", str(self.prompts), "--held-out", str(self.held_out), "--runs-dir", str(self.runs),
-                *(["--sft-steps", str(self.sft_steps)] if self.sft_steps else [])]
+        return [
+            "--size",
+            self.size,
+            "--model",
+            self.model,
+            "--steps",
+            str(self.steps),
+            "--tokens",
+            str(self.tokens),
+            "--prompts",
+            str(self.prompts),
+            "--held-out",
+            str(self.held_out),
+            "--runs-dir",
+            str(self.runs),
+            *(["--sft-steps", str(self.sft_steps)] if self.sft_steps else []),
+        ]
 
 
 def cold_start(s: Settings) -> str:
@@ -138,20 +176,27 @@ def rlwhf_arm(s: Settings, name: str, extra: list[str]) -> dict:
     shutil.rmtree(s.runs / name, ignore_errors=True)
     env = {**os.environ, "WANDB_MODE": "offline"}
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "train", str(s.recipe_path),
-                           *s.overrides(), *extra, f"run.name={name}"], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "train", str(s.recipe_path), *s.overrides(), *extra, f"run.name={name}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.time() - t0
     if proc.returncode:
         sys.exit(f"rlwhf run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     lines = [json.loads(line) for line in (s.runs / name / "metrics.jsonl").read_text().splitlines()]
     steps_ = [m for m in lines if "time/step" in m]
     first = steps_[0]
-    return {"step_s": [m["time/step"] for m in steps_],
-            "phases": {k: [m[k] for m in steps_ if k in m] for k in first if k.startswith("time/") and k != "time/unix"},
-            "train_accuracy": [m[f"reward/{s.start.rewards[0][0]}/mean"] for m in steps_],
-            "startup_s": first["time/unix"] - first["time/step"] - t0, "wall_s": wall,
-            "model": str(s.runs / name / "checkpoints" / f"step_{s.steps}")}
+    return {
+        "step_s": [m["time/step"] for m in steps_],
+        "phases": {k: [m[k] for m in steps_ if k in m] for k in first if k.startswith("time/") and k != "time/unix"},
+        "train_accuracy": [m[f"reward/{s.start.rewards[0][0]}/mean"] for m in steps_],
+        "startup_s": first["time/unix"] - first["time/step"] - t0,
+        "wall_s": wall,
+        "model": str(s.runs / name / "checkpoints" / f"step_{s.steps}"),
+    }
 
 
 def trl_arm(s: Settings, name: str, model: str) -> dict:
@@ -160,8 +205,12 @@ def trl_arm(s: Settings, name: str, model: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, __file__, "--trl-process", str(out), *s.args(), "--start-model", model,
-                           "--t0", repr(t0)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--trl-process", str(out), *s.args(), "--start-model", model, "--t0", repr(t0)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     wall = time.time() - t0
     if proc.returncode:
         sys.exit(f"TRL run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -189,19 +238,36 @@ def trl_process(out: Path, s: Settings, model: str, t0: float) -> None:
     dataset = Dataset.from_list([{"prompt": renderer.messages(r["prompt"]), **columns_of(r)} for r in data.train])
     tokenizer = AutoTokenizer.from_pretrained(model)
     ours = renderer.render(data.train[0]["prompt"])[1]
-    theirs = tokenizer.apply_chat_template(dataset[0]["prompt"], add_generation_prompt=True, tokenize=True,
-                                           return_dict=True)["input_ids"]
+    theirs = tokenizer.apply_chat_template(
+        dataset[0]["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     assert list(theirs) == list(ours), "TRL would see other prompt tokens than rlwhf"
 
     funcs = [reward_function(recipe, name) for name, _ in s.start.rewards]
     config = GRPOConfig(
-        output_dir=str(out / "trainer"), use_cpu=True, seed=recipe.run.seed, max_steps=s.steps,
+        output_dir=str(out / "trainer"),
+        use_cpu=True,
+        seed=recipe.run.seed,
+        max_steps=s.steps,
         # one optimizer step on prompts x 8 completions, accumulated over 4 passes
-        per_device_train_batch_size=s.prompts * 2, gradient_accumulation_steps=4, num_generations=8,
-        max_completion_length=s.tokens, temperature=s.start.temperature, learning_rate=s.start.learning_rate,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=s.start.warmup_steps, beta=0.0, epsilon=0.2,
-        loss_type="dapo", reward_weights=[w for _, w in s.start.rewards], logging_steps=1,
-        save_strategy="no", report_to=[], bf16=False, disable_tqdm=True)
+        per_device_train_batch_size=s.prompts * 2,
+        gradient_accumulation_steps=4,
+        num_generations=8,
+        max_completion_length=s.tokens,
+        temperature=s.start.temperature,
+        learning_rate=s.start.learning_rate,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=s.start.warmup_steps,
+        beta=0.0,
+        epsilon=0.2,
+        loss_type="dapo",
+        reward_weights=[w for _, w in s.start.rewards],
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        disable_tqdm=True,
+    )
 
     class Clock(TrainerCallback):
         def __init__(self):
@@ -220,24 +286,38 @@ def trl_process(out: Path, s: Settings, model: str, t0: float) -> None:
 
     clock = Clock()
     policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    trainer = GRPOTrainer(model=policy, reward_funcs=funcs, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[clock])
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=funcs,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[clock],
+    )
     phases = {"generate": [], "reward": []}  # TRL's own time for these, per step (the rest: the update)
     for name, method in (("generate", "_generate"), ("reward", "_calculate_rewards")):
+
         def timed(*a, _inner=getattr(trainer, method), _name=name, **kw):
             start = time.perf_counter()
             try:
                 return _inner(*a, **kw)
             finally:
                 phases[_name].append(time.perf_counter() - start)
+
         setattr(trainer, method, timed)
     trainer.train()
     trainer.save_model(str(out / "model"))
     tokenizer.save_pretrained(str(out / "model"))
-    (out / "result.json").write_text(json.dumps({
-        "step_s": [e - b for b, e in zip(clock.begin, clock.end)], "train_accuracy": clock.accuracy,
-        "phases": {f"time/{k}": v for k, v in phases.items()},
-        "startup_s": clock.begin[0] - t0}))
+    (out / "result.json").write_text(
+        json.dumps(
+            {
+                "step_s": [e - b for b, e in zip(clock.begin, clock.end)],
+                "train_accuracy": clock.accuracy,
+                "phases": {f"time/{k}": v for k, v in phases.items()},
+                "startup_s": clock.begin[0] - t0,
+            }
+        )
+    )
 
 
 def reward_function(recipe, name: str):
@@ -265,11 +345,13 @@ def held_out_accuracy(model: str, s: Settings) -> float:
     data = render_task(recipe, load_task(recipe.data, recipe.run.seed), model)
     rows = data.test[: recipe.eval.num_prompts]
     engine = make_engine("hf", model, seed=0)
-    groups = engine.generate([r["prompt_ids"] for r in rows],
-                             SamplingSettings(n=1, temperature=0.0, max_new_tokens=s.tokens, seed=0))
+    groups = engine.generate(
+        [r["prompt_ids"] for r in rows], SamplingSettings(n=1, temperature=0.0, max_new_tokens=s.tokens, seed=0)
+    )
     columns = {k: [columns_of(r)[k] for r in rows] for k in columns_of(rows[0])}
-    scores = reward_function(recipe, s.start.rewards[0][0])([g.completions[0].text for g in groups],
-                                                            prompts=[r["prompt_text"] for r in rows], **columns)
+    scores = reward_function(recipe, s.start.rewards[0][0])(
+        [g.completions[0].text for g in groups], prompts=[r["prompt_text"] for r in rows], **columns
+    )
     return sum(s or 0.0 for s in scores) / len(rows)
 
 
@@ -279,11 +361,13 @@ def after_warm_up(values: list[float]) -> list[float]:
 
 def summarise(runs: list[dict]) -> dict:
     times = [t for r in runs for t in after_warm_up(r["step_s"])]
-    return {"s_per_step": statistics.median(times),
-            "train_accuracy_last5": statistics.mean(a for r in runs for a in r["train_accuracy"][-5:]),
-            "held_out_accuracy": statistics.mean(r["held_out_accuracy"] for r in runs),
-            "startup_s": statistics.median(r["startup_s"] for r in runs),
-            "wall_s": statistics.median(r["wall_s"] for r in runs)}
+    return {
+        "s_per_step": statistics.median(times),
+        "train_accuracy_last5": statistics.mean(a for r in runs for a in r["train_accuracy"][-5:]),
+        "held_out_accuracy": statistics.mean(r["held_out_accuracy"] for r in runs),
+        "startup_s": statistics.median(r["startup_s"] for r in runs),
+        "wall_s": statistics.median(r["wall_s"] for r in runs),
+    }
 
 
 def main() -> None:
@@ -298,15 +382,28 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=200, help="held-out prompts scored at the end")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
     parser.add_argument("--rlwhf-args", nargs="*", default=[], help="extra overrides for the rlwhf runs")
-    parser.add_argument("--arms", nargs="+", choices=["rlwhf", "trl"], default=["rlwhf", "trl"],
-                        help="run only these (the table then has only their rows)")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=["rlwhf", "trl"],
+        default=["rlwhf", "trl"],
+        help="run only these (the table then has only their rows)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--trl-process", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--start-model", help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    s = Settings(args.size, args.model, args.steps, args.tokens, args.prompts, args.sft_steps, args.held_out,
-                 args.runs_dir.resolve())
+    s = Settings(
+        args.size,
+        args.model,
+        args.steps,
+        args.tokens,
+        args.prompts,
+        args.sft_steps,
+        args.held_out,
+        args.runs_dir.resolve(),
+    )
     if args.trl_process:
         return trl_process(args.trl_process, s, args.start_model, args.t0)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -321,32 +418,50 @@ def main() -> None:
             run["held_out_accuracy"] = held_out_accuracy(run["model"], s)
             results[arm].append(run)
     table = {arm: summarise(runs) for arm, runs in results.items()}
-    phases = {arm: {k: statistics.median(v for r in runs for v in after_warm_up(r["phases"][k]))
-                    for k in runs[0]["phases"]} for arm, runs in results.items()}
+    phases = {
+        arm: {k: statistics.median(v for r in runs for v in after_warm_up(r["phases"][k])) for k in runs[0]["phases"]}
+        for arm, runs in results.items()
+    }
     ratio = table["rlwhf"]["s_per_step"] / table["trl"]["s_per_step"] if len(table) == 2 else None
     label = f"{args.size} tiny" if args.model == "tiny" else args.model
     print(f"\n{label} model, {args.steps} steps x {args.rounds} rounds, median s/step over steps {SKIP + 1}+")
-    print(f"{'':8s} {'s/step':>8s} {'train acc (last 5)':>19s} {'held-out acc':>13s} {'start-up s':>11s} "
-          f"{'wall s':>8s}")
+    print(
+        f"{'':8s} {'s/step':>8s} {'train acc (last 5)':>19s} {'held-out acc':>13s} {'start-up s':>11s} {'wall s':>8s}"
+    )
     for arm, row in table.items():
-        print(f"{arm:8s} {row['s_per_step']:8.2f} {row['train_accuracy_last5']:19.3f} "
-              f"{row['held_out_accuracy']:13.3f} {row['startup_s']:11.1f} {row['wall_s']:8.1f}")
+        print(
+            f"{arm:8s} {row['s_per_step']:8.2f} {row['train_accuracy_last5']:19.3f} "
+            f"{row['held_out_accuracy']:13.3f} {row['startup_s']:11.1f} {row['wall_s']:8.1f}"
+        )
     if ratio is not None:
         print(f"rlwhf / TRL step time: {ratio:.2f}x")
     for arm, times in phases.items():
         print(f"{arm} phases (median s): " + ", ".join(f"{k.removeprefix('time/')} {v:.3f}" for k, v in times.items()))
     suffix = (f"-{args.size}" if args.size != "demo" else "") if args.model == "tiny" else f"-{args.model}"
     out = args.out or ROOT / "benchmarks" / "data" / f"vs_trl{suffix}.json"
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **dataclasses.asdict(s), "runs": str(s.runs),
-                               "rounds": args.rounds, "rlwhf_args": args.rlwhf_args,
-                               "table": table, "ratio": ratio, "phases": phases, "results": results},
-                              indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                **dataclasses.asdict(s),
+                "runs": str(s.runs),
+                "rounds": args.rounds,
+                "rlwhf_args": args.rlwhf_args,
+                "table": table,
+                "ratio": ratio,
+                "phases": phases,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
     shutil.rmtree(s.runs / f"bench-vs-trl-{s.size}-init", ignore_errors=True)  # its SFT stays in the cache
     for arm in results:
         for run in results[arm]:
-            shutil.rmtree(Path(run["model"]).parent.parent if arm == "rlwhf" else Path(run["model"]).parent,
-                          ignore_errors=True)
+            shutil.rmtree(
+                Path(run["model"]).parent.parent if arm == "rlwhf" else Path(run["model"]).parent, ignore_errors=True
+            )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ def main() -> None:
     shape = {} if args.size == "tiny" else SIZES[args.size]
     with tempfile.TemporaryDirectory() as tmp:
         model = str(build_tiny_moe(Path(tmp) / "model", TinyMoEConfig(**shape)))
-        recipe = load_recipe(None, [f"model.path={model}", "sft.enabled=false", f"resources.rollout_engines={args.engines}"])
+        recipe = load_recipe(
+            None, [f"model.path={model}", "sft.enabled=false", f"resources.rollout_engines={args.engines}"]
+        )
         init_ray(None, None)
         policy = PolicyGroup(recipe, model, None, Path(tmp), None, temperature=1.0, max_new_tokens=64)
         rollout = RolloutGroup(recipe, model, None, Path(tmp), max_model_len=128, weight_transfer=True)
@@ -57,18 +59,24 @@ def main() -> None:
         whole = policy.workers[0].state_dict.remote
         seconds = timed(lambda: ray.get([e.update_weights.remote(whole()) for e in rollout.engines]))
         _, size = policy.weight_buckets(1e9)
-        print(f"{args.size} model, {size / 2**20:.1f} MiB of weights, {args.engines} engine(s), median of {args.repeats}")
+        print(
+            f"{args.size} model, {size / 2**20:.1f} MiB of weights, {args.engines} engine(s), median of {args.repeats}"
+        )
         print(f"  whole state dict as one object:   {seconds * 1000:8.1f} ms")
         for mb in args.buckets_mb:
+
             def sync(mb=mb):
                 refs, _ = policy.weight_buckets(mb)
                 rollout.each("update_weights", refs)
                 return len(refs)
+
             count = sync()
             print(f"  buckets of {mb:6g} MiB ({count:4d}):     {timed(sync) * 1000:8.1f} ms")
         sent = policy.send_weights()
-        print(f"  collective (vLLM weight transfer): {timed(lambda: policy.send_weights()) * 1000:8.1f} ms"
-              f"  ({sent / 2**20:.1f} MiB in checkpoint layout)")
+        print(
+            f"  collective (vLLM weight transfer): {timed(lambda: policy.send_weights()) * 1000:8.1f} ms"
+            f"  ({sent / 2**20:.1f} MiB in checkpoint layout)"
+        )
         ray.shutdown()
 
 

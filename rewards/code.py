@@ -236,8 +236,9 @@ def _execute(pool, level, code, stdin, timeout_s, memory_mb, file_mb, max_procs,
     worker = pool.acquire()
     try:
         req["uid"] = _pool.UID_BASE + worker.slot
-        reply, out, err, truncated = worker.execute(req, code.encode("utf-8", "surrogatepass"),
-                                                    stdin.encode("utf-8", "surrogatepass"), timeout_s + 30)
+        reply, out, err, truncated = worker.execute(
+            req, code.encode("utf-8", "surrogatepass"), stdin.encode("utf-8", "surrogatepass"), timeout_s + 30
+        )
     finally:
         pool.release(worker)
     return _result(reply, out, err, truncated, level)
@@ -312,7 +313,7 @@ _VERDICT = "\x00rlwhf-verdict"
 # they only turn the solution's value into plain data, and see no expected value.
 _CONVERSIONS = {"list", "tuple", "set", "frozenset", "sorted", "dict"}
 
-_ENCODE = '''
+_ENCODE = """
 def _rlwhf_enc(v, depth=0, type=type, hex=hex, repr=repr, ValueError=ValueError, TypeError=TypeError, bool=bool,
                int=int, float=float, complex=complex, str=str, bytes=bytes, list=list, tuple=tuple, set=set,
                frozenset=frozenset, dict=dict):
@@ -328,9 +329,9 @@ def _rlwhf_enc(v, depth=0, type=type, hex=hex, repr=repr, ValueError=ValueError,
     if t in (list, tuple, set, frozenset): return [t.__name__, [_rlwhf_enc(x, depth + 1) for x in v]]
     if t is dict: return ["dict", [[_rlwhf_enc(k, depth + 1), _rlwhf_enc(x, depth + 1)] for k, x in v.items()]]
     raise TypeError("not plain data: " + t.__name__)
-'''
+"""
 
-_DECODE = '''
+_DECODE = """
 def _rlwhf_dec(e):
     tag = e[0]
     if tag == "none": return None
@@ -346,7 +347,7 @@ def _rlwhf_dec(e):
     if tag == "frozenset": return frozenset(_rlwhf_dec(x) for x in e[1])
     if tag == "dict": return {_rlwhf_dec(k): _rlwhf_dec(x) for k, x in e[1]}
     raise ValueError("bad tag")
-'''
+"""
 
 
 @dataclasses.dataclass
@@ -384,8 +385,12 @@ def parse_function_tests(tests: str | list[str]) -> FunctionTests:
         class Rewrite(ast.NodeTransformer):
             def visit_Call(self, node):
                 inner = node.args[0] if len(node.args) == 1 and not node.keywords else None
-                wraps_site = (isinstance(node.func, ast.Name) and node.func.id in _CONVERSIONS
-                              and isinstance(inner, ast.Call) and _calls_solution(inner, bound))
+                wraps_site = (
+                    isinstance(node.func, ast.Name)
+                    and node.func.id in _CONVERSIONS
+                    and isinstance(inner, ast.Call)
+                    and _calls_solution(inner, bound)
+                )
                 if wraps_site or _calls_solution(node, bound):
                     sites.append(ast.unparse(node))
                     used.append(len(sites) - 1)  # noqa: B023 (the visitor runs inside this iteration)
@@ -408,24 +413,26 @@ def _calls_solution(node: ast.Call, bound: set[str]) -> bool:
 
 
 def _phase1_program(solution: str, spec: FunctionTests) -> str:
-    return "\n".join([
-        "import os as _rlwhf_os",
-        _ENCODE,
-        "def _rlwhf_phase1(solution, setup, sites, enc=_rlwhf_enc, exec=exec, eval=eval, compile=compile, repr=repr,",
-        "                  enumerate=enumerate, BaseException=BaseException, write=_rlwhf_os.write, fd=_rlwhf_os.dup(1)):",
-        "    g = {'__name__': 'solution', '__builtins__': __builtins__}",
-        "    exec(compile(solution, 'solution.py', 'exec'), g)",
-        "    for s in setup:",
-        "        exec(s, g)",
-        "    for i, site in enumerate(sites):",
-        "        try:",
-        f"            data = ('\\n' + {_SITE!r} + ' %d %s\\n' % (i, repr(enc(eval(site, g))))).encode('utf-8', 'surrogatepass')",
-        "            while data:",
-        "                data = data[write(fd, data):]",
-        "        except BaseException:",
-        "            continue",
-        f"_rlwhf_phase1({solution!r}, {spec.setup!r}, {spec.sites!r})",
-    ])
+    return "\n".join(
+        [
+            "import os as _rlwhf_os",
+            _ENCODE,
+            "def _rlwhf_phase1(solution, setup, sites, enc=_rlwhf_enc, exec=exec, eval=eval, compile=compile, repr=repr,",
+            "                  enumerate=enumerate, BaseException=BaseException, write=_rlwhf_os.write, fd=_rlwhf_os.dup(1)):",
+            "    g = {'__name__': 'solution', '__builtins__': __builtins__}",
+            "    exec(compile(solution, 'solution.py', 'exec'), g)",
+            "    for s in setup:",
+            "        exec(s, g)",
+            "    for i, site in enumerate(sites):",
+            "        try:",
+            f"            data = ('\\n' + {_SITE!r} + ' %d %s\\n' % (i, repr(enc(eval(site, g))))).encode('utf-8', 'surrogatepass')",
+            "            while data:",
+            "                data = data[write(fd, data):]",
+            "        except BaseException:",
+            "            continue",
+            f"_rlwhf_phase1({solution!r}, {spec.setup!r}, {spec.sites!r})",
+        ]
+    )
 
 
 def _site_value(text: str):
@@ -439,33 +446,36 @@ def _site_value(text: str):
 
 
 def _phase2_program(spec: FunctionTests) -> str:
-    return "\n".join([
-        "import json, sys",
-        _DECODE,
-        "_rlwhf_v = {}",
-        "for k, e in json.loads(sys.stdin.read()).items():",
-        "    try:",
-        "        _rlwhf_v[int(k)] = _rlwhf_dec(e)",
-        "    except Exception:",
-        "        pass",
-        "g = {'_rlwhf_v': _rlwhf_v, '__name__': 'tests'}",
-        f"for s in {spec.setup!r}:",
-        "    exec(s, g)",
-        "verdicts = []",
-        f"for src, used in {spec.asserts!r}:",
-        "    ok = all(k in _rlwhf_v for k in used)",
-        "    if ok:",
-        "        try:",
-        "            exec(src, g)",
-        "        except BaseException:",
-        "            ok = False",
-        "    verdicts.append(ok)",
-        f"print({_VERDICT!r}, json.dumps(verdicts))",
-    ])
+    return "\n".join(
+        [
+            "import json, sys",
+            _DECODE,
+            "_rlwhf_v = {}",
+            "for k, e in json.loads(sys.stdin.read()).items():",
+            "    try:",
+            "        _rlwhf_v[int(k)] = _rlwhf_dec(e)",
+            "    except Exception:",
+            "        pass",
+            "g = {'_rlwhf_v': _rlwhf_v, '__name__': 'tests'}",
+            f"for s in {spec.setup!r}:",
+            "    exec(s, g)",
+            "verdicts = []",
+            f"for src, used in {spec.asserts!r}:",
+            "    ok = all(k in _rlwhf_v for k in used)",
+            "    if ok:",
+            "        try:",
+            "            exec(src, g)",
+            "        except BaseException:",
+            "            ok = False",
+            "    verdicts.append(ok)",
+            f"print({_VERDICT!r}, json.dumps(verdicts))",
+        ]
+    )
 
 
-def function_tests_passed(code: str, tests: str | list[str], timeout_s: float = TEST_TIMEOUT_S,
-                          memory_mb: int = TEST_MEMORY_MB) -> list[bool]:
+def function_tests_passed(
+    code: str, tests: str | list[str], timeout_s: float = TEST_TIMEOUT_S, memory_mb: int = TEST_MEMORY_MB
+) -> list[bool]:
     """Run assert-style tests against ``code``; one verdict per assert, decided outside the
     program's process (see the two phases above)."""
     spec = parse_function_tests(tests)
@@ -500,8 +510,13 @@ def _as_test_spec(tests):
     return tests
 
 
-def score_code(completion: str, tests, timeout_s: float = TEST_TIMEOUT_S, memory_mb: int = TEST_MEMORY_MB,
-               executor: ThreadPoolExecutor | None = None) -> float | None:
+def score_code(
+    completion: str,
+    tests,
+    timeout_s: float = TEST_TIMEOUT_S,
+    memory_mb: int = TEST_MEMORY_MB,
+    executor: ThreadPoolExecutor | None = None,
+) -> float | None:
     """Fraction of ``tests`` that the last code block of ``completion`` passes (None: no tests).
 
     ``tests`` is either a list of ``{"input": str, "output": str}`` (stdin/stdout cases, one
@@ -533,7 +548,9 @@ def score_code(completion: str, tests, timeout_s: float = TEST_TIMEOUT_S, memory
 
 
 @reward("code_tests")
-def code_tests(completions: list[str], *, prompts: list[str] | None = None, tests: list, **columns) -> list[float | None]:
+def code_tests(
+    completions: list[str], *, prompts: list[str] | None = None, tests: list, **columns
+) -> list[float | None]:
     """Fraction of tests passed by the last fenced Python block of each completion.
 
     ``tests[i]`` belongs to completion ``i``: a list of ``{"input", "output"}`` dicts (stdio
@@ -551,8 +568,10 @@ def code_tests(completions: list[str], *, prompts: list[str] | None = None, test
     n = len(completions)
     timeouts = columns.get("test_timeout_s") or [None] * n
     memories = columns.get("test_memory_mb") or [None] * n
-    jobs = [(text_of(c), t, to or TEST_TIMEOUT_S, mb or TEST_MEMORY_MB)
-            for c, t, to, mb in zip(completions, tests, timeouts, memories)]
+    jobs = [
+        (text_of(c), t, to or TEST_TIMEOUT_S, mb or TEST_MEMORY_MB)
+        for c, t, to, mb in zip(completions, tests, timeouts, memories)
+    ]
     workers = _max_workers()
     with ThreadPoolExecutor(max_workers=workers) as inner, ThreadPoolExecutor(max_workers=workers) as outer:
         return list(outer.map(lambda job: score_code(job[0], job[1], job[2], job[3], executor=inner), jobs))

@@ -63,7 +63,7 @@ def extract_answer(completion: str, how: str = "auto") -> str | None:
     if how not in EXTRACTORS:
         raise ValueError(f"extract={how!r}: expected one of {', '.join(EXTRACTORS)}")
     text = _final_text(completion.replace("\x00", ""))
-    for name in (("tags", "boxed", "phrase", "last_line") if how == "auto" else (how,)):
+    for name in ("tags", "boxed", "phrase", "last_line") if how == "auto" else (how,):
         found = _BY_NAME[name](text)
         if found and name in ("phrase", "last_line"):
             found = _tidy(found)
@@ -89,14 +89,25 @@ def score_entry(answer: str | None, dataset: str, entry: dict, partial_credit: b
 
 
 @reward("reasoning_gym")
-def reasoning_gym_accuracy(completions: list, *, prompts: list | None = None, answer: list[str],
-                           gym_dataset: list[str], gym_metadata: list[str], extract: str = "auto",
-                           partial_credit: bool = False, **_) -> list[float]:
+def reasoning_gym_accuracy(
+    completions: list,
+    *,
+    prompts: list | None = None,
+    answer: list[str],
+    gym_dataset: list[str],
+    gym_metadata: list[str],
+    extract: str = "auto",
+    partial_credit: bool = False,
+    **_,
+) -> list[float]:
     """Each completion's answer (``extract``) scored by its reasoning-gym task's own ``score_answer``
     against the row's gold ``answer`` and metadata (columns written by ``data.task: reasoning_gym``)."""
     out = []
     for i, completion in enumerate(completions):
-        entry = {"question": text_of(prompts[i]) if prompts else "", "answer": answer[i],
-                 "metadata": json.loads(gym_metadata[i])}
+        entry = {
+            "question": text_of(prompts[i]) if prompts else "",
+            "answer": answer[i],
+            "metadata": json.loads(gym_metadata[i]),
+        }
         out.append(score_entry(extract_answer(text_of(completion), extract), gym_dataset[i], entry, partial_credit))
     return out

@@ -28,8 +28,10 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
     run_dir = recipe.run.dir
     if run_dir.exists() and not resume:
         if not recipe.run.overwrite:
-            raise FileExistsError(f"run directory {run_dir} exists; resume it with `rlwhf train --resume "
-                                  f"{run_dir}`, pick another run.name, or set run.overwrite=true")
+            raise FileExistsError(
+                f"run directory {run_dir} exists; resume it with `rlwhf train --resume "
+                f"{run_dir}`, pick another run.name, or set run.overwrite=true"
+            )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(recipe.to_yaml())
@@ -99,27 +101,40 @@ def resolve_model(source: str | Path) -> Path:
         return converted_dir(source)
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"{source}: no such file or directory; expected a checkpoint "
-                                "(runs/NAME/checkpoints/step_N), a run directory (runs/NAME) or a model folder")
+        raise FileNotFoundError(
+            f"{source}: no such file or directory; expected a checkpoint "
+            "(runs/NAME/checkpoints/step_N), a run directory (runs/NAME) or a model folder"
+        )
     if not source.is_dir():
-        raise ValueError(f"{source} is a file; expected a checkpoint folder (runs/NAME/checkpoints/step_N), "
-                         "a run directory (runs/NAME) or a model folder with config.json")
+        raise ValueError(
+            f"{source} is a file; expected a checkpoint folder (runs/NAME/checkpoints/step_N), "
+            "a run directory (runs/NAME) or a model folder with config.json"
+        )
     if (source / "config.json").is_file():
         if not [*source.glob("*.safetensors"), *source.glob("pytorch_model*.bin")]:
-            raise ValueError(f"{source}: config.json but no weights (*.safetensors or pytorch_model*.bin); "
-                             "expected a complete model folder or checkpoint")
+            raise ValueError(
+                f"{source}: config.json but no weights (*.safetensors or pytorch_model*.bin); "
+                "expected a complete model folder or checkpoint"
+            )
         return source
     if (source / "checkpoints").is_dir() or (source / "config.yaml").is_file():
         ckpt = newest_checkpoint(source)
         if ckpt is None:
-            hint = (f"; the model it started RL from is {source / 'model' / 'sft'}"
-                    if (source / "model" / "sft" / "config.json").is_file() else "")
-            raise FileNotFoundError(f"{source}: a run directory without a complete checkpoint (expected "
-                                    f"{source / 'checkpoints'}/step_N/ holding loop_state.json; a run writes one "
-                                    f"every train.save_every steps and at its end){hint}")
+            hint = (
+                f"; the model it started RL from is {source / 'model' / 'sft'}"
+                if (source / "model" / "sft" / "config.json").is_file()
+                else ""
+            )
+            raise FileNotFoundError(
+                f"{source}: a run directory without a complete checkpoint (expected "
+                f"{source / 'checkpoints'}/step_N/ holding loop_state.json; a run writes one "
+                f"every train.save_every steps and at its end){hint}"
+            )
         return ckpt
-    raise ValueError(f"{source}: neither a model folder (no config.json) nor a run directory (no checkpoints/ or "
-                     "config.yaml); expected runs/NAME/checkpoints/step_N, runs/NAME or an HF model folder")
+    raise ValueError(
+        f"{source}: neither a model folder (no config.json) nor a run directory (no checkpoints/ or "
+        "config.yaml); expected runs/NAME/checkpoints/step_N, runs/NAME or an HF model folder"
+    )
 
 
 def rewind_run_dir(run_dir: Path, step: int) -> None:

@@ -11,7 +11,11 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="GRPO post-training of MoE reasoning models, paid by automated verifiers.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="GRPO post-training of MoE reasoning models, paid by automated verifiers.",
+)
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"
 
@@ -59,7 +63,9 @@ def train(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML (default: the tiny CPU demo recipe)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.steps=5 run.name=foo."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Run directory to continue from its last checkpoint."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or local)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster address (default: RAY_ADDRESS or local)."
+    ),
 ) -> None:
     """Run a recipe: build/SFT the policy, then GRPO with automated rewards."""
     overrides = list(overrides or [])
@@ -129,25 +135,48 @@ def plan(
 @app.command("eval")
 def eval_command(
     model: Path = typer.Argument(..., help="A run directory (its last checkpoint), a checkpoint, or a model folder."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe whose rewards, sampling, prompt format "
-                                          "and held-out split are used (default: the run's own config.yaml when "
-                                          "MODEL is a run or one of its checkpoints, else the tiny demo recipe)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Score every row of this data set instead (a local "
-                                       "jsonl/json/csv/parquet file or a Hugging Face name; the recipe's columns)."),
-    split: Optional[str] = typer.Option(None, "--split", help="--data's split (default: the recipe's test_split, "
-                                        "else its split)."),
+    recipe: Optional[Path] = typer.Option(
+        None,
+        "--recipe",
+        help="Recipe whose rewards, sampling, prompt format "
+        "and held-out split are used (default: the run's own config.yaml when "
+        "MODEL is a run or one of its checkpoints, else the tiny demo recipe).",
+    ),
+    data: Optional[str] = typer.Option(
+        None,
+        "--data",
+        help="Score every row of this data set instead (a local "
+        "jsonl/json/csv/parquet file or a Hugging Face name; the recipe's columns).",
+    ),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="--data's split (default: the recipe's test_split, else its split)."
+    ),
     k: Optional[int] = typer.Option(None, "--k", min=1, help="pass@k and maj@k at this k (default: eval.k)."),
-    samples: Optional[int] = typer.Option(None, "--samples", min=0, help="Sampled completions per prompt "
-                                          "(default: eval.samples, raised to k when smaller)."),
-    prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="Most prompts scored (default: eval.num_prompts)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where the JSON report goes (default: "
-                                       "<run.output_dir>/eval/<model>.json); the completions go beside it as Parquet."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted recipe overrides, e.g. eval.max_new_tokens=128."),
+    samples: Optional[int] = typer.Option(
+        None,
+        "--samples",
+        min=0,
+        help="Sampled completions per prompt (default: eval.samples, raised to k when smaller).",
+    ),
+    prompts: Optional[int] = typer.Option(
+        None, "--prompts", min=1, help="Most prompts scored (default: eval.num_prompts)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        help="Where the JSON report goes (default: "
+        "<run.output_dir>/eval/<model>.json); the completions go beside it as Parquet.",
+    ),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="Dotted recipe overrides, e.g. eval.max_new_tokens=128."
+    ),
 ) -> None:
     """Score a model: greedy accuracy, pass@1, pass@k, maj@k, lengths, truncation and format errors, each reward."""
     if recipe is None:  # a run's own recipe: the same settings score exactly as the run's evaluations did
-        recipe = next((d / "config.yaml" for d in (model, model.parent.parent) if (d / "config.yaml").is_file()),
-                      _or_default(None))
+        recipe = next(
+            (d / "config.yaml" for d in (model, model.parent.parent) if (d / "config.yaml").is_file()),
+            _or_default(None),
+        )
     cfg = _load(recipe, overrides)
     from rlwhf.commands.evaluate import evaluate, with_eval_settings
 
@@ -205,16 +234,26 @@ def data_show(
 
 @data_app.command("check")
 def data_check(
-    source: Optional[str] = typer.Argument(None, help="A local jsonl/json/parquet/csv file or an HF dataset name "
-                                           "(default: the --recipe's data.dataset)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted recipe overrides, e.g. "
-                                                    "data.prompt_column=question."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe whose columns, tokenizer, "
-                                          "rollout.max_prompt_tokens and rewards apply (default: the tiny demo recipe)."),
+    source: Optional[str] = typer.Argument(
+        None, help="A local jsonl/json/parquet/csv file or an HF dataset name (default: the --recipe's data.dataset)."
+    ),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="Dotted recipe overrides, e.g. data.prompt_column=question."
+    ),
+    recipe: Optional[Path] = typer.Option(
+        None,
+        "--recipe",
+        help="Recipe whose columns, tokenizer, "
+        "rollout.max_prompt_tokens and rewards apply (default: the tiny demo recipe).",
+    ),
     split: Optional[str] = typer.Option(None, "--split", help="Split to check (default: the recipe's data.split)."),
     subset: Optional[str] = typer.Option(None, "--subset", help="The HF dataset's configuration name."),
-    clean: Optional[Path] = typer.Option(None, "--clean", help="Write the rows without problems (of duplicates, "
-                                         "the first) here: .jsonl or .parquet, the file's own columns."),
+    clean: Optional[Path] = typer.Option(
+        None,
+        "--clean",
+        help="Write the rows without problems (of duplicates, "
+        "the first) here: .jsonl or .parquet, the file's own columns.",
+    ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (every bad row) here."),
     no_code: bool = typer.Option(False, "--no-code", help="Do not run reference solutions against their tests."),
     show: int = typer.Option(5, "--show", min=0, help="Rows listed per kind of problem."),
@@ -226,26 +265,49 @@ def data_check(
     from rlwhf.commands.check_data import check_data
 
     with _errors():
-        ok = check_data(cfg, source, split=split, subset=subset, clean=clean, json_path=json_path,
-                        code=not no_code, show=show, solution_column=solution_column)
+        ok = check_data(
+            cfg,
+            source,
+            split=split,
+            subset=subset,
+            clean=clean,
+            json_path=json_path,
+            code=not no_code,
+            show=show,
+            solution_column=solution_column,
+        )
     raise typer.Exit(0 if ok else 1)
 
 
 @data_app.command("filter")
 def data_filter(
-    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML (default: the tiny demo recipe): its training "
-                                            "split, rewards, prompt format and sampling."),
+    recipe: Optional[Path] = typer.Argument(
+        None,
+        help="Recipe YAML (default: the tiny demo recipe): its training split, rewards, prompt format and sampling.",
+    ),
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted recipe overrides."),
-    model: Optional[Path] = typer.Option(None, "--model", help="The model that samples: a run directory, checkpoint "
-                                         "or model folder (default: the recipe's run directory, e.g. runs/tiny)."),
-    out: Path = typer.Option(Path("filtered.jsonl"), "--out", help="The kept rows (.jsonl or .parquet); the "
-                             "histogram goes to <out>.png, the counts to <out stem>.stats.json."),
+    model: Optional[Path] = typer.Option(
+        None,
+        "--model",
+        help="The model that samples: a run directory, checkpoint "
+        "or model folder (default: the recipe's run directory, e.g. runs/tiny).",
+    ),
+    out: Path = typer.Option(
+        Path("filtered.jsonl"),
+        "--out",
+        help="The kept rows (.jsonl or .parquet); the "
+        "histogram goes to <out>.png, the counts to <out stem>.stats.json.",
+    ),
     k: int = typer.Option(8, "--k", min=1, help="Completions sampled per prompt."),
     min_rate: float = typer.Option(0.05, "--min", help="Lowest pass rate kept (drops never-solved prompts)."),
     max_rate: float = typer.Option(0.95, "--max", help="Highest pass rate kept (drops always-solved prompts)."),
     prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="Only the first N rows."),
-    data: Optional[str] = typer.Option(None, "--data", help="Filter this data set instead of the recipe's "
-                                       "training split (a local file or a Hugging Face name; the recipe's columns)."),
+    data: Optional[str] = typer.Option(
+        None,
+        "--data",
+        help="Filter this data set instead of the recipe's "
+        "training split (a local file or a Hugging Face name; the recipe's columns).",
+    ),
     split: Optional[str] = typer.Option(None, "--split", help="--data's split (default: the recipe's split)."),
 ) -> None:
     """Keep the prompts whose pass rate under the model lies in a band: drop always- and never-solved ones."""
@@ -253,8 +315,17 @@ def data_filter(
     from rlwhf.commands.filter_data import filter_by_pass_rate, stats_text
 
     with _errors():
-        stats = filter_by_pass_rate(str(model or cfg.run.dir), cfg, out, k=k, low=min_rate, high=max_rate,
-                                    prompts=prompts, data=data, split=split)
+        stats = filter_by_pass_rate(
+            str(model or cfg.run.dir),
+            cfg,
+            out,
+            k=k,
+            low=min_rate,
+            high=max_rate,
+            prompts=prompts,
+            data=data,
+            split=split,
+        )
     typer.echo(stats_text(stats, k, min_rate, max_rate, out))
 
 
@@ -275,14 +346,21 @@ def inspect(
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint (runs/NAME/checkpoints/step_N), a run directory (its "
-                                      "latest complete checkpoint) or any local HF model folder."),
+    checkpoint: Path = typer.Argument(
+        ...,
+        help="A checkpoint (runs/NAME/checkpoints/step_N), a run directory (its "
+        "latest complete checkpoint) or any local HF model folder.",
+    ),
     out: Path = typer.Argument(..., help="The folder to write (new or empty, unless --overwrite)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Cast the saved weights: float32, bfloat16 or float16 "
-                                        "(default: keep the source's)."),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="Cast the saved weights: float32, bfloat16 or float16 (default: keep the source's)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty."),
-    ignore_routing_bias: bool = typer.Option(False, "--ignore-routing-bias", help="Export a moe.balance=aux_free "
-                                             "checkpoint without its routing bias (its routing will differ)."),
+    ignore_routing_bias: bool = typer.Option(
+        False,
+        "--ignore-routing-bias",
+        help="Export a moe.balance=aux_free checkpoint without its routing bias (its routing will differ).",
+    ),
 ) -> None:
     """Write a model as a plain Hugging Face folder (safetensors, config, tokenizer, generation config) for vLLM/transformers."""
     from rlwhf.commands.export import export

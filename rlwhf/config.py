@@ -46,15 +46,21 @@ class ModelConfig(Section):
         "otherwise a local directory or a Hub id (downloaded, so only where a network is available).",
     )
     tiny: TinyMoEConfig = Field(default_factory=TinyMoEConfig, description="Shape of the 'tiny' model.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Compute dtype of the trainer (autocast; "
-                                                  "its weights and optimizer state stay float32) and of vLLM.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Compute dtype of the trainer (autocast; "
+        "its weights and optimizer state stay float32) and of vLLM.",
+    )
 
 
 class GymDatasetSpec(Section):
     name: str = Field(..., description="A reasoning-gym dataset name, e.g. products, chain_sum.")
     weight: float = Field(1.0, gt=0, description="Mixing weight among data.gym's datasets.")
-    config: dict[str, Any] = Field(default_factory=dict, description="The dataset's own settings (its difficulty), "
-                                   "e.g. {min_digits: 1, max_digits: 2}; reasoning-gym's defaults otherwise.")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The dataset's own settings (its difficulty), "
+        "e.g. {min_digits: 1, max_digits: 2}; reasoning-gym's defaults otherwise.",
+    )
 
 
 def check_gym_names(specs: list[GymDatasetSpec]) -> None:
@@ -66,43 +72,66 @@ def check_gym_names(specs: list[GymDatasetSpec]) -> None:
     for i, spec in enumerate(specs):
         if spec.name not in DATASETS:
             close = difflib.get_close_matches(spec.name, list(DATASETS), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else f"; it has {len(DATASETS)}, e.g. products, chain_sum"
+            hint = (
+                f" (did you mean {', '.join(close)}?)"
+                if close
+                else f"; it has {len(DATASETS)}, e.g. products, chain_sum"
+            )
             raise ValueError(f"data.gym[{i}].name = {spec.name!r}: reasoning-gym has no such dataset{hint}")
 
 
 class DataConfig(Section):
     task: Literal["arithmetic", "coding", "dataset", "reasoning_gym"] = Field(
-        "arithmetic", description="Prompt source: a procedural task, 'dataset' (HF datasets), or 'reasoning_gym' "
-        "(the tasks named in data.gym, generated locally)."
+        "arithmetic",
+        description="Prompt source: a procedural task, 'dataset' (HF datasets), or 'reasoning_gym' "
+        "(the tasks named in data.gym, generated locally).",
     )
     num_train: int = Field(4000, ge=1, description="Training prompts (procedural tasks).")
     num_test: int = Field(200, ge=1, description="Held-out prompts for accuracy.")
     min_digits: int = Field(2, ge=1, description="Arithmetic: fewest digits per operand.")
     max_digits: int = Field(3, ge=1, description="Arithmetic: most digits per operand.")
-    direct_fraction: float = Field(0.0, ge=0, le=1, description="Arithmetic: share of the solver traces that "
-                                   "give the answer without the column-by-column working.")
+    direct_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Arithmetic: share of the solver traces that give the answer without the column-by-column working.",
+    )
     dataset: str | None = Field(None, description="task=dataset: a local data file or HF dataset name.")
-    subset: str | None = Field(None, description="task=dataset: the HF dataset's configuration name, if it has several.")
+    subset: str | None = Field(
+        None, description="task=dataset: the HF dataset's configuration name, if it has several."
+    )
     split: str = Field("train", description="task=dataset: training split.")
     test_split: str | None = Field(None, description="task=dataset: held-out split (else num_test rows split off).")
     prompt_column: str = Field("prompt", description="task=dataset: column holding the prompt.")
     answer_column: str = Field("answer", description="task=dataset: column holding the gold answer.")
-    gym: list[GymDatasetSpec] = Field(default_factory=list, description="task=reasoning_gym: the datasets, each "
-                                      "{name, weight, config}; num_train rows from run.seed, num_test held-out rows "
-                                      "from another seed, no question in both. Pay with the reasoning_gym reward.")
-    chat_template: Literal["auto", "none"] = Field("auto", description="'auto': render prompts with the tokenizer's "
-                                                   "chat template when it has one; 'none': plain text.")
+    gym: list[GymDatasetSpec] = Field(
+        default_factory=list,
+        description="task=reasoning_gym: the datasets, each "
+        "{name, weight, config}; num_train rows from run.seed, num_test held-out rows "
+        "from another seed, no question in both. Pay with the reasoning_gym reward.",
+    )
+    chat_template: Literal["auto", "none"] = Field(
+        "auto",
+        description="'auto': render prompts with the tokenizer's chat template when it has one; 'none': plain text.",
+    )
     system_prompt: str | None = Field(None, description="A system message put before every prompt.")
-    prompt_template: str = Field("{prompt}", description="The user's message for a text prompt; {prompt} is "
-                                 "replaced by it, e.g. '{prompt} Put your final answer within \\boxed{}.'")
-    overlong_prompts: Literal["drop", "error"] = Field("drop", description="Prompts longer than "
-                                                       "rollout.max_prompt_tokens as rendered: dropped (and counted) "
-                                                       "or refused.")
-    bad_rows: Literal["drop", "error"] = Field("drop", description="task=dataset: rows with a missing or empty "
-                                               "prompt, a prompt seen in an earlier row, or (when a math reward "
-                                               "needs it) a missing or empty gold answer: dropped (and counted) or "
-                                               "refused with the first one's row number. `rlwhf data check` lists "
-                                               "them all.")
+    prompt_template: str = Field(
+        "{prompt}",
+        description="The user's message for a text prompt; {prompt} is "
+        "replaced by it, e.g. '{prompt} Put your final answer within \\boxed{}.'",
+    )
+    overlong_prompts: Literal["drop", "error"] = Field(
+        "drop",
+        description="Prompts longer than rollout.max_prompt_tokens as rendered: dropped (and counted) or refused.",
+    )
+    bad_rows: Literal["drop", "error"] = Field(
+        "drop",
+        description="task=dataset: rows with a missing or empty "
+        "prompt, a prompt seen in an earlier row, or (when a math reward "
+        "needs it) a missing or empty gold answer: dropped (and counted) or "
+        "refused with the first one's row number. `rlwhf data check` lists "
+        "them all.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -111,8 +140,10 @@ class DataConfig(Section):
         if self.task == "dataset" and not self.dataset:
             raise ValueError("task 'dataset' needs data.dataset (a file path or HF dataset name)")
         if self.task == "reasoning_gym" and not self.gym:
-            raise ValueError("task 'reasoning_gym' needs data.gym, a list of datasets, e.g. [{name: products, "
-                             "config: {min_digits: 1, max_digits: 2}}]")
+            raise ValueError(
+                "task 'reasoning_gym' needs data.gym, a list of datasets, e.g. [{name: products, "
+                "config: {min_digits: 1, max_digits: 2}}]"
+            )
         if "{prompt}" not in self.prompt_template:
             raise ValueError(f"prompt_template {self.prompt_template!r} has no {{prompt}} to put the prompt in")
         return self
@@ -124,14 +155,24 @@ class SFTConfig(Section):
     batch_size: int = Field(32, ge=1, description="SFT examples per step.")
     learning_rate: float = Field(3e-3, gt=0, description="SFT peak learning rate (cosine schedule).")
     num_examples: int = Field(2000, ge=1, description="Solver traces used for SFT (taken from the training split).")
-    router_aux_loss_coef: float | None = Field(None, ge=0, description="MoE models: weight of the load-balancing "
-                                               "auxiliary loss during the SFT (default: the model config's own, "
-                                               "0.001 for Qwen3-MoE).")
-    bias_update_rate: float = Field(0.0, ge=0, description="MoE models: balance the experts during the SFT the "
-                                    "auxiliary-loss-free way (moe.balance aux_free's selection bias, moved this "
-                                    "much after each SFT step against the load on the completion tokens; kept "
-                                    "beside the SFT'd weights, where RL starts from it). 0: off.")
-    cache: bool = Field(True, description="Reuse a tiny model's SFT from <output_dir>/.sft-cache when every input matches.")
+    router_aux_loss_coef: float | None = Field(
+        None,
+        ge=0,
+        description="MoE models: weight of the load-balancing "
+        "auxiliary loss during the SFT (default: the model config's own, "
+        "0.001 for Qwen3-MoE).",
+    )
+    bias_update_rate: float = Field(
+        0.0,
+        ge=0,
+        description="MoE models: balance the experts during the SFT the "
+        "auxiliary-loss-free way (moe.balance aux_free's selection bias, moved this "
+        "much after each SFT step against the load on the completion tokens; kept "
+        "beside the SFT'd weights, where RL starts from it). 0: off.",
+    )
+    cache: bool = Field(
+        True, description="Reuse a tiny model's SFT from <output_dir>/.sft-cache when every input matches."
+    )
 
 
 class RolloutConfig(Section):
@@ -146,16 +187,21 @@ class RolloutConfig(Section):
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV-cache size (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM on GPU: memory fraction.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM on GPUs: GPUs one engine spreads the model over.")
-    compile: bool = Field(False, description="vLLM on CPU: run the model compiled (torch.compile) instead of eagerly: "
-                          "faster decoding for some seconds more start-up (docs/performance.md). On a GPU vLLM "
-                          "always compiles.")
+    compile: bool = Field(
+        False,
+        description="vLLM on CPU: run the model compiled (torch.compile) instead of eagerly: "
+        "faster decoding for some seconds more start-up (docs/performance.md). On a GPU vLLM "
+        "always compiles.",
+    )
 
 
 class RewardSpec(Section):
     name: str = Field(..., description="Registered name, entry-point name or 'package.module:function'.")
     weight: float = Field(1.0, description="Weight in the total reward.")
     on_error: float = Field(0.0, description="Score given when the reward raises or times out.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments given to the reward on every call.")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments given to the reward on every call."
+    )
 
 
 class RewardsConfig(Section):
@@ -165,12 +211,19 @@ class RewardsConfig(Section):
     )
     accuracy: str = Field("math_accuracy", description="Reward whose mean is reported as held-out accuracy.")
     timeout_s: float = Field(10.0, gt=0, description="Time limit for one reward call (one prompt group).")
-    warm_up_timeout_s: float = Field(120.0, gt=0, description="Time limit for a reward module's warm_up(), run "
-                                     "once per worker; one that hangs disables that module's rewards for the run.")
+    warm_up_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Time limit for a reward module's warm_up(), run "
+        "once per worker; one that hangs disables that module's rewards for the run.",
+    )
     num_workers: int = Field(2, ge=1, description="Reward worker processes.")
-    stop_on_total_failure: bool = Field(True, description="Stop the run, showing the first error, when a reward "
-                                        "fails on every group of a step or evaluation; false: score on_error and "
-                                        "carry on.")
+    stop_on_total_failure: bool = Field(
+        True,
+        description="Stop the run, showing the first error, when a reward "
+        "fails on every group of a step or evaluation; false: score on_error and "
+        "carry on.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RewardsConfig:
@@ -178,15 +231,19 @@ class RewardsConfig(Section):
         if len(set(names)) != len(names):
             raise ValueError(f"funcs: each reward may be listed once; got {names}")
         if self.accuracy not in names:
-            raise ValueError(f"accuracy {self.accuracy!r} is not among funcs ({', '.join(names) or 'none'}): "
-                             "name one of them, or add it to funcs")
+            raise ValueError(
+                f"accuracy {self.accuracy!r} is not among funcs ({', '.join(names) or 'none'}): "
+                "name one of them, or add it to funcs"
+            )
         return self
 
 
 class AlgoConfig(Section):
     advantage: Literal["grpo", "dr_grpo", "rloo"] = Field("grpo", description="Group baseline (GRPO, Dr. GRPO, RLOO).")
     eps: float = Field(1e-6, gt=0, description="Added to the group std before dividing.")
-    negative_scale: float = Field(1.0, ge=0, le=1, description="Multiplies negative advantages (0: learn from winners only).")
+    negative_scale: float = Field(
+        1.0, ge=0, le=1, description="Multiplies negative advantages (0: learn from winners only)."
+    )
     batch_std_norm: bool = Field(False, description="Also divide advantages by the batch std (REINFORCE++).")
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field(
         "token_mean", description="Loss aggregation: DAPO token-mean, GRPO seq-mean, Dr. GRPO constant norm."
@@ -221,9 +278,12 @@ class TrainConfig(Section):
     off_policy_steps: int = Field(0, ge=0, le=1, description="1: sample step t+1 while training on step t (async).")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
     minibatch_size: int = Field(256, ge=1, description="Completions per optimizer step.")
-    single_pass: bool = Field(True, description="When a step is one update on all its completions (ppo_epochs 1, "
-                              "minibatch_size at least the batch), take the old log-probs from the update's own "
-                              "forward instead of a separate pass (the ratio is 1 either way).")
+    single_pass: bool = Field(
+        True,
+        description="When a step is one update on all its completions (ppo_epochs 1, "
+        "minibatch_size at least the batch), take the old log-probs from the update's own "
+        "forward instead of a separate pass (the ratio is 1 either way).",
+    )
     learning_rate: float = Field(8e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
@@ -232,125 +292,209 @@ class TrainConfig(Section):
     save_every: int = Field(20, ge=0, description="Checkpoint every N steps (0: only at the end).")
     eval_every: int = Field(40, ge=0, description="Held-out accuracy every N steps (0: before and after only).")
     threads: int = Field(0, ge=0, description="torch threads in the policy worker (0: every core; half in async mode).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the policy trains: 'auto' is the GPU "
-                                                   "when its worker has one (see resources), else the CPU.")
-    micro_batch_tokens: int = Field(0, ge=0, description="Padded tokens per forward/backward pass; a minibatch's "
-                                    "gradients accumulate over its micro-batches (0: the whole minibatch at once).")
-    logits_chunk_mib: int = Field(1024, ge=1, description="Largest float32 logits block held at once when "
-                                  "scoring tokens; longer micro-batches are scored in chunks of positions.")
-    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward "
-                                         "pass instead of keeping them (less memory, about a third more compute).")
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Learning rate after the "
-                                                                 "warm-up, over the run's optimizer steps.")
-    lr_min_ratio: float = Field(0.0, ge=0, le=1, description="Where linear and cosine decay end, as a fraction of "
-                                "learning_rate.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where the policy trains: 'auto' is the GPU when its worker has one (see resources), else the CPU.",
+    )
+    micro_batch_tokens: int = Field(
+        0,
+        ge=0,
+        description="Padded tokens per forward/backward pass; a minibatch's "
+        "gradients accumulate over its micro-batches (0: the whole minibatch at once).",
+    )
+    logits_chunk_mib: int = Field(
+        1024,
+        ge=1,
+        description="Largest float32 logits block held at once when "
+        "scoring tokens; longer micro-batches are scored in chunks of positions.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward "
+        "pass instead of keeping them (less memory, about a third more compute).",
+    )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning rate after the warm-up, over the run's optimizer steps."
+    )
+    lr_min_ratio: float = Field(
+        0.0, ge=0, le=1, description="Where linear and cosine decay end, as a fraction of learning_rate."
+    )
 
 
 class MoEConfig(Section):
     routing_replay: Literal["none", "trainer", "rollout"] = Field(
-        "none", description="Routing replay: 'trainer' reuses the experts the old-log-prob pass chose in every "
+        "none",
+        description="Routing replay: 'trainer' reuses the experts the old-log-prob pass chose in every "
         "update pass of the step (R2); 'rollout' reuses the experts the vLLM engine chose while sampling (R3). "
-        "Gate weights always come from the current router.")
+        "Gate weights always come from the current router.",
+    )
     balance: Literal["none", "aux_free", "aux_loss"] = Field(
-        "none", description="Expert balancing during RL: 'aux_free' is DeepSeek-V3's per-expert selection bias "
+        "none",
+        description="Expert balancing during RL: 'aux_free' is DeepSeek-V3's per-expert selection bias "
         "nudged after each optimizer step against the observed load (trainer and rollout engine select with it); "
-        "'aux_loss' adds the switch-style load-balancing loss.")
-    bias_update_rate: float = Field(1e-3, ge=0, description="aux_free: how far each expert's bias moves per "
-                                    "training step (in softmax score), spread evenly over the step's optimizer "
-                                    "steps.")
+        "'aux_loss' adds the switch-style load-balancing loss.",
+    )
+    bias_update_rate: float = Field(
+        1e-3,
+        ge=0,
+        description="aux_free: how far each expert's bias moves per "
+        "training step (in softmax score), spread evenly over the step's optimizer "
+        "steps.",
+    )
     aux_loss_coef: float = Field(1e-2, ge=0, description="aux_loss: weight of the load-balancing loss.")
-    z_loss_coef: float = Field(0.0, ge=0, description="Router z-loss weight (mean squared log-sum-exp of the "
-                               "router logits; 0: off).")
-    freeze_router: bool = Field(False, description="Keep every MoE router's weights fixed during RL (routers are "
-                                "found by module type; a model without one is refused).")
-    rollout_routing: bool = Field(True, description="Record the experts the vLLM engine routes each token to, for "
-                                  "the rollout-side load and the trainer/rollout routing agreement (needed by "
-                                  "routing_replay=rollout).")
-    start_skew: float = Field(0.0, ge=0, description="Experiments: start RL from a deliberately imbalanced router, "
-                              "a selection bias of this much (in softmax score) on the first top-k experts of every "
-                              "layer, kept beside the starting policy and applied by the trainer and the rollout "
-                              "engines like aux_free's bias (which then moves it; with balance none it stays). "
-                              "Softmax-routed models (Qwen3-MoE) only.")
+    z_loss_coef: float = Field(
+        0.0, ge=0, description="Router z-loss weight (mean squared log-sum-exp of the router logits; 0: off)."
+    )
+    freeze_router: bool = Field(
+        False,
+        description="Keep every MoE router's weights fixed during RL (routers are "
+        "found by module type; a model without one is refused).",
+    )
+    rollout_routing: bool = Field(
+        True,
+        description="Record the experts the vLLM engine routes each token to, for "
+        "the rollout-side load and the trainer/rollout routing agreement (needed by "
+        "routing_replay=rollout).",
+    )
+    start_skew: float = Field(
+        0.0,
+        ge=0,
+        description="Experiments: start RL from a deliberately imbalanced router, "
+        "a selection bias of this much (in softmax score) on the first top-k experts of every "
+        "layer, kept beside the starting policy and applied by the trainer and the rollout "
+        "engines like aux_free's bias (which then moves it; with balance none it stays). "
+        "Softmax-routed models (Qwen3-MoE) only.",
+    )
 
 
 class EvalConfig(Section):
     num_prompts: int = Field(200, ge=1, description="Held-out prompts scored (greedy decoding).")
     max_new_tokens: int = Field(64, ge=1, description="Longest completion at evaluation.")
-    samples: int = Field(4, ge=0, description="Also sample this many completions per held-out prompt at the "
-                         "rollout temperature and report their mean accuracy, the quantity RL optimises (0: greedy only).")
-    k: int = Field(4, ge=1, description="pass@k (unbiased, from all the samples) and maj@k (majority answer of the "
-                   "first k samples) are reported at this k; at most eval.samples.")
+    samples: int = Field(
+        4,
+        ge=0,
+        description="Also sample this many completions per held-out prompt at the "
+        "rollout temperature and report their mean accuracy, the quantity RL optimises (0: greedy only).",
+    )
+    k: int = Field(
+        4,
+        ge=1,
+        description="pass@k (unbiased, from all the samples) and maj@k (majority answer of the "
+        "first k samples) are reported at this k; at most eval.samples.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
         if self.samples and self.k > self.samples:
-            raise ValueError(f"k ({self.k}) must be at most samples ({self.samples}): pass@k and maj@k take k of "
-                             "each prompt's samples")
+            raise ValueError(
+                f"k ({self.k}) must be at most samples ({self.samples}): pass@k and maj@k take k of "
+                "each prompt's samples"
+            )
         return self
 
 
 def _small_dense_student() -> TinyMoEConfig:
-    return TinyMoEConfig(arch="qwen3", hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=32,
-                         expert_hidden_size=256)
+    return TinyMoEConfig(
+        arch="qwen3", hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=32, expert_hidden_size=256
+    )
 
 
 class DistillConfig(Section):
     """``rlwhf distill``: rejection-sampling distillation of a teacher into a student."""
 
-    teacher: str = Field("runs/tiny", description="The teacher: a run directory (its last checkpoint), a checkpoint "
-                         "or a model folder in Hugging Face format.")
+    teacher: str = Field(
+        "runs/tiny",
+        description="The teacher: a run directory (its last checkpoint), a checkpoint "
+        "or a model folder in Hugging Face format.",
+    )
     num_prompts: int = Field(1000, ge=1, description="Training prompts the teacher answers.")
-    samples: int = Field(4, ge=1, description="Completions the teacher samples per prompt (k), at "
-                         "rollout.temperature.")
+    samples: int = Field(4, ge=1, description="Completions the teacher samples per prompt (k), at rollout.temperature.")
     keep_per_prompt: int = Field(1, ge=1, description="Most verified completions kept per prompt (m).")
-    select: Literal["shortest", "random"] = Field("shortest", description="Which verified completions are kept "
-                                                  "when a prompt has more than keep_per_prompt.")
-    student: TinyMoEConfig = Field(default_factory=_small_dense_student, description="Shape of the student built "
-                                   "locally (arch 'qwen3' is dense).")
+    select: Literal["shortest", "random"] = Field(
+        "shortest", description="Which verified completions are kept when a prompt has more than keep_per_prompt."
+    )
+    student: TinyMoEConfig = Field(
+        default_factory=_small_dense_student, description="Shape of the student built locally (arch 'qwen3' is dense)."
+    )
     student_path: str | None = Field(None, description="Start from this model folder instead of building a student.")
     steps: int = Field(400, ge=1, description="The student's SFT optimizer steps.")
     batch_size: int = Field(32, ge=1, description="The student's SFT examples per step.")
     learning_rate: float = Field(3e-3, gt=0, description="The student's SFT peak learning rate (cosine schedule).")
-    seed: int | None = Field(None, description="Seed of the student's initialisation and SFT data order (default: "
-                             "run.seed); the teacher's samples and the data do not depend on it.")
-    baseline: bool = Field(True, description="Also train the same student, same steps, on the solver's traces of the "
-                           "same prompts (needs a 'solution' column), and score it beside the distilled one.")
+    seed: int | None = Field(
+        None,
+        description="Seed of the student's initialisation and SFT data order (default: "
+        "run.seed); the teacher's samples and the data do not depend on it.",
+    )
+    baseline: bool = Field(
+        True,
+        description="Also train the same student, same steps, on the solver's traces of the "
+        "same prompts (needs a 'solution' column), and score it beside the distilled one.",
+    )
 
 
 class TrackingConfig(Section):
     wandb: bool = Field(False, description="Log to Weights & Biases (offline unless WANDB_MODE says otherwise).")
     wandb_project: str = Field("rlwhf", description="wandb project.")
     traces: bool = Field(True, description="Write every completion to traces/ (Parquet).")
-    console_every: int = Field(10, ge=1, description="Print a metrics line every N steps (and for the last step and "
-                               "any step without an update).")
+    console_every: int = Field(
+        10,
+        ge=1,
+        description="Print a metrics line every N steps (and for the last step and any step without an update).",
+    )
 
 
 class ResourcesConfig(Section):
-    policy_workers: int = Field(1, ge=1, description="Policy workers (N): one torch.distributed group that shards "
-                                "the policy with FSDP2 (1: the whole policy in one process).")
+    policy_workers: int = Field(
+        1,
+        ge=1,
+        description="Policy workers (N): one torch.distributed group that shards "
+        "the policy with FSDP2 (1: the whole policy in one process).",
+    )
     rollout_engines: int = Field(1, ge=1, description="Rollout engines (M): a step's prompts are split across them.")
-    gpus_per_policy_worker: float = Field(0.0, ge=0, description="GPUs Ray gives each policy worker; the trainer "
-                                          "uses one when it sees one (train.device). 0.5 here and for the rollout "
-                                          "engine shares one GPU between them, in turns.")
-    gpus_per_rollout_engine: float = Field(0.0, ge=0, description="GPUs Ray gives each rollout engine (vLLM needs "
-                                           "one on a GPU machine; 0 runs it on the CPU).")
-    cpus_per_policy_worker: float = Field(0.0, ge=0, description="CPUs Ray reserves for each policy worker (0: the "
-                                          "workers take turns on the machine's cores).")
+    gpus_per_policy_worker: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs Ray gives each policy worker; the trainer "
+        "uses one when it sees one (train.device). 0.5 here and for the rollout "
+        "engine shares one GPU between them, in turns.",
+    )
+    gpus_per_rollout_engine: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs Ray gives each rollout engine (vLLM needs one on a GPU machine; 0 runs it on the CPU).",
+    )
+    cpus_per_policy_worker: float = Field(
+        0.0,
+        ge=0,
+        description="CPUs Ray reserves for each policy worker (0: the workers take turns on the machine's cores).",
+    )
     cpus_per_rollout_engine: float = Field(0.0, ge=0, description="CPUs Ray reserves for each rollout engine.")
-    placement: Literal["pack", "spread"] = Field("pack", description="How the placement group of the workers that "
-                                                 "reserve CPUs or GPUs lays them on nodes: 'pack' fills a node first.")
-    max_restarts: int = Field(3, ge=0, description="Times a rollout or reward worker that dies is restarted (its "
-                              "work redone) before the run stops.")
+    placement: Literal["pack", "spread"] = Field(
+        "pack",
+        description="How the placement group of the workers that "
+        "reserve CPUs or GPUs lays them on nodes: 'pack' fills a node first.",
+    )
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Times a rollout or reward worker that dies is restarted (its work redone) before the run stops.",
+    )
 
 
 class SyncConfig(Section):
     transport: Literal["object_store", "collective"] = Field(
-        "object_store", description="How the policy's weights reach the rollout engines after each update: "
+        "object_store",
+        description="How the policy's weights reach the rollout engines after each update: "
         "'object_store' (rank 0 puts them in Ray's object store in buckets, every engine reads them) or "
         "'collective' (vLLM's weight-transfer API: rank 0 broadcasts them tensor by tensor to every engine's "
-        "workers, over NCCL on GPUs, gloo on CPUs; vLLM engines only).")
-    bucket_mb: float = Field(256.0, gt=0, description="Weight sync over the object store: the policy's weights go "
-                             "to the rollout engines in buckets of about this many MiB.")
+        "workers, over NCCL on GPUs, gloo on CPUs; vLLM engines only).",
+    )
+    bucket_mb: float = Field(
+        256.0,
+        gt=0,
+        description="Weight sync over the object store: the policy's weights go "
+        "to the rollout engines in buckets of about this many MiB.",
+    )
 
 
 class RayConfig(Section):
@@ -384,11 +528,15 @@ class Recipe(Section):
                 f"step (train.prompts_per_step * rollout.group_size = {completions})"
             )
         if self.moe.routing_replay == "rollout" and (self.rollout.engine != "vllm" or not self.moe.rollout_routing):
-            raise ValueError("moe.routing_replay 'rollout' replays the experts the vLLM engine chose: it needs "
-                             "rollout.engine vllm and moe.rollout_routing true")
+            raise ValueError(
+                "moe.routing_replay 'rollout' replays the experts the vLLM engine chose: it needs "
+                "rollout.engine vllm and moe.rollout_routing true"
+            )
         if self.sync.transport == "collective" and self.rollout.engine != "vllm":
-            raise ValueError(f"sync.transport 'collective' is vLLM's weight-transfer API: it needs rollout.engine "
-                             f"vllm, not {self.rollout.engine!r}")
+            raise ValueError(
+                f"sync.transport 'collective' is vLLM's weight-transfer API: it needs rollout.engine "
+                f"vllm, not {self.rollout.engine!r}"
+            )
         return self
 
     def to_yaml(self) -> str:

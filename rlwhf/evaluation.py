@@ -44,7 +44,7 @@ def majority_index(answers: list[str | None], kind: str) -> int | None:
     present = [i for i, a in enumerate(answers) if a is not None]
     if not present:
         return None
-    pairs = [(i, j) for n, i in enumerate(present) for j in present[n + 1:]]
+    pairs = [(i, j) for n, i in enumerate(present) for j in present[n + 1 :]]
     if kind == "math":
         equal = verify_batch([answers[i] for i, _ in pairs], [f"\\boxed{{{answers[j]}}}" for _, j in pairs])
     else:
@@ -77,10 +77,13 @@ def completion_metrics(groups: list, scored: Scored, accuracy: str, k: int | Non
     answers = [final_answer(c.text, kind) for c in completions]
     scores = [s or 0.0 for s in scored.per_reward[accuracy]]
     right = [s >= 1.0 for s in scores]
-    out = {"accuracy": float(np.mean(scores)), "pass@1": float(np.mean(right)),
-           "length/mean": float(np.mean([len(c.token_ids) for c in completions])),
-           "truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
-           "format_error_frac": float(np.mean([a is None for a in answers]))}
+    out = {
+        "accuracy": float(np.mean(scores)),
+        "pass@1": float(np.mean(right)),
+        "length/mean": float(np.mean([len(c.token_ids) for c in completions])),
+        "truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
+        "format_error_frac": float(np.mean([a is None for a in answers])),
+    }
     for name, values in scored.per_reward.items():
         present = [v for v in values if v is not None]
         out[f"reward/{name}/mean"] = float(np.mean(present)) if present else float("nan")
@@ -90,8 +93,8 @@ def completion_metrics(groups: list, scored: Scored, accuracy: str, k: int | Non
             n = len(g.completions)
             if k > n:
                 raise ValueError(f"pass@{k} needs at least {k} completions per prompt; a group has {n}")
-            passed.append(pass_at_k(n, sum(right[start:start + n]), k))
-            best = majority_index(answers[start:start + k], kind)
+            passed.append(pass_at_k(n, sum(right[start : start + n]), k))
+            best = majority_index(answers[start : start + k], kind)
             majority.append(best is not None and right[start + best])
             start += n
         out[f"pass@{k}"] = float(np.mean(passed))
@@ -117,8 +120,16 @@ class EvalPlan:
         return cls(e.num_prompts, e.max_new_tokens, e.samples, e.k, rc.temperature, rc.top_p)
 
 
-def run_evaluation(plan: EvalPlan, rollout, reward, rows: list[dict], accuracy: str,
-                   stop_on_total_failure: bool = True, on_traces=None, progress: bool = False) -> dict:
+def run_evaluation(
+    plan: EvalPlan,
+    rollout,
+    reward,
+    rows: list[dict],
+    accuracy: str,
+    stop_on_total_failure: bool = True,
+    on_traces=None,
+    progress: bool = False,
+) -> dict:
     """Score ``rows[:plan.num_prompts]``: greedy decoding's metrics under ``greedy/…`` (its
     ``accuracy`` also as ``accuracy``), the samples' under ``sampled/…`` (with pass@k and maj@k);
     ``on_traces(kind, rows, groups, scored)`` sees each set of completions. ``progress`` shows bars
@@ -126,17 +137,20 @@ def run_evaluation(plan: EvalPlan, rollout, reward, rows: list[dict], accuracy: 
     ``rlwhf eval``)."""
     rows = rows[: plan.num_prompts]
     greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=plan.max_new_tokens, seed=0)
-    groups, scored = sample_and_score(rollout, reward, rows, greedy, stop_on_total_failure,
-                                      "greedy" if progress else None)
+    groups, scored = sample_and_score(
+        rollout, reward, rows, greedy, stop_on_total_failure, "greedy" if progress else None
+    )
     if on_traces:
         on_traces("greedy", rows, groups, scored)
     out = {f"greedy/{key}": value for key, value in completion_metrics(groups, scored, accuracy).items()}
     out["accuracy"] = out["greedy/accuracy"]
     if plan.samples:
-        sampled = SamplingSettings(n=plan.samples, temperature=plan.temperature, top_p=plan.top_p,
-                                   max_new_tokens=plan.max_new_tokens, seed=1)
-        groups, scored = sample_and_score(rollout, reward, rows, sampled, stop_on_total_failure,
-                                          f"{plan.samples} samples" if progress else None)
+        sampled = SamplingSettings(
+            n=plan.samples, temperature=plan.temperature, top_p=plan.top_p, max_new_tokens=plan.max_new_tokens, seed=1
+        )
+        groups, scored = sample_and_score(
+            rollout, reward, rows, sampled, stop_on_total_failure, f"{plan.samples} samples" if progress else None
+        )
         if on_traces:
             on_traces("sampled", rows, groups, scored)
         metrics = completion_metrics(groups, scored, accuracy, plan.k)
@@ -155,19 +169,26 @@ def evaluate(recipe, rollout, reward, rows: list[dict], tracker, step: int, tag:
 
     def keep_greedy(kind, rows, groups, scored):
         if kind == "greedy":
-            tracker.write_traces(step, trace_rows(step, rows, groups, scored.per_reward, scored.total),
-                                 tag=f"eval_{tag}")
+            tracker.write_traces(
+                step, trace_rows(step, rows, groups, scored.per_reward, scored.total), tag=f"eval_{tag}"
+            )
 
-    return run_evaluation(EvalPlan.of(recipe), rollout, reward, rows, recipe.rewards.accuracy,
-                          recipe.rewards.stop_on_total_failure, on_traces=keep_greedy)
+    return run_evaluation(
+        EvalPlan.of(recipe),
+        rollout,
+        reward,
+        rows,
+        recipe.rewards.accuracy,
+        recipe.rewards.stop_on_total_failure,
+        on_traces=keep_greedy,
+    )
 
 
 def describe_accuracy(result: dict) -> str:
     text = f"{result['accuracy']:.1%} greedy"
     if "accuracy/sampled" in result:
         text += f", {result['accuracy/sampled']:.1%} sampled"
-    return text + "".join(f", {key} {value:.1%}" for key, value in result.items()
-                          if key.startswith(("pass@", "maj@")))
+    return text + "".join(f", {key} {value:.1%}" for key, value in result.items() if key.startswith(("pass@", "maj@")))
 
 
 @contextmanager
@@ -177,14 +198,14 @@ def local_workers(model_path: str, recipe):
     closed on leaving."""
     import os
 
-
     # In this process vLLM's start-up warnings (eager mode, no tcmalloc, ...) would bury the results.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     rw = recipe.rewards
     engine = make_engine(recipe.rollout.engine, model_path, **engine_options(recipe, in_run=False))
     try:
-        with RewardRunner(rw.funcs, timeout_s=rw.timeout_s, num_workers=rw.num_workers,
-                          warm_up_timeout_s=rw.warm_up_timeout_s) as runner:
+        with RewardRunner(
+            rw.funcs, timeout_s=rw.timeout_s, num_workers=rw.num_workers, warm_up_timeout_s=rw.warm_up_timeout_s
+        ) as runner:
             yield engine, runner
     finally:
         getattr(engine, "close", lambda: None)()

@@ -35,7 +35,9 @@ def _actor(cls, cpus: float, gpus: float, bundles: list | None, index: int, max_
     options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": max_restarts}
     if bundles is not None:
         pg, offset = bundles
-        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=offset + index)
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=offset + index
+        )
     return ray.remote(cls).options(**options)
 
 
@@ -61,12 +63,16 @@ def reserve(resources, timeout_s: float = 600.0):
     policy, rollout = ({k: v for k, v in b.items() if v} for b in (policy, rollout))
     if not policy and not rollout:
         return None
-    bundles = [policy or {"CPU": 0.001}] * resources.policy_workers + [rollout or {"CPU": 0.001}] * resources.rollout_engines
+    bundles = [policy or {"CPU": 0.001}] * resources.policy_workers + [
+        rollout or {"CPU": 0.001}
+    ] * resources.rollout_engines
     pg = placement_group(bundles, strategy=resources.placement.upper())
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
-        raise RuntimeError(f"the cluster cannot hold the workers the recipe's resources ask for ({bundles}) within "
-                           f"{timeout_s:g} s: `rlwhf plan` shows what they need; lower resources.* or add nodes")
+        raise RuntimeError(
+            f"the cluster cannot hold the workers the recipe's resources ask for ({bundles}) within "
+            f"{timeout_s:g} s: `rlwhf plan` shows what they need; lower resources.* or add nodes"
+        )
     return pg
 
 
@@ -75,13 +81,32 @@ class PolicyGroup:
         res = recipe.resources
         n = res.policy_workers
         self.workers = [
-            _actor(PolicyWorker, res.cpus_per_policy_worker, res.gpus_per_policy_worker,
-                   None if pg is None else (pg, 0), rank).remote(
-                log_path=str(log_dir / (LOG_FILES["PolicyWorker"] if n == 1 else f"policy-{rank}.log")))
-            for rank in range(n)]
+            _actor(
+                PolicyWorker,
+                res.cpus_per_policy_worker,
+                res.gpus_per_policy_worker,
+                None if pg is None else (pg, 0),
+                rank,
+            ).remote(log_path=str(log_dir / (LOG_FILES["PolicyWorker"] if n == 1 else f"policy-{rank}.log")))
+            for rank in range(n)
+        ]
         address = ray.get(self.workers[0].address.remote()) if n > 1 else None
-        ray.get([w.setup.remote(model_path, recipe.algo, recipe.train, rank=rank, world=n, address=address,
-                                resume_from=resume_from, moe=recipe.moe, **trainer_kwargs) for rank, w in enumerate(self.workers)])
+        ray.get(
+            [
+                w.setup.remote(
+                    model_path,
+                    recipe.algo,
+                    recipe.train,
+                    rank=rank,
+                    world=n,
+                    address=address,
+                    resume_from=resume_from,
+                    moe=recipe.moe,
+                    **trainer_kwargs,
+                )
+                for rank, w in enumerate(self.workers)
+            ]
+        )
 
     def _all(self, method: str, *args):
         """Call ``method`` on every rank; rank 0's answer."""
@@ -107,8 +132,12 @@ class PolicyGroup:
 
     def connect_engines(self, engines: list, tensor_parallel_size: int) -> None:
         address = ray.get(self.workers[0].address.remote())
-        ray.get([w.connect_engines.remote(engines, tensor_parallel_size, address if rank == 0 else None)
-                 for rank, w in enumerate(self.workers)])
+        ray.get(
+            [
+                w.connect_engines.remote(engines, tensor_parallel_size, address if rank == 0 else None)
+                for rank, w in enumerate(self.workers)
+            ]
+        )
 
     def send_weights(self) -> int:
         return self._all("send_weights")
@@ -124,11 +153,22 @@ class RolloutGroup:
         self.restarts = 0
         self.on_restart = None  # called with an engine that Ray restarted (rlwhf.sync loads its weights)
         self.engines = [
-            _actor(RolloutWorker, res.cpus_per_rollout_engine, res.gpus_per_rollout_engine,
-                   None if pg is None else (pg, res.policy_workers), i, res.max_restarts).remote(
-                recipe.rollout.engine, model_path, engines=m,
-                log_path=str(log_dir / (LOG_FILES["RolloutWorker"] if m == 1 else f"rollout-{i}.log")), **engine_kwargs)
-            for i in range(m)]
+            _actor(
+                RolloutWorker,
+                res.cpus_per_rollout_engine,
+                res.gpus_per_rollout_engine,
+                None if pg is None else (pg, res.policy_workers),
+                i,
+                res.max_restarts,
+            ).remote(
+                recipe.rollout.engine,
+                model_path,
+                engines=m,
+                log_path=str(log_dir / (LOG_FILES["RolloutWorker"] if m == 1 else f"rollout-{i}.log")),
+                **engine_kwargs,
+            )
+            for i in range(m)
+        ]
 
     def generate(self, prompts: list, sampling) -> list:
         """Every prompt's completions: the prompts split into contiguous parts, one per engine, each
@@ -180,8 +220,12 @@ class RewardGroup:
         rc = recipe.rewards
         self.restarts, self.limit = 0, recipe.resources.max_restarts
         self.worker = _actor(RewardWorker, 0, 0, None, 0, self.limit).remote(
-            rc.funcs, rc.timeout_s, rc.num_workers, warm_up_timeout_s=rc.warm_up_timeout_s,
-            log_path=str(log_dir / LOG_FILES["RewardWorker"]))
+            rc.funcs,
+            rc.timeout_s,
+            rc.num_workers,
+            warm_up_timeout_s=rc.warm_up_timeout_s,
+            log_path=str(log_dir / LOG_FILES["RewardWorker"]),
+        )
 
     def score(self, groups):
         while True:

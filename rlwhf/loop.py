@@ -92,8 +92,9 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     stop = faults.watch_for_sigterm()
     prefetch = ThreadPoolExecutor(1) if recipe.train.off_policy_steps else None
     pending = run.pending
-    bar = tqdm(range(run.start_step, steps), desc="GRPO", unit="step", initial=run.start_step, total=steps,
-               dynamic_ncols=True)
+    bar = tqdm(
+        range(run.start_step, steps), desc="GRPO", unit="step", initial=run.start_step, total=steps, dynamic_ncols=True
+    )
     for step in bar:
         t_step = time.perf_counter()
         # 1-3; in one-step off-policy mode, sampled in the background by the weights before the
@@ -102,23 +103,32 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         pending = prefetch.submit(collect, run, step + 1) if prefetch and step + 1 < steps else None
         if collected.rows:
             batch, rewards = compute_advantages(run, collected)  # 4
-            metrics = {"step": step + 1, **step_metrics(collected, rewards, batch.advantages),
-                       **update_policy(run, batch, step),  # 5
-                       **sync_weights(run)}  # 6
+            metrics = {
+                "step": step + 1,
+                **step_metrics(collected, rewards, batch.advantages),
+                **update_policy(run, batch, step),  # 5
+                **sync_weights(run),
+            }  # 6
         else:
             batch, metrics = None, skipped_step_metrics(step + 1, collected)
         record_step(run, step, collected, batch, metrics, t_step)  # 7
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", refresh=False,
-                        acc=f"{metrics.get(f'reward/{recipe.rewards.accuracy}/mean', 0):.2f}",
-                        len=f"{metrics['response_length/mean']:.0f}")
+        bar.set_postfix(
+            reward=f"{metrics['reward/mean']:.3f}",
+            refresh=False,
+            acc=f"{metrics.get(f'reward/{recipe.rewards.accuracy}/mean', 0):.2f}",
+            len=f"{metrics['response_length/mean']:.0f}",
+        )
         save_every = recipe.train.save_every
         if step + 1 == steps or (save_every and (step + 1) % save_every == 0) or stop.is_set():
-            checkpoints.save_checkpoint(run.policy, run.dir, step + 1,
-                                        {"cursor": run.source.cursor, **before_state(run.before)}, pending)
+            checkpoints.save_checkpoint(
+                run.policy, run.dir, step + 1, {"cursor": run.source.cursor, **before_state(run.before)}, pending
+            )
         if stop.is_set() and step + 1 < steps:
             bar.close()
-            raise Preempted(f"stopped by SIGTERM after step {step + 1}, whose checkpoint is written; "
-                                        f"continue with `rlwhf train --resume {run.dir}`")
+            raise Preempted(
+                f"stopped by SIGTERM after step {step + 1}, whose checkpoint is written; "
+                f"continue with `rlwhf train --resume {run.dir}`"
+            )
     bar.close()
     if prefetch:
         prefetch.shutdown()
@@ -134,8 +144,11 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     init_ray(recipe.ray.address, recipe.ray.num_cpus)
     data = load_task(recipe.data, recipe.run.seed, needs_answer=math_reward_used(recipe))
     if data.dropped:
-        say(f"dropped {sum(data.dropped.values())} bad rows of data.dataset ("
-            + ", ".join(f"{n} {kind}" for kind, n in data.dropped.items()) + "); `rlwhf data check` lists them")
+        say(
+            f"dropped {sum(data.dropped.values())} bad rows of data.dataset ("
+            + ", ".join(f"{n} {kind}" for kind, n in data.dropped.items())
+            + "); `rlwhf data check` lists them"
+        )
     ckpt = checkpoints.latest_checkpoint(run_dir) if resume else None
     state = json.loads((ckpt / "loop_state.json").read_text()) if ckpt else {}
     if resume:
@@ -147,20 +160,48 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
 
     rc, logs = recipe.rollout, run_dir / "logs"
     pg = reserve(recipe.resources)
-    rollout = RolloutGroup(recipe, model_path, pg, logs, shared_cores=recipe.train.off_policy_steps > 0,
-                           **engine_options(recipe))
-    policy = PolicyGroup(recipe, model_path, pg, logs, str(ckpt) if ckpt else None, temperature=rc.temperature,
-                         max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed, dtype=recipe.model.dtype,
-                         completions_per_step=recipe.train.prompts_per_step * rc.group_size)
+    rollout = RolloutGroup(
+        recipe, model_path, pg, logs, shared_cores=recipe.train.off_policy_steps > 0, **engine_options(recipe)
+    )
+    policy = PolicyGroup(
+        recipe,
+        model_path,
+        pg,
+        logs,
+        str(ckpt) if ckpt else None,
+        temperature=rc.temperature,
+        max_new_tokens=rc.max_new_tokens,
+        seed=recipe.run.seed,
+        dtype=recipe.model.dtype,
+        completions_per_step=recipe.train.prompts_per_step * rc.group_size,
+    )
     sync = make_sync(recipe)
     sync.start(policy, rollout)
     reward = RewardGroup(recipe, logs)
-    tracker = Tracker(run_dir, use_wandb=recipe.tracking.wandb, project=recipe.tracking.wandb_project,
-                      run_name=recipe.run.name, config=recipe.model_dump(mode="json"),
-                      console_every=recipe.tracking.console_every, total_steps=recipe.train.steps)
+    tracker = Tracker(
+        run_dir,
+        use_wandb=recipe.tracking.wandb,
+        project=recipe.tracking.wandb_project,
+        run_name=recipe.run.name,
+        config=recipe.model_dump(mode="json"),
+        console_every=recipe.tracking.console_every,
+        total_steps=recipe.train.steps,
+    )
     source = PromptSource(data.train, recipe.run.seed, cursor=state.get("cursor", 0))
-    run = Run(recipe, run_dir, data, source, rollout, policy, reward, sync, tracker, state.get("step", 0), {},
-              pending=checkpoints.saved_rollouts(ckpt))
+    run = Run(
+        recipe,
+        run_dir,
+        data,
+        source,
+        rollout,
+        policy,
+        reward,
+        sync,
+        tracker,
+        state.get("step", 0),
+        {},
+        pending=checkpoints.saved_rollouts(ckpt),
+    )
     if "accuracy_before_rl" in state:
         run.before = restore_before(state)
     else:
@@ -178,8 +219,10 @@ def skewed_start(recipe: Recipe, run_dir: Path, model_path: str) -> str:
     shutil.copytree(model_path, target, dirs_exist_ok=True)
     own = Path(model_path) / ROUTING_BIAS_FILE
     write_start_skew(target, recipe.moe.start_skew, torch.load(own) if own.is_file() else None)
-    say(f"moe.start_skew: the first top-k experts of every layer start with a selection bias "
-        f"+{recipe.moe.start_skew:g} above their own")
+    say(
+        f"moe.start_skew: the first top-k experts of every layer start with a selection bias "
+        f"+{recipe.moe.start_skew:g} above their own"
+    )
     return str(target)
 
 
@@ -197,8 +240,10 @@ def collect(run: Run, step: int) -> Collected:
         for name, count in scored.errors.items():
             out.errors[name] = out.errors.get(name, 0) + count
         for failure in scored.failures:
-            run.tracker.warn_once(f"{failure.reward}/{failure.status}", f"{failure} (shown once; every failure "
-                                  f"is counted in metrics.jsonl as reward/{failure.reward}/errors)")
+            run.tracker.warn_once(
+                f"{failure.reward}/{failure.status}",
+                f"{failure} (shown once; every failure is counted in metrics.jsonl as reward/{failure.reward}/errors)",
+            )
         total = total_rewards(run, groups, scored.total)
         zero_var = zero_variance_groups(total, G)
         out.seen_totals.extend(total.tolist())
@@ -210,9 +255,9 @@ def collect(run: Run, step: int) -> Collected:
                 continue
             out.rows.append(rows[i])
             out.groups.append(groups[i])
-            out.totals.extend(total[i * G:(i + 1) * G].tolist())
+            out.totals.extend(total[i * G : (i + 1) * G].tolist())
             for name, values in scored.per_reward.items():
-                out.per_reward.setdefault(name, []).extend(values[i * G:(i + 1) * G])
+                out.per_reward.setdefault(name, []).extend(values[i * G : (i + 1) * G])
         if not algo.dynamic_sampling:
             break
     return out
@@ -229,8 +274,13 @@ def sampling_settings(run: Run, step: int, round_: int) -> SamplingSettings:
     """2. How a training step samples: G completions per prompt, a seed fixed by the run's seed, the
     step and the sampling round (each prompt then gets its own seed from it)."""
     rc = run.recipe.rollout
-    return SamplingSettings(n=rc.group_size, temperature=rc.temperature, top_p=rc.top_p,
-                            max_new_tokens=rc.max_new_tokens, seed=run.recipe.run.seed * 1_000_003 + step * 101 + round_)
+    return SamplingSettings(
+        n=rc.group_size,
+        temperature=rc.temperature,
+        top_p=rc.top_p,
+        max_new_tokens=rc.max_new_tokens,
+        seed=run.recipe.run.seed * 1_000_003 + step * 101 + round_,
+    )
 
 
 def total_rewards(run: Run, groups: list, totals: list[float]) -> torch.Tensor:
@@ -248,14 +298,25 @@ def compute_advantages(run: Run, collected: Collected) -> tuple[RolloutBatch, to
     the KL penalty folded in when ``algo.kl_in_reward``)."""
     algo, groups = run.recipe.algo, collected.groups
     completions = [c for grp in groups for c in grp.completions]
-    batch = pack([grp.prompt_ids for grp in groups for _ in grp.completions], [c.token_ids for c in completions],
-                 [c.logprobs for c in completions], [0.0] * len(completions),
-                 [c.finish_reason == "length" for c in completions], pad_id=0, routes=[c.routes for c in completions])
+    batch = pack(
+        [grp.prompt_ids for grp in groups for _ in grp.completions],
+        [c.token_ids for c in completions],
+        [c.logprobs for c in completions],
+        [0.0] * len(completions),
+        [c.finish_reason == "length" for c in completions],
+        pad_id=0,
+        routes=[c.routes for c in completions],
+    )
     rewards = torch.tensor(collected.totals)
     if algo.kl_in_reward and algo.kl_coef > 0:
         rewards = rewards - algo.kl_coef * torch.tensor(run.policy.sequence_kl(batch))
-    batch.advantages = group_advantages(rewards, run.recipe.rollout.group_size, estimator=algo.advantage,
-                                        eps=algo.eps, batch_std_norm=algo.batch_std_norm)
+    batch.advantages = group_advantages(
+        rewards,
+        run.recipe.rollout.group_size,
+        estimator=algo.advantage,
+        eps=algo.eps,
+        batch_std_norm=algo.batch_std_norm,
+    )
     if algo.negative_scale != 1.0:
         batch.advantages = scale_negative(batch.advantages, algo.negative_scale)
     return batch, rewards
@@ -266,7 +327,11 @@ def update_policy(run: Run, batch: RolloutBatch, step: int) -> dict:
     t0 = time.perf_counter()
     metrics = run.policy.train_on(batch, while_running=lambda: faults.fault_point("update", step + 1))
     seconds = time.perf_counter() - t0
-    return {**metrics, "time/train": seconds, "tokens_per_s/train": int(batch.attention_mask.sum()) / max(seconds, 1e-9)}
+    return {
+        **metrics,
+        "time/train": seconds,
+        "tokens_per_s/train": int(batch.attention_mask.sum()) / max(seconds, 1e-9),
+    }
 
 
 def sync_weights(run: Run) -> dict:
@@ -275,8 +340,9 @@ def sync_weights(run: Run) -> dict:
     return {**run.sync.push(run.policy, run.rollout), "workers/restarts": run.rollout.restarts + run.reward.restarts}
 
 
-def record_step(run: Run, step: int, collected: Collected, batch: RolloutBatch | None, metrics: dict,
-                t_step: float) -> None:
+def record_step(
+    run: Run, step: int, collected: Collected, batch: RolloutBatch | None, metrics: dict, t_step: float
+) -> None:
     """7. Held-out accuracy every ``train.eval_every`` steps, and the step's metrics and traces."""
     recipe = run.recipe
     if recipe.train.eval_every and (step + 1) % recipe.train.eval_every == 0 and step + 1 < recipe.train.steps:
@@ -285,8 +351,12 @@ def record_step(run: Run, step: int, collected: Collected, batch: RolloutBatch |
     metrics["time/unix"] = time.time()  # when the step ended, to line runs up with other clocks
     run.tracker.log(metrics)
     if recipe.tracking.traces and batch is not None:
-        run.tracker.write_traces(step + 1, trace_rows(step + 1, collected.rows, collected.groups,
-                                                      collected.per_reward, collected.totals, batch.advantages))
+        run.tracker.write_traces(
+            step + 1,
+            trace_rows(
+                step + 1, collected.rows, collected.groups, collected.per_reward, collected.totals, batch.advantages
+            ),
+        )
 
 
 def headline(result: dict, when: str) -> dict:
@@ -310,8 +380,13 @@ def restore_before(state: dict) -> dict:
     before = {"accuracy": state["accuracy_before_rl"]}
     if "sampled_accuracy_before_rl" in state:
         before["accuracy/sampled"] = state["sampled_accuracy_before_rl"]
-    before.update({key.removesuffix("_before_rl"): value for key, value in state.items()
-                   if key.startswith(("pass@", "maj@")) and key.endswith("_before_rl")})
+    before.update(
+        {
+            key.removesuffix("_before_rl"): value
+            for key, value in state.items()
+            if key.startswith(("pass@", "maj@")) and key.endswith("_before_rl")
+        }
+    )
     return before
 
 
@@ -323,13 +398,20 @@ def finish(run: Run, started: float) -> dict:
     run.tracker.log({"step": recipe.train.steps, **after, **before_state(run.before)})
     run.tracker.close()
     run.reward.close()
-    summary = {"run_dir": str(run.dir), **before_state(run.before), **headline(after, "after_rl"),
-               **({"dropped_rows": run.data.dropped} if run.data.dropped else {}),
-               "steps": recipe.train.steps, "wall_seconds": round(time.perf_counter() - started, 1),
-               "rollout_engine": recipe.rollout.engine}
+    summary = {
+        "run_dir": str(run.dir),
+        **before_state(run.before),
+        **headline(after, "after_rl"),
+        **({"dropped_rows": run.data.dropped} if run.data.dropped else {}),
+        "steps": recipe.train.steps,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "rollout_engine": recipe.rollout.engine,
+    }
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
     start = "after SFT" if recipe.sft.enabled else "before RL"
-    say(f"held-out accuracy {start}: {describe_accuracy(run.before)}; after {recipe.train.steps} RL steps: "
-        f"{describe_accuracy(after)}")
+    say(
+        f"held-out accuracy {start}: {describe_accuracy(run.before)}; after {recipe.train.steps} RL steps: "
+        f"{describe_accuracy(after)}"
+    )
     say(f"run directory: {run.dir}  (traces: rlwhf.traces.load({str(run.dir)!r}))")
     return summary

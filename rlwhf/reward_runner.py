@@ -175,8 +175,14 @@ class Scores:
 
 
 class RewardRunner:
-    def __init__(self, specs: list[RewardSpec], *, timeout_s: float = 10.0, num_workers: int = 2,
-                 warm_up_timeout_s: float = 120.0):
+    def __init__(
+        self,
+        specs: list[RewardSpec],
+        *,
+        timeout_s: float = 10.0,
+        num_workers: int = 2,
+        warm_up_timeout_s: float = 120.0,
+    ):
         # fail at start-up on a name that cannot resolve, not mid-run
         self.modules = {spec.name: rewards.get(spec.name).__module__ for spec in specs}
         if len({s.name for s in specs}) != len(specs):

@@ -61,8 +61,10 @@ def prepare_policy(recipe, run_dir: Path, train_rows: list[dict], say: Callable[
             raise ValueError("sft.enabled needs training rows with a 'solution' column; set sft.enabled=false")
         t0 = time.perf_counter()
         threads = _sft_with_progress(recipe, path, rows, sft_dir, run_dir / "logs" / "sft.log")
-        say(f"cold-start SFT: {recipe.sft.steps} steps on {len(rows)} solver traces in "
-            f"{time.perf_counter() - t0:.0f} s on {threads} threads")
+        say(
+            f"cold-start SFT: {recipe.sft.steps} steps on {len(rows)} solver traces in "
+            f"{time.perf_counter() - t0:.0f} s on {threads} threads"
+        )
         if use_cache:
             tmp = cached.with_name(cached.name + ".tmp")
             shutil.copytree(sft_dir, tmp, dirs_exist_ok=True)
@@ -77,9 +79,18 @@ def _sft_with_progress(recipe, model_path: str, rows: list[dict], sft_dir: Path,
 
     progress = remote(ProgressBoard).remote()
     task = cold_start_sft_task.remote(
-        model_path, rows, str(sft_dir), steps=recipe.sft.steps, batch_size=recipe.sft.batch_size,
-        learning_rate=recipe.sft.learning_rate, seed=recipe.run.seed, router_aux_loss_coef=recipe.sft.router_aux_loss_coef,
-        bias_update_rate=recipe.sft.bias_update_rate, log_path=str(log_path), progress=progress)
+        model_path,
+        rows,
+        str(sft_dir),
+        steps=recipe.sft.steps,
+        batch_size=recipe.sft.batch_size,
+        learning_rate=recipe.sft.learning_rate,
+        seed=recipe.run.seed,
+        router_aux_loss_coef=recipe.sft.router_aux_loss_coef,
+        bias_update_rate=recipe.sft.bias_update_rate,
+        log_path=str(log_path),
+        progress=progress,
+    )
     with tqdm(total=recipe.sft.steps, desc="cold-start SFT", unit="step", dynamic_ncols=True) as bar:
         done = []
         while not done:

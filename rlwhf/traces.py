@@ -24,11 +24,29 @@ from typing import Any
 import pandas as pd
 
 __all__ = [
-    "load", "load_metrics", "load_summary", "load_config", "reward_columns", "reward_weights",
-    "accuracy_column", "failures", "group", "prompt_history", "expert_load", "answer_span",
-    "render_trace_html", "render_group_html", "plot_curves", "plot_length_vs_reward",
-    "plot_advantages", "plot_expert_load", "plot_group", "plot_compare", "NO_EXPERT_LOAD",
-    "routing_agreement", "plot_routing",
+    "load",
+    "load_metrics",
+    "load_summary",
+    "load_config",
+    "reward_columns",
+    "reward_weights",
+    "accuracy_column",
+    "failures",
+    "group",
+    "prompt_history",
+    "expert_load",
+    "answer_span",
+    "render_trace_html",
+    "render_group_html",
+    "plot_curves",
+    "plot_length_vs_reward",
+    "plot_advantages",
+    "plot_expert_load",
+    "plot_group",
+    "plot_compare",
+    "NO_EXPERT_LOAD",
+    "routing_agreement",
+    "plot_routing",
 ]
 
 NO_EXPERT_LOAD = "this run recorded no expert load"
@@ -257,25 +275,34 @@ def _completion_html(text: str, correct: bool | None) -> str:
         return f'<span class="rlwhf-think">{html.escape(text)}</span>'
     a, b = span
     cls = {True: " ok", False: " bad", None: ""}[correct]
-    return (f'<span class="rlwhf-think">{html.escape(text[:a])}</span>'
-            f'<span class="rlwhf-ans{cls}">{html.escape(text[a:b])}</span>'
-            f'<span class="rlwhf-think">{html.escape(text[b:])}</span>')
+    return (
+        f'<span class="rlwhf-think">{html.escape(text[:a])}</span>'
+        f'<span class="rlwhf-ans{cls}">{html.escape(text[a:b])}</span>'
+        f'<span class="rlwhf-think">{html.escape(text[b:])}</span>'
+    )
 
 
 def _card(row: Mapping[str, Any], accuracy: str | None) -> str:
     correct = _correct(row, accuracy)
-    rewards = " · ".join(f"{html.escape(k[len('reward_'):])} {_num(row[k])}" for k in row.keys()
-                         if str(k).startswith("reward_"))
+    rewards = " · ".join(
+        f"{html.escape(k[len('reward_') :])} {_num(row[k])}" for k in row.keys() if str(k).startswith("reward_")
+    )
     failure = f" · <i>{html.escape(str(row['failure']))}</i>" if row.get("failure") else ""
     tag = f"{html.escape(str(row['tag']))} · " if row.get("tag") else ""
-    head = (f"<b>{tag}step {row.get('step', '?')} · sample {row.get('sample_index', '?')}{failure}</b>"
-            f"<span>reward <b>{_num(row.get('reward'))}</b> · advantage <b>{_num(row.get('advantage'))}</b></span>")
-    meta = (f"gold {html.escape(str(row.get('answer', '')))} · {html.escape(str(row.get('num_tokens', '?')))} tokens"
-            f" · {html.escape(str(row.get('finish_reason', '')))}<br>{rewards}")
+    head = (
+        f"<b>{tag}step {row.get('step', '?')} · sample {row.get('sample_index', '?')}{failure}</b>"
+        f"<span>reward <b>{_num(row.get('reward'))}</b> · advantage <b>{_num(row.get('advantage'))}</b></span>"
+    )
+    meta = (
+        f"gold {html.escape(str(row.get('answer', '')))} · {html.escape(str(row.get('num_tokens', '?')))} tokens"
+        f" · {html.escape(str(row.get('finish_reason', '')))}<br>{rewards}"
+    )
     cls = {True: " ok", False: " bad", None: ""}[correct]
-    return (f'<div class="rlwhf-card{cls}"><div class="rlwhf-head">{head}</div>'
-            f'<pre class="rlwhf-text">{_completion_html(str(row.get("completion", "")), correct)}</pre>'
-            f'<div class="rlwhf-meta">{meta}</div></div>')
+    return (
+        f'<div class="rlwhf-card{cls}"><div class="rlwhf-head">{head}</div>'
+        f'<pre class="rlwhf-text">{_completion_html(str(row.get("completion", "")), correct)}</pre>'
+        f'<div class="rlwhf-meta">{meta}</div></div>'
+    )
 
 
 def render_trace_html(row: Mapping[str, Any] | pd.Series, accuracy: str | None = None) -> Html:
@@ -292,8 +319,7 @@ def render_group_html(rows: pd.DataFrame, accuracy: str | None = None) -> Html:
     parts = [_CSS]
     for prompt, sub in rows.groupby("prompt", sort=False) if "prompt" in rows else [("", rows)]:
         parts.append(f'<div class="rlwhf-prompt">{html.escape(str(prompt))}</div>')
-        parts.append('<div class="rlwhf-group">'
-                     + "".join(_card(r, acc) for r in sub.to_dict("records")) + "</div>")
+        parts.append('<div class="rlwhf-group">' + "".join(_card(r, acc) for r in sub.to_dict("records")) + "</div>")
     return Html("".join(parts))
 
 
@@ -408,8 +434,13 @@ def plot_advantages(df: pd.DataFrame, ax=None, accuracy: str | None = None):
     bins = 40 if hi > lo else 3
     if acc:
         ok = df[acc].ge(1.0)
-        a.hist([adv[ok].dropna(), adv[~ok].dropna()], bins=bins, stacked=True,
-               color=["tab:green", "tab:red"], label=["right", "wrong"])
+        a.hist(
+            [adv[ok].dropna(), adv[~ok].dropna()],
+            bins=bins,
+            stacked=True,
+            color=["tab:green", "tab:red"],
+            label=["right", "wrong"],
+        )
         a.legend(fontsize=8)
     else:
         a.hist(adv.dropna(), bins=bins)
@@ -435,9 +466,16 @@ def plot_expert_load(metrics: pd.DataFrame, ax=None, side: str = "trainer"):
     for a, layer in zip(axes, layers):
         table = load_[layer]
         steps = table.index.to_numpy()
-        image = a.imshow(table.to_numpy().T, aspect="auto", origin="lower", cmap="viridis",
-                         vmin=0.0, vmax=vmax, interpolation="nearest",
-                         extent=(steps.min() - 0.5, steps.max() + 0.5, -0.5, table.shape[1] - 0.5))
+        image = a.imshow(
+            table.to_numpy().T,
+            aspect="auto",
+            origin="lower",
+            cmap="viridis",
+            vmin=0.0,
+            vmax=vmax,
+            interpolation="nearest",
+            extent=(steps.min() - 0.5, steps.max() + 0.5, -0.5, table.shape[1] - 0.5),
+        )
         a.set(title=f"layer {layer} (uniform = 1/{table.shape[1]})", xlabel="step", ylabel="expert")
         a.set_yticks(range(table.shape[1]), [str(e) for e in table.columns])
     fig.colorbar(image, ax=axes, label="share of routed tokens", shrink=0.8)
@@ -452,8 +490,16 @@ def plot_routing(metrics: pd.DataFrame, ax=None):
     and idlest expert's load over the mean (``moe/max_load_ratio``, ``moe/min_load_ratio``) on each
     side. A run without routing metrics gets a figure that says so."""
     agree = routing_agreement(metrics)
-    ratios = [c for c in ("moe/max_load_ratio", "moe/min_load_ratio", "moe/rollout_max_load_ratio",
-                          "moe/rollout_min_load_ratio") if c in metrics]
+    ratios = [
+        c
+        for c in (
+            "moe/max_load_ratio",
+            "moe/min_load_ratio",
+            "moe/rollout_max_load_ratio",
+            "moe/rollout_min_load_ratio",
+        )
+        if c in metrics
+    ]
     if agree is None and not ratios:
         fig, (a,) = _axes(ax, figsize=(6, 1.2))
         a.axis("off")
@@ -467,8 +513,12 @@ def plot_routing(metrics: pd.DataFrame, ax=None):
     left.set(title="trainer/rollout routing agreement", xlabel="step", ylabel="tokens with the same top-k")
     rows = metrics.dropna(subset=ratios, how="all") if ratios else metrics
     for column in ratios:
-        right.plot(rows["step"], rows[column], label=column.removeprefix("moe/"),
-                   linestyle="--" if "rollout" in column else "-")
+        right.plot(
+            rows["step"],
+            rows[column],
+            label=column.removeprefix("moe/"),
+            linestyle="--" if "rollout" in column else "-",
+        )
     right.axhline(1.0, color="#999", linewidth=0.8)
     right.set(title="expert load over the mean", xlabel="step", ylabel="load / mean load")
     right.legend(fontsize=8)
@@ -478,7 +528,7 @@ def plot_routing(metrics: pd.DataFrame, ax=None):
 def _wrap(text: str, width: int) -> list[str]:
     out = []
     for line in text.split("\n"):
-        out += [line[i:i + width] for i in range(0, max(len(line), 1), width)]
+        out += [line[i : i + width] for i in range(0, max(len(line), 1), width)]
     return out
 
 
@@ -497,24 +547,43 @@ def plot_group(rows: pd.DataFrame, accuracy: str | None = None, width: int = 46,
     fig, axes = _axes(ax, len(records), figsize=(width * 0.085, 0.16 * height + 0.3), ncols=ncols)
     if "prompt" in rows and len(records):
         step = records[0].get("step", "?")
-        fig.suptitle(f"step {step} — prompt: {str(records[0]['prompt']).strip()!s}  (gold {records[0].get('answer', '?')}; green = right, red = wrong)",
-                     fontsize=11, family="monospace")
+        fig.suptitle(
+            f"step {step} — prompt: {str(records[0]['prompt']).strip()!s}  (gold {records[0].get('answer', '?')}; green = right, red = wrong)",
+            fontsize=11,
+            family="monospace",
+        )
     for a, r, lines in zip(axes, records, wrapped):
         a.set_axis_off()
         correct = _correct(r, acc)
         colour = {True: "#2a9d4b", False: "#c0392b", None: "#444"}[correct]
         text = str(r.get("completion", ""))
         span = answer_span(text)
-        answer = text[span[0]:span[1]] if span else "(no answer)"
+        answer = text[span[0] : span[1]] if span else "(no answer)"
         a.add_patch(Rectangle((0, 0), 1, 1, transform=a.transAxes, fill=False, ec=colour, lw=2))
-        a.text(0.03, 0.98, f"sample {r.get('sample_index', '?')}", transform=a.transAxes, va="top",
-               fontsize=9, weight="bold")
-        a.text(0.03, 0.90, "\n".join(lines), transform=a.transAxes, va="top", family="monospace",
-               fontsize=8, color="#777")
-        rewards = "  ".join(f"{k[len('reward_'):]} {_num(r[k])}" for k in r if str(k).startswith("reward_"))
-        a.text(0.03, 0.03, f"answer: {answer}\nreward {_num(r.get('reward'))}   advantage {_num(r.get('advantage'))}\n"
-               f"{rewards}\n{r.get('num_tokens', '?')} tokens, {r.get('finish_reason', '')}",
-               transform=a.transAxes, va="bottom", family="monospace", fontsize=8, color=colour)
+        a.text(
+            0.03,
+            0.98,
+            f"sample {r.get('sample_index', '?')}",
+            transform=a.transAxes,
+            va="top",
+            fontsize=9,
+            weight="bold",
+        )
+        a.text(
+            0.03, 0.90, "\n".join(lines), transform=a.transAxes, va="top", family="monospace", fontsize=8, color="#777"
+        )
+        rewards = "  ".join(f"{k[len('reward_') :]} {_num(r[k])}" for k in r if str(k).startswith("reward_"))
+        a.text(
+            0.03,
+            0.03,
+            f"answer: {answer}\nreward {_num(r.get('reward'))}   advantage {_num(r.get('advantage'))}\n"
+            f"{rewards}\n{r.get('num_tokens', '?')} tokens, {r.get('finish_reason', '')}",
+            transform=a.transAxes,
+            va="bottom",
+            family="monospace",
+            fontsize=8,
+            color=colour,
+        )
     return fig
 
 

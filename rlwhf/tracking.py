@@ -27,25 +27,38 @@ def step_metrics(collected, rewards, advantages) -> dict:
     rewards they came from and their advantages."""
     completions = [c for grp in collected.groups for c in grp.completions]
     lengths = np.array([len(c.token_ids) for c in completions])
-    return {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
-            **{f"reward/{n}/mean": float(np.mean([v or 0.0 for v in vals])) for n, vals in collected.per_reward.items()},
-            **{f"reward/{n}/errors": c for n, c in collected.errors.items()},
-            "response_length/mean": float(lengths.mean()), "response_length/max": int(lengths.max()),
-            "response_length/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
-            "groups/zero_variance_frac": collected.zero_var_frac, "groups/sampling_rounds": collected.rounds,
-            "advantage/mean": float(advantages.mean()), "advantage/std": float(advantages.std()),
-            "time/rollout": collected.t_rollout, "time/reward": collected.t_reward,
-            "tokens_per_s/rollout": float(lengths.sum() / max(collected.t_rollout, 1e-9))}
+    return {
+        "reward/mean": float(rewards.mean()),
+        "reward/std": float(rewards.std()),
+        **{f"reward/{n}/mean": float(np.mean([v or 0.0 for v in vals])) for n, vals in collected.per_reward.items()},
+        **{f"reward/{n}/errors": c for n, c in collected.errors.items()},
+        "response_length/mean": float(lengths.mean()),
+        "response_length/max": int(lengths.max()),
+        "response_length/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
+        "groups/zero_variance_frac": collected.zero_var_frac,
+        "groups/sampling_rounds": collected.rounds,
+        "advantage/mean": float(advantages.mean()),
+        "advantage/std": float(advantages.std()),
+        "time/rollout": collected.t_rollout,
+        "time/reward": collected.t_reward,
+        "tokens_per_s/rollout": float(lengths.sum() / max(collected.t_rollout, 1e-9)),
+    }
 
 
 def skipped_step_metrics(step: int, collected) -> dict:
     """A step whose every group scored all-equal in every sampling round: nothing to learn from, but
     it is still logged (over every sampled completion), evaluated and checkpointed on schedule."""
-    return {"step": step, "update/skipped": 1, "reward/mean": float(np.mean(collected.seen_totals)),
-            **{f"reward/{n}/errors": c for n, c in collected.errors.items()},
-            "response_length/mean": float(np.mean(collected.seen_lengths)),
-            "groups/zero_variance_frac": collected.zero_var_frac, "groups/sampling_rounds": collected.rounds,
-            "time/rollout": collected.t_rollout, "time/reward": collected.t_reward}
+    return {
+        "step": step,
+        "update/skipped": 1,
+        "reward/mean": float(np.mean(collected.seen_totals)),
+        **{f"reward/{n}/errors": c for n, c in collected.errors.items()},
+        "response_length/mean": float(np.mean(collected.seen_lengths)),
+        "groups/zero_variance_frac": collected.zero_var_frac,
+        "groups/sampling_rounds": collected.rounds,
+        "time/rollout": collected.t_rollout,
+        "time/reward": collected.t_reward,
+    }
 
 
 def console_line(metrics: dict, total_steps: int) -> str:
@@ -75,8 +88,17 @@ def console_line(metrics: dict, total_steps: int) -> str:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, *, use_wandb: bool = False, project: str = "rlwhf",
-                 run_name: str = "run", config: dict | None = None, console_every: int = 1, total_steps: int = 0):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        use_wandb: bool = False,
+        project: str = "rlwhf",
+        run_name: str = "run",
+        config: dict | None = None,
+        console_every: int = 1,
+        total_steps: int = 0,
+    ):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.traces_dir = self.run_dir / "traces"
@@ -93,8 +115,9 @@ class Tracker:
             id_file = self.run_dir / "wandb_run_id"
             run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
             id_file.write_text(run_id)
-            self.wandb = wandb.init(project=project, name=run_name, dir=str(self.run_dir), config=config,
-                                    id=run_id, resume="allow")
+            self.wandb = wandb.init(
+                project=project, name=run_name, dir=str(self.run_dir), config=config, id=run_id, resume="allow"
+            )
 
     def log(self, metrics: dict) -> None:
         """Append one step's metrics to ``metrics.jsonl`` (and wandb); a console line every ``console_every`` steps."""

@@ -21,8 +21,12 @@ from rlwhf.sync.object_store import put_in_buckets, take_buckets
 from rlwhf.train.sft import cold_start_sft
 
 # Which log file in the run directory holds each worker's output (see ``log_to``).
-LOG_FILES = {"RolloutWorker": "rollout.log", "PolicyWorker": "policy.log", "RewardWorker": "rewards.log",
-             "cold_start_sft_task": "sft.log"}
+LOG_FILES = {
+    "RolloutWorker": "rollout.log",
+    "PolicyWorker": "policy.log",
+    "RewardWorker": "rewards.log",
+    "cold_start_sft_task": "sft.log",
+}
 
 
 def describe_failure(exc: BaseException, log_dir) -> str:
@@ -43,10 +47,18 @@ def describe_failure(exc: BaseException, log_dir) -> str:
     worker = next((name for name in LOG_FILES if name in where), None)
     if worker is None:
         return f"a worker failed: {headline} (worker logs: {Path(log_dir)})"
-    hint = ("\n  a policy rank cannot rejoin its group mid-step: continue from the last checkpoint with "
-            f"`rlwhf train --resume {Path(log_dir).parent}`") if worker == "PolicyWorker" else ""
-    return f"{worker} failed: {headline}\n  its full log (one per rank or engine when there are several): " \
-           f"{Path(log_dir) / LOG_FILES[worker]}{hint}"
+    hint = (
+        (
+            "\n  a policy rank cannot rejoin its group mid-step: continue from the last checkpoint with "
+            f"`rlwhf train --resume {Path(log_dir).parent}`"
+        )
+        if worker == "PolicyWorker"
+        else ""
+    )
+    return (
+        f"{worker} failed: {headline}\n  its full log (one per rank or engine when there are several): "
+        f"{Path(log_dir) / LOG_FILES[worker]}{hint}"
+    )
 
 
 def log_to(path: str | None) -> None:
@@ -69,14 +81,24 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     # Workers log to files in the run directory (``log_to``); these keep the files to what matters.
-    quiet = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING", "TRANSFORMERS_VERBOSITY": "error",
-             "RAY_DEDUP_LOGS": "1"}
+    quiet = {
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "RAY_DEDUP_LOGS": "1",
+    }
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in quiet.items()}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=True,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
 
 
 def usable_cores(shared: bool = False, parts: int = 1) -> int:
@@ -119,7 +141,6 @@ def cold_start_sft_task(*args, log_path: str | None = None, progress=None, **kwa
     count. ``progress``: a ``ProgressBoard`` actor that hears ``(step, loss)`` after each step."""
     import torch
 
-
     log_to(log_path)
     claim_cores(False)
     on_step = (lambda step, loss: progress.report.remote(step, loss)) if progress is not None else None
@@ -128,8 +149,16 @@ def cold_start_sft_task(*args, log_path: str | None = None, progress=None, **kwa
 
 
 class RolloutWorker:
-    def __init__(self, kind: str, model_path: str, *, shared_cores: bool = False, engines: int = 1,
-                 log_path: str | None = None, **engine_kwargs):
+    def __init__(
+        self,
+        kind: str,
+        model_path: str,
+        *,
+        shared_cores: bool = False,
+        engines: int = 1,
+        log_path: str | None = None,
+        **engine_kwargs,
+    ):
         log_to(log_path)
         from rlwhf.rollout import make_engine
 
@@ -172,8 +201,9 @@ class PolicyWorker:
     """One rank of the policy. Built in one step (``model_path`` given), or in two for a sharded
     group: created empty, then ``setup`` on every rank at once, after rank 0's ``address``."""
 
-    def __init__(self, model_path: str | None = None, algo=None, train=None, *, log_path: str | None = None,
-                 **setup_kwargs):
+    def __init__(
+        self, model_path: str | None = None, algo=None, train=None, *, log_path: str | None = None, **setup_kwargs
+    ):
         log_to(log_path)
         if model_path is not None:
             self.setup(model_path, algo, train, **setup_kwargs)
@@ -183,8 +213,18 @@ class PolicyWorker:
 
         return free_address()
 
-    def setup(self, model_path: str, algo, train, *, rank: int = 0, world: int = 1, address=None,
-              resume_from: str | None = None, **trainer_kwargs) -> None:
+    def setup(
+        self,
+        model_path: str,
+        algo,
+        train,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        address=None,
+        resume_from: str | None = None,
+        **trainer_kwargs,
+    ) -> None:
         from rlwhf.train.distributed import init_group
         from rlwhf.train.policy import PolicyTrainer, resolve_device
 
@@ -223,8 +263,15 @@ class PolicyWorker:
         if getattr(self, "transfer", None) is not None:
             self.transfer.shutdown()
         self.engines = engines
-        self.transfer = connect(self.trainer.model, self.trainer.compute_dtype, engines, tp, rank=self.trainer.rank,
-                                address=address, device_type=self.trainer.device.type)
+        self.transfer = connect(
+            self.trainer.model,
+            self.trainer.compute_dtype,
+            engines,
+            tp,
+            rank=self.trainer.rank,
+            address=address,
+            device_type=self.trainer.device.type,
+        )
 
     def send_weights(self) -> int:
         """The policy's weights into every engine through vLLM's weight-transfer API (a collective of
@@ -239,13 +286,21 @@ class PolicyWorker:
 
 
 class RewardWorker:
-    def __init__(self, specs, timeout_s: float, num_workers: int, *, warm_up_timeout_s: float = 120.0,
-                 log_path: str | None = None):
+    def __init__(
+        self,
+        specs,
+        timeout_s: float,
+        num_workers: int,
+        *,
+        warm_up_timeout_s: float = 120.0,
+        log_path: str | None = None,
+    ):
         log_to(log_path)
         from rlwhf.reward_runner import RewardRunner
 
-        self.runner = RewardRunner(specs, timeout_s=timeout_s, num_workers=num_workers,
-                                   warm_up_timeout_s=warm_up_timeout_s)
+        self.runner = RewardRunner(
+            specs, timeout_s=timeout_s, num_workers=num_workers, warm_up_timeout_s=warm_up_timeout_s
+        )
         self.calls = 0
 
     def ping(self) -> bool:

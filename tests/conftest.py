@@ -34,9 +34,19 @@ def tiny_model(tmp_path_factory):
 
 # Overrides that make any tiny recipe run in seconds: a few prompts, short completions, a 20-step SFT.
 # Half the SFT traces answer directly, a format 20 steps can teach, so the format reward pays.
-SHORT = ["data.num_train=200", "data.num_test=8", "eval.num_prompts=8", "sft.steps=20", "data.direct_fraction=0.5",
-         "train.prompts_per_step=4", "rollout.group_size=4", "train.minibatch_size=8",
-         "rollout.max_new_tokens=32", "eval.max_new_tokens=32", "train.save_every=1"]
+SHORT = [
+    "data.num_train=200",
+    "data.num_test=8",
+    "eval.num_prompts=8",
+    "sft.steps=20",
+    "data.direct_fraction=0.5",
+    "train.prompts_per_step=4",
+    "rollout.group_size=4",
+    "train.minibatch_size=8",
+    "rollout.max_new_tokens=32",
+    "eval.max_new_tokens=32",
+    "train.save_every=1",
+]
 
 
 def run_cli(*args, cwd, paying=("format",), env=None):
@@ -50,12 +60,18 @@ def run_cli(*args, cwd, paying=("format",), env=None):
     env = {**os.environ, "WANDB_MODE": "offline", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", **(env or {})}
     if "RLWHF_FAULT" not in (env or {}):
         env.pop("RLWHF_FAULT", None)
-    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     if args and args[0] == "train":
         # the summary is the last JSON object the CLI prints; Ray may print a notice after it
-        summary, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.rindex('\n{\n  "run_dir"') + 1:])
+        summary, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.rindex('\n{\n  "run_dir"') + 1 :])
         steps = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
         errors = {k: v for m in steps for k, v in m.items() if k.endswith("/errors") and v}
         assert not errors, f"reward calls failed in the run: {errors}"
@@ -70,8 +86,16 @@ def short_run_dir(tmp_path_factory):
     at step 2 and at the end), made once per session through the CLI, for tests that read run
     directories (traces helpers, notebooks, `rlwhf inspect`)."""
     out = tmp_path_factory.mktemp("short_run")
-    run_cli("train", ROOT / "recipes" / "tiny-base.yaml", *SHORT, "train.steps=3", "train.eval_every=2",
-            "run.name=short", f"run.output_dir={out}", cwd=out)
+    run_cli(
+        "train",
+        ROOT / "recipes" / "tiny-base.yaml",
+        *SHORT,
+        "train.steps=3",
+        "train.eval_every=2",
+        "run.name=short",
+        f"run.output_dir={out}",
+        cwd=out,
+    )
     return out / "short"
 
 
@@ -85,8 +109,11 @@ def sandbox_unavailable(why: str) -> NoReturn:
     """Fail the test with ``why``, or skip it when RLWHF_SANDBOX_TESTS=skip."""
     if os.environ.get("RLWHF_SANDBOX_TESTS") == "skip":
         pytest.skip(f"NOT RUN because RLWHF_SANDBOX_TESTS=skip: {why}")
-    pytest.fail(f"{why}. If this machine cannot isolate programs, set RLWHF_SANDBOX_TESTS=skip to skip "
-                "the tests that need the sandbox.", pytrace=False)
+    pytest.fail(
+        f"{why}. If this machine cannot isolate programs, set RLWHF_SANDBOX_TESTS=skip to skip "
+        "the tests that need the sandbox.",
+        pytrace=False,
+    )
 
 
 def _sandbox_level(allowed: tuple[str, ...], needs: str) -> str:
@@ -94,8 +121,10 @@ def _sandbox_level(allowed: tuple[str, ...], needs: str) -> str:
 
     level = code.isolation_level()
     if level not in allowed:
-        sandbox_unavailable(f"{needs}, but the sandbox's level here is {level!r} "
-                            f"({code._get_pool()[2] or 'RLWHF_SANDBOX=' + os.environ.get('RLWHF_SANDBOX', 'auto')})")
+        sandbox_unavailable(
+            f"{needs}, but the sandbox's level here is {level!r} "
+            f"({code._get_pool()[2] or 'RLWHF_SANDBOX=' + os.environ.get('RLWHF_SANDBOX', 'auto')})"
+        )
     return level
 
 

@@ -13,9 +13,9 @@ LN2 = math.log(2.0)
 def test_k1_k2_k3_by_hand():
     # p = .5, ref = .25: log_r = ln(ref/p) = -ln 2
     logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
-    assert kl_estimate(logp, ref, "k1").item() == pytest.approx(LN2)                # -log_r
-    assert kl_estimate(logp, ref, "k2").item() == pytest.approx(0.5 * LN2 ** 2)     # .240227
-    assert kl_estimate(logp, ref, "k3").item() == pytest.approx(0.5 - 1 + LN2)      # r - 1 - log_r = .193147
+    assert kl_estimate(logp, ref, "k1").item() == pytest.approx(LN2)  # -log_r
+    assert kl_estimate(logp, ref, "k2").item() == pytest.approx(0.5 * LN2**2)  # .240227
+    assert kl_estimate(logp, ref, "k3").item() == pytest.approx(0.5 - 1 + LN2)  # r - 1 - log_r = .193147
 
 
 def test_every_estimator_is_zero_when_the_policies_agree():
@@ -67,9 +67,9 @@ def test_truncated_is_weights_refuse_a_non_positive_cap():
 
 def test_logprob_mismatch_by_hand_ignores_padding():
     old = torch.log(torch.tensor([[0.5, 0.3, 1.0]]))
-    rollout = torch.log(torch.tensor([[0.25, 0.6, 1e-30]]))      # last token is padding
+    rollout = torch.log(torch.tensor([[0.25, 0.6, 1e-30]]))  # last token is padding
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     m = logprob_mismatch(old, rollout, mask)
-    assert m["logp_diff_abs_mean"] == pytest.approx(LN2)         # |ln 2| and |ln .5|
+    assert m["logp_diff_abs_mean"] == pytest.approx(LN2)  # |ln 2| and |ln .5|
     assert m["is_ratio_max"] == pytest.approx(2.0)
     assert logprob_mismatch(old, rollout, torch.zeros(1, 3)) == {"logp_diff_abs_mean": 0.0, "is_ratio_max": 1.0}

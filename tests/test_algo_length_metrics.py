@@ -29,11 +29,11 @@ def test_mask_truncated_zeroes_the_rows_of_truncated_samples_only():
 
 
 def test_pass_at_k_by_hand():
-    assert pass_at_k(7, 3, 1) == pytest.approx(3 / 7)                   # k = 1 is the fraction correct
-    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)              # 1 - C(3,2)/C(5,2)
-    assert pass_at_k(20, 3, 5) == pytest.approx(1 - 6188 / 15504)       # 1 - C(17,5)/C(20,5)
+    assert pass_at_k(7, 3, 1) == pytest.approx(3 / 7)  # k = 1 is the fraction correct
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert pass_at_k(20, 3, 5) == pytest.approx(1 - 6188 / 15504)  # 1 - C(17,5)/C(20,5)
     assert pass_at_k(10, 0, 5) == 0.0
-    assert pass_at_k(4, 3, 2) == 1.0                                    # only one wrong sample: any 2 hit
+    assert pass_at_k(4, 3, 2) == 1.0  # only one wrong sample: any 2 hit
 
 
 def test_pass_at_k_refuses_impossible_counts():

@@ -118,8 +118,13 @@ def test_every_module_has_a_floor_and_no_import_runs_up():
     graph = import_graph()
     homeless = sorted(m for m in graph if floor_of(m) is None and m != "rlwhf")
     assert not homeless, f"modules on no floor of docs/architecture.md (tests/test_architecture.py FLOORS): {homeless}"
-    up = [f"{m} (floor {floor_of(m)}) -> {t} (floor {floor_of(t)})" for m, targets in graph.items() if m != "rlwhf"
-          for t in sorted(targets) if t != "rlwhf" and floor_of(t) > floor_of(m)]
+    up = [
+        f"{m} (floor {floor_of(m)}) -> {t} (floor {floor_of(t)})"
+        for m, targets in graph.items()
+        if m != "rlwhf"
+        for t in sorted(targets)
+        if t != "rlwhf" and floor_of(t) > floor_of(m)
+    ]
     assert not up, "imports that run up a floor: " + "; ".join(up)
 
 
@@ -131,6 +136,10 @@ def test_the_trainer_and_the_data_know_nothing_of_ray_or_of_what_drives_them():
             assert not graph[name] & upper, f"{name} imports {sorted(graph[name] & upper)}"
             assert not any(m.startswith("rlwhf.commands") for m in graph[name]), f"{name} imports a command"
             tree = ast.parse(path.read_text())
-            ray = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-                   and any((getattr(n, "module", None) or a.name).split(".")[0] == "ray" for a in n.names)]
+            ray = [
+                n
+                for n in ast.walk(tree)
+                if isinstance(n, (ast.Import, ast.ImportFrom))
+                and any((getattr(n, "module", None) or a.name).split(".")[0] == "ray" for a in n.names)
+            ]
             assert not ray, f"{name} imports ray"

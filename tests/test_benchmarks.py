@@ -13,10 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_gpu_trainer_benchmark_needs_only_torch_and_transformers(tmp_path):
     # The GPU machine has neither vLLM nor Ray nor pydantic: the script must not import them.
     out = tmp_path / "result.json"
-    code = ("import sys, runpy; sys.modules.update(pydantic=None, ray=None, vllm=None, trl=None, datasets=None); "
-            f"sys.argv = ['gpu_trainer.py', '--device', 'cpu', '--size', 'tiny', '--steps', '2', '--completions', '8', "
-            f"'--length', '64', '--micro-batch-tokens', '128', '--checkpointing', '--json', '{out}']; "
-            f"runpy.run_path('{ROOT / 'benchmarks' / 'gpu_trainer.py'}', run_name='__main__')")
+    code = (
+        "import sys, runpy; sys.modules.update(pydantic=None, ray=None, vllm=None, trl=None, datasets=None); "
+        f"sys.argv = ['gpu_trainer.py', '--device', 'cpu', '--size', 'tiny', '--steps', '2', '--completions', '8', "
+        f"'--length', '64', '--micro-batch-tokens', '128', '--checkpointing', '--json', '{out}']; "
+        f"runpy.run_path('{ROOT / 'benchmarks' / 'gpu_trainer.py'}', run_name='__main__')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -28,10 +30,32 @@ def test_the_gpu_trainer_benchmark_needs_only_torch_and_transformers(tmp_path):
 def test_the_comparison_with_trl_runs_both_tools_and_writes_its_table(tmp_path):
     """benchmarks/vs_trl.py in its smallest form: a 20-step cold start, 2 steps of 4 prompts x 8."""
     out = tmp_path / "vs_trl.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_trl.py"), "--steps", "2", "--rounds", "1",
-                           "--prompts", "4", "--tokens", "24", "--sft-steps", "20", "--held-out", "8",
-                           "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "vs_trl.py"),
+            "--steps",
+            "2",
+            "--rounds",
+            "1",
+            "--prompts",
+            "4",
+            "--tokens",
+            "24",
+            "--sft-steps",
+            "20",
+            "--held-out",
+            "8",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     for arm in ("rlwhf", "trl"):

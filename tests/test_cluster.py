@@ -39,16 +39,37 @@ def ray_head(tmp_path):
     head_log = tmp_path / "ray-head.log"
     home = tmp_path / "home"
     home.mkdir()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(home), "RAY_AUTH_MODE": "token",
-           "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "WANDB_MODE": "offline"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "HOME": str(home),
+        "RAY_AUTH_MODE": "token",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        "WANDB_MODE": "offline",
+    }
     env.pop("RAY_ADDRESS", None)
     # the cluster's token, made before the head starts (a head started without one runs unauthenticated)
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     assert (home / ".ray" / "auth_token").is_file()
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
-                             f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-                             f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
-                            env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            "--num-cpus=2",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--temp-dir={ray_tmp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=head_log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         status = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}"}
         deadline = time.time() + 180
@@ -76,9 +97,26 @@ def test_ray_job_submit_and_a_joining_driver_run_a_recipe_on_a_real_head(ray_hea
     deadline = time.time() + 300
     while True:
         submit = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", ray_head["jobs"], "--working-dir", str(ROOT), "--",
-             "rlwhf", "train", "recipes/tiny-base.yaml", *short, "run.name=submitted"],
-            env=ray_head["env"], capture_output=True, text=True, timeout=1200)
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                ray_head["jobs"],
+                "--working-dir",
+                str(ROOT),
+                "--",
+                "rlwhf",
+                "train",
+                "recipes/tiny-base.yaml",
+                *short,
+                "run.name=submitted",
+            ],
+            env=ray_head["env"],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         # the job server answers before the head's agent, which runs the job, is up (slow on a busy machine)
         if "No available agent" not in submit.stdout + submit.stderr or time.time() > deadline:
             break
@@ -89,9 +127,22 @@ def test_ray_job_submit_and_a_joining_driver_run_a_recipe_on_a_real_head(ray_hea
     assert summary["steps"] == 2 and (runs / "submitted" / "checkpoints" / "step_2" / "config.json").is_file()
 
     joined = subprocess.run(
-        [sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / "tiny-base.yaml"), *short,
-         "run.name=joined", "--address", "auto"],
-        env={**ray_head["env"], "RAY_ADDRESS": ray_head["gcs"]}, capture_output=True, text=True, timeout=1200,
-        cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "rlwhf.cli",
+            "train",
+            str(ROOT / "recipes" / "tiny-base.yaml"),
+            *short,
+            "run.name=joined",
+            "--address",
+            "auto",
+        ],
+        env={**ray_head["env"], "RAY_ADDRESS": ray_head["gcs"]},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=tmp_path,
+    )
     assert joined.returncode == 0, joined.stdout[-3000:] + joined.stderr[-3000:]
     assert json.loads((runs / "joined" / "summary.json").read_text())["steps"] == 2

@@ -106,7 +106,9 @@ def test_no_tests_means_the_reward_does_not_apply():
 
 def test_function_tests_with_setup_imports_and_conversions(sandbox):
     tests = "import math\nassert math.isclose(area(2), 12.566, rel_tol=1e-3)\nassert list(evens(5)) == [0, 2, 4]"
-    sol = block("import math\ndef area(r):\n    return math.pi * r * r\ndef evens(n):\n    return (i for i in range(n) if i % 2 == 0)")
+    sol = block(
+        "import math\ndef area(r):\n    return math.pi * r * r\ndef evens(n):\n    return (i for i in range(n) if i % 2 == 0)"
+    )
     assert score_code(sol, tests) == 1.0
 
 
@@ -133,16 +135,16 @@ CHEATS = {
     "exits-0-early": "import os\nos._exit(0)",
     "sys-exit-0": "import sys\nsys.exit(0)",
     "always-equal": "class A:\n    def __eq__(self, other): return True\n    __ne__ = lambda s, o: False\n"
-                    "def add(a, b):\n    return A()",
+    "def add(a, b):\n    return A()",
     "int-subclass": "class I(int):\n    def __eq__(self, other): return True\ndef add(a, b):\n    return I(0)",
     "patched-builtins": "import builtins\nbuiltins.AssertionError = type('E', (BaseException,), {})\n"
-                        "builtins.print = lambda *a, **k: None\nbuiltins.isinstance = lambda *a: True\n"
-                        "def add(a, b):\n    return 0",
+    "builtins.print = lambda *a, **k: None\nbuiltins.isinstance = lambda *a: True\n"
+    "def add(a, b):\n    return 0",
     "prints-pass-and-fake-verdict": "print('All tests passed!')\n"
-                                    "print('\\x00rlwhf-verdict', '[true, true, true]')\n"
-                                    "def add(a, b):\n    return 0",
+    "print('\\x00rlwhf-verdict', '[true, true, true]')\n"
+    "def add(a, b):\n    return 0",
     "patched-json-encoder": "import json\njson.dumps = lambda *a, **k: '[\"bool\", true]'\n"
-                            "def add(a, b):\n    return 0",
+    "def add(a, b):\n    return 0",
     "kills-its-own-process-on-call": "import os, signal\ndef add(a, b):\n    os.kill(os.getpid(), signal.SIGKILL)",
 }
 
@@ -152,8 +154,8 @@ CHEATS = {
 CHANGES_ITS_INTERPRETER = {
     "rebinds-print-repr-eval-exec": "import builtins\nbuiltins.print = builtins.repr = builtins.eval = builtins.exec = None",
     "rebinds-the-builtins-a-harness-uses": "import builtins\nfor name in ('enumerate', 'type', 'hex', 'compile', 'str', 'list', "
-                                           "'int', 'isinstance', 'BaseException', 'Exception', 'ValueError', 'TypeError'):\n"
-                                           "    setattr(builtins, name, None)",
+    "'int', 'isinstance', 'BaseException', 'Exception', 'ValueError', 'TypeError'):\n"
+    "    setattr(builtins, name, None)",
     "patches-json": "import json\njson.dumps = json.loads = None",
     "rebinds-os-and-sys": "import os, sys\nos.write = os.dup = os._exit = sys.exit = None",
     "replaces-sys-stdout": "import io, sys\nsys.stdout = io.StringIO()",

@@ -81,24 +81,24 @@ CHANGES_ITS_INTERPRETER = {
     "rebinds-sys-exit": "import sys\nsys.exit = None\nprint(42)",
     "rebinds-open-print-import": "import builtins\nprint(42)\nbuiltins.open = builtins.print = builtins.__import__ = None",
     "rebinds-exception-classes": "import builtins\nprint(42)\n"
-                                 "builtins.SystemExit = builtins.BaseException = builtins.MemoryError = KeyError",
+    "builtins.SystemExit = builtins.BaseException = builtins.MemoryError = KeyError",
     "rebinds-isinstance-type-str": "import builtins\nprint(42)\nbuiltins.isinstance = builtins.type = builtins.str = None",
     "rebinds-os-write-and-dup": "import os\nprint(42)\nos.write = os.dup = os.dup2 = os.close = None",
     "rebinds-threading-atexit-traceback": "import atexit, threading, traceback\nprint(42)\n"
-                                          "threading._shutdown = atexit._run_exitfuncs = traceback.print_exc = None",
+    "threading._shutdown = atexit._run_exitfuncs = traceback.print_exc = None",
     "replaces-sys-stdout": "import io, sys\nprint(42)\nsys.stdout = io.StringIO()",
     "sets-std-streams-to-none": "import sys\nsys.stdout.write('42\\n')\nsys.stdout = sys.stderr = sys.__stdout__ = None",
     "rebinds-the-streams-flush": "import sys\nprint(42)\nsys.stdout.flush = sys.stderr.flush = None",
     "closes-fds-1-and-2": "import os\nprint(42, flush=True)\nos.close(1)\nos.close(2)",
     "lowers-its-rlimits": "import resource as r\nfor k in (r.RLIMIT_NOFILE, r.RLIMIT_NPROC, r.RLIMIT_FSIZE):\n"
-                          "    r.setrlimit(k, (0, 0))\nr.setrlimit(r.RLIMIT_CPU, (1, 1))\n"
-                          "r.setrlimit(r.RLIMIT_AS, (1 << 20, 1 << 20))\nprint(42)",
+    "    r.setrlimit(k, (0, 0))\nr.setrlimit(r.RLIMIT_CPU, (1, 1))\n"
+    "r.setrlimit(r.RLIMIT_AS, (1 << 20, 1 << 20))\nprint(42)",
     "clears-sys-modules": "import sys\nprint(42)\nsys.modules.clear()",
     "prints-from-atexit": "import atexit, builtins\natexit.register(print, 42)\nbuiltins.print = None",
     "exits-through-its-own-stdout-object": "import sys\nclass Out:\n    def __init__(self): self.parts = []\n"
-                                           "    def write(self, s): self.parts.append(s)\n"
-                                           "    def flush(self): sys.__stdout__.write(''.join(self.parts)); self.parts = []\n"
-                                           "sys.stdout = Out()\nprint(42)",
+    "    def write(self, s): self.parts.append(s)\n"
+    "    def flush(self): sys.__stdout__.write(''.join(self.parts)); self.parts = []\n"
+    "sys.stdout = Out()\nprint(42)",
 }
 
 
@@ -113,8 +113,10 @@ def test_exit_status_and_traceback_stay_the_programs_own_when_it_rebinds_builtin
     assert (res.status, res.stdout, res.exit_code, res.stderr) == ("error", "42\n", 3, ""), res
     res = run("import builtins\nbuiltins.print = builtins.str = None\nraise SystemExit('bye')")
     assert (res.status, res.exit_code, res.stderr) == ("error", 1, "bye\n"), res
-    res = run("import builtins, sys, traceback\nbuiltins.print = traceback.print_exc = None\n"
-              "sys.excepthook = None\nraise ValueError('boom')")
+    res = run(
+        "import builtins, sys, traceback\nbuiltins.print = traceback.print_exc = None\n"
+        "sys.excepthook = None\nraise ValueError('boom')"
+    )
     assert (res.status, res.exit_code) == ("error", 1), res
     # the traceback is the program's own: it starts in solution.py, never in the sandbox's code
     assert res.stderr.startswith("Traceback") and res.stderr.endswith("ValueError: boom\n"), res.stderr
@@ -274,8 +276,19 @@ def test_host_files_are_invisible_and_unwritable(level, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("TOPSECRET")
     victim = tmp_path / "pwned"
-    paths = [str(secret), str(tmp_path), str(REPO / "pyproject.toml"), str(REPO), "/etc/passwd", "/etc",
-             "/proc/self/environ", str(REPO / "rewards" / "_sandbox" / "worker.py"), "/home", "/var", "/sys"]
+    paths = [
+        str(secret),
+        str(tmp_path),
+        str(REPO / "pyproject.toml"),
+        str(REPO),
+        "/etc/passwd",
+        "/etc",
+        "/proc/self/environ",
+        str(REPO / "rewards" / "_sandbox" / "worker.py"),
+        "/home",
+        "/var",
+        "/sys",
+    ]
     src = f"""
         import os
         for p in {paths!r}:
@@ -469,8 +482,14 @@ def test_run_is_thread_safe_under_concurrent_calls(level):
 
 def _in_subprocess(src: str, env: dict | None = None, python: str = sys.executable, user: list | None = None):
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})}
-    return subprocess.run([*(user or []), python, "-c", textwrap.dedent(src)], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*(user or []), python, "-c", textwrap.dedent(src)],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_workers_end_with_their_host_at_exit_and_when_killed(level):
@@ -531,10 +550,15 @@ def test_the_sandbox_uses_namespaces_exactly_when_this_kernel_allows_them(tmp_pa
     """The namespace tests fail where the kernel has no namespaces for us (or skip, when
     RLWHF_SANDBOX_TESTS=skip says so). This test never skips: a sandbox that gave up on a machine
     that has them would otherwise pass where the namespace tests are told to skip."""
-    probe = subprocess.run([sys.executable, "-c", textwrap.dedent(_KERNEL_PROBE), str(tmp_path)],
-                           capture_output=True, text=True, timeout=60)
-    chosen = _in_subprocess("from rewards import code\nprint(code.isolation_level(), code._get_pool()[2])",
-                            env={"RLWHF_SANDBOX": "auto"})
+    probe = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_KERNEL_PROBE), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    chosen = _in_subprocess(
+        "from rewards import code\nprint(code.isolation_level(), code._get_pool()[2])", env={"RLWHF_SANDBOX": "auto"}
+    )
     level = chosen.stdout.split()[0] if chosen.stdout else chosen.stderr
     assert (level in NAMESPACES) == (probe.stdout.strip() == "allowed"), (chosen.stdout, probe.stdout, probe.stderr)
 
@@ -555,10 +579,19 @@ NEED_NO_SANDBOX = {
 def _pytest_outcomes(tmp_path: Path, env: dict) -> tuple[int, dict[str, tuple[str, str]]]:
     """Run the code-reward tests and one sandbox test in a fresh pytest; {test: (outcome, message)}."""
     xml = tmp_path / f"junit-{len(list(tmp_path.iterdir()))}.xml"
-    args = ["tests/test_code_rewards.py", "tests/test_coding_tasks.py",
-            "tests/test_code_sandbox.py::test_program_output_and_exit_code_are_returned"]
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    args = [
+        "tests/test_code_rewards.py",
+        "tests/test_coding_tasks.py",
+        "tests/test_code_sandbox.py::test_program_output_and_exit_code_are_returned",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     outcomes = {}
     for case in ElementTree.parse(xml).iter("testcase"):
         marks = [(m.tag, m.get("message", "")) for m in case if m.tag in ("failure", "error", "skipped")]
@@ -623,8 +656,10 @@ def test_unprivileged_host_gets_user_namespace_isolation_that_holds(tmp_path):
     elif shutil.which("setpriv") and os.path.exists("/usr/bin/python3"):
         user, python = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], "/usr/bin/python3"
     else:
-        pytest.skip("NOT RUN: the tests run as root, and this machine has no setpriv binary or no "
-                    "/usr/bin/python3, so no host can be started as an unprivileged user here")
+        pytest.skip(
+            "NOT RUN: the tests run as root, and this machine has no setpriv binary or no "
+            "/usr/bin/python3, so no host can be started as an unprivileged user here"
+        )
     src = """
         import os, time
         from rewards import code

@@ -20,17 +20,20 @@ def test_shipped_recipes_validate():
         load_recipe(path)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.steps=ten", "train.steps = 'ten': expected an integer"),
-    ("train.stepz=3", "train.stepz = 3: unknown key"),
-    ("rollout.engine=tgi", "rollout.engine = 'tgi': expected 'vllm' or 'hf'"),
-    ("algo.clip_low=-1", "algo.clip_low = -1: input should be greater than or equal to 0"),
-    ("algo.advantage=ppo", "algo.advantage = 'ppo': expected 'grpo', 'dr_grpo' or 'rloo'"),
-    ("train.minibatch_size=100000", "train.minibatch_size (100000) is larger than the completions per step"),
-    ("data.min_digits=5", "min_digits (5) must be <= max_digits (3)"),
-    ("rewards.accuracy=format_typo", "rewards: accuracy 'format_typo' is not among funcs (math_accuracy, format)"),
-    ("rewards.funcs=[{name: format}, {name: format}]", "funcs: each reward may be listed once"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.steps=ten", "train.steps = 'ten': expected an integer"),
+        ("train.stepz=3", "train.stepz = 3: unknown key"),
+        ("rollout.engine=tgi", "rollout.engine = 'tgi': expected 'vllm' or 'hf'"),
+        ("algo.clip_low=-1", "algo.clip_low = -1: input should be greater than or equal to 0"),
+        ("algo.advantage=ppo", "algo.advantage = 'ppo': expected 'grpo', 'dr_grpo' or 'rloo'"),
+        ("train.minibatch_size=100000", "train.minibatch_size (100000) is larger than the completions per step"),
+        ("data.min_digits=5", "min_digits (5) must be <= max_digits (3)"),
+        ("rewards.accuracy=format_typo", "rewards: accuracy 'format_typo' is not among funcs (math_accuracy, format)"),
+        ("rewards.funcs=[{name: format}, {name: format}]", "funcs: each reward may be listed once"),
+    ],
+)
 def test_bad_values_are_rejected_naming_key_value_and_expectation(override, expected):
     with pytest.raises(ConfigError) as info:
         load_recipe(None, [override])
@@ -70,7 +73,8 @@ def test_docs_recipe_key_table_matches_the_config_models():
     table = page.split(RECIPE_KEYS_START, 1)[1].split(RECIPE_KEYS_END, 1)[0]
     assert table == recipe_keys_markdown(), (
         "docs/recipes.md's key table differs from rlwhf/config.py; regenerate it from the repository root with "
-        "`.venv/bin/python -m rlwhf.config`")
+        "`.venv/bin/python -m rlwhf.config`"
+    )
 
 
 def test_validate_resolves_rewards_and_data_files_before_anything_starts(tmp_path):
@@ -78,10 +82,17 @@ def test_validate_resolves_rewards_and_data_files_before_anything_starts(tmp_pat
     import sys
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("rewards:\n  funcs: [{name: math_accuracy}, {name: 'no_such_module_xyz:fn'}]\n"
-                      "data: {task: dataset, dataset: missing.jsonl}\n")
-    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "validate", str(recipe)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    recipe.write_text(
+        "rewards:\n  funcs: [{name: math_accuracy}, {name: 'no_such_module_xyz:fn'}]\n"
+        "data: {task: dataset, dataset: missing.jsonl}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "validate", str(recipe)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "rewards.funcs[1] = 'no_such_module_xyz:fn': reward 'no_such_module_xyz:fn': cannot import" in proc.stderr
     assert "data.dataset = 'missing.jsonl': no such file" in proc.stderr

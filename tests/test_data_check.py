@@ -20,16 +20,30 @@ ROWS = [
     {"prompt": "What is 7 - 4?", "answer": None},  # 5 missing_answer
     {"prompt": "Guess.", "answer": "???"},  # 6 unparseable_answer
     {"prompt": None, "answer": "3"},  # 7 missing_prompt
-    {"prompt": "Read two integers and print their sum.", "answer": "",  # 8 failing_reference
-     "tests": [{"input": "3 4\n", "output": "7\n"}, {"input": "1 1\n", "output": "2\n"}],
-     "solution": "```python\na, b = map(int, input().split())\nprint(a - b)\n```"},
-    {"prompt": "Read a word and print it reversed.", "answer": "",  # 9 good (a bare program as reference)
-     "tests": [{"input": "abc\n", "output": "cba\n"}], "solution": "print(input().strip()[::-1])"},
+    {
+        "prompt": "Read two integers and print their sum.",
+        "answer": "",  # 8 failing_reference
+        "tests": [{"input": "3 4\n", "output": "7\n"}, {"input": "1 1\n", "output": "2\n"}],
+        "solution": "```python\na, b = map(int, input().split())\nprint(a - b)\n```",
+    },
+    {
+        "prompt": "Read a word and print it reversed.",
+        "answer": "",  # 9 good (a bare program as reference)
+        "tests": [{"input": "abc\n", "output": "cba\n"}],
+        "solution": "print(input().strip()[::-1])",
+    },
     {"prompt": "What is 10 * 10?", "answer": "100"},  # 10 good
     {"prompt": "", "answer": "2"},  # 11 empty_prompt
 ]
-EXPECTED = {"empty_prompt": [1, 11], "duplicate_prompt": [2], "overlong_prompt": [3], "unparseable_answer": [4, 6],
-            "missing_answer": [5], "missing_prompt": [7], "failing_reference": [8]}
+EXPECTED = {
+    "empty_prompt": [1, 11],
+    "duplicate_prompt": [2],
+    "overlong_prompt": [3],
+    "unparseable_answer": [4, 6],
+    "missing_answer": [5],
+    "missing_prompt": [7],
+    "failing_reference": [8],
+}
 GOOD = [0, 9, 10]
 
 
@@ -53,7 +67,9 @@ def cli(*args):
     return CliRunner().invoke(app, ["data", "check", *map(str, args)])
 
 
-def test_every_kind_of_bad_row_is_found_by_its_row_number_and_the_clean_copy_keeps_the_rest(bad_file, tmp_path, sandbox):
+def test_every_kind_of_bad_row_is_found_by_its_row_number_and_the_clean_copy_keeps_the_rest(
+    bad_file, tmp_path, sandbox
+):
     report, table = check_dataset(str(bad_file), load_recipe())
     assert by_kind(report.problems) == EXPECTED
     assert report.rows == len(ROWS) and report.counts()["empty_prompt"] == 2
@@ -100,11 +116,17 @@ def test_a_missing_column_is_reported_for_the_whole_file(tmp_path):
 
 
 def test_conversations_and_answers_only_where_a_math_reward_needs_them():
-    rows = [{"prompt": [], "answer": "1"}, {"prompt": [{"role": "user", "content": " "}], "answer": "1"},
-            {"prompt": [{"role": "user", "content": "hi"}], "answer": None},
-            {"prompt": [{"role": "user", "content": "hi"}], "answer": "2"}]
+    rows = [
+        {"prompt": [], "answer": "1"},
+        {"prompt": [{"role": "user", "content": " "}], "answer": "1"},
+        {"prompt": [{"role": "user", "content": "hi"}], "answer": None},
+        {"prompt": [{"role": "user", "content": "hi"}], "answer": "2"},
+    ]
     assert by_kind(check_rows(rows, needs_answer=True)) == {
-        "empty_prompt": [0, 1], "missing_answer": [2], "duplicate_prompt": [3]}
+        "empty_prompt": [0, 1],
+        "missing_answer": [2],
+        "duplicate_prompt": [3],
+    }
     assert by_kind(check_rows(rows)) == {"empty_prompt": [0, 1], "duplicate_prompt": [3]}
 
 

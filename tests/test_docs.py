@@ -77,10 +77,16 @@ def test_slugs_follow_githubs_rules():
 
 def test_link_parser_skips_code_and_reads_images_and_anchors(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("See [a](b.md#c) and ![pic](img.png).\n`[not](a-link.md)`\n```\n[nor](this.md)\n```\n"
-                    "[external](https://example.org) [[nested] text](d.md)\n")
-    assert links(page) == [(1, False, "b.md#c"), (1, True, "img.png"), (6, False, "https://example.org"),
-                           (6, False, "d.md")]
+    page.write_text(
+        "See [a](b.md#c) and ![pic](img.png).\n`[not](a-link.md)`\n```\n[nor](this.md)\n```\n"
+        "[external](https://example.org) [[nested] text](d.md)\n"
+    )
+    assert links(page) == [
+        (1, False, "b.md#c"),
+        (1, True, "img.png"),
+        (6, False, "https://example.org"),
+        (6, False, "d.md"),
+    ]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -93,19 +99,24 @@ def test_every_relative_link_and_image_resolves(page):
         resolved = (page.parent / file_part).resolve() if file_part else page
         where = f"{page.relative_to(ROOT)}:{number}: {target}"
         if not resolved.exists():
-            broken.append(f"{where}: no such file {resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved}")
+            broken.append(
+                f"{where}: no such file {resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved}"
+            )
         elif image and not resolved.is_file():
             broken.append(f"{where}: an image must be a file")
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
-            broken.append(f"{where}: no heading with anchor #{anchor} in {resolved.name}; "
-                          f"anchors there: {', '.join(sorted(anchors(resolved)))}")
+            broken.append(
+                f"{where}: no heading with anchor #{anchor} in {resolved.name}; "
+                f"anchors there: {', '.join(sorted(anchors(resolved)))}"
+            )
     assert not broken, "\n".join(broken)
 
 
 def test_readme_is_a_short_front_page():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= README_MAX_LINES, (
-        f"README.md has {len(lines)} lines; keep it under {README_MAX_LINES} and move details to a page in docs/")
+        f"README.md has {len(lines)} lines; keep it under {README_MAX_LINES} and move details to a page in docs/"
+    )
 
 
 def test_every_docs_page_is_linked_from_the_readme():

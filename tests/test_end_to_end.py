@@ -17,15 +17,34 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_train_writes_the_run_directory_contract_and_resumes(tmp_path):
     # The base recipe is plain GRPO: every step keeps all of its groups, so the counts below are exact.
     run_dir = tmp_path / "runs" / "e2e"
-    rlwhf("train", str(ROOT / "recipes" / "tiny-base.yaml"), *SHORT, "train.steps=2", "run.name=e2e",
-          f"run.output_dir={tmp_path / 'runs'}", "tracking.wandb=true", cwd=tmp_path)
+    rlwhf(
+        "train",
+        str(ROOT / "recipes" / "tiny-base.yaml"),
+        *SHORT,
+        "train.steps=2",
+        "run.name=e2e",
+        f"run.output_dir={tmp_path / 'runs'}",
+        "tracking.wandb=true",
+        cwd=tmp_path,
+    )
 
     assert (run_dir / "config.yaml").is_file()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "reward/mean" in m]
     assert [m["step"] for m in steps] == [1, 2]
-    for key in ("reward/mean", "reward/math_accuracy/mean", "reward/format/mean", "response_length/mean",
-                "loss", "kl", "clip_fraction", "entropy", "time/rollout", "time/train", "time/sync"):
+    for key in (
+        "reward/mean",
+        "reward/math_accuracy/mean",
+        "reward/format/mean",
+        "response_length/mean",
+        "loss",
+        "kl",
+        "clip_fraction",
+        "entropy",
+        "time/rollout",
+        "time/train",
+        "time/sync",
+    ):
         assert key in steps[0], key
     assert "accuracy" in metrics[-1]
 
@@ -33,8 +52,17 @@ def test_train_writes_the_run_directory_contract_and_resumes(tmp_path):
 
     traces = load(run_dir)
     assert len(traces) == 2 * 4 * 4
-    for column in ("step", "prompt", "completion", "reward_math_accuracy", "reward_format", "reward",
-                   "advantage", "num_tokens", "finish_reason"):
+    for column in (
+        "step",
+        "prompt",
+        "completion",
+        "reward_math_accuracy",
+        "reward_format",
+        "reward",
+        "advantage",
+        "num_tokens",
+        "finish_reason",
+    ):
         assert column in traces.columns, column
     # GRPO advantages are zero-mean within each prompt group.
     group_means = traces.groupby(["step", "prompt_index"])["advantage"].mean()
@@ -65,8 +93,9 @@ def test_train_writes_the_run_directory_contract_and_resumes(tmp_path):
     notebook = nbformat.read(ROOT / "notebooks" / "inspect_traces.ipynb", as_version=4)
     os.environ["RLWHF_RUN_DIR"] = str(run_dir)
     try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
     finally:
         del os.environ["RLWHF_RUN_DIR"]
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
@@ -80,8 +109,13 @@ def test_train_writes_the_run_directory_contract_and_resumes(tmp_path):
 
 
 def test_train_refuses_a_bad_recipe_with_a_readable_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / "tiny.yaml"),
-                           "train.steps=many"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / "tiny.yaml"), "train.steps=many"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "train.steps = 'many': expected an integer" in proc.stderr
 
@@ -90,9 +124,21 @@ def test_train_refuses_a_bad_recipe_with_a_readable_error(tmp_path):
 def test_code_recipe_runs_grpo_with_the_sandboxed_code_reward(tmp_path, sandbox):
     # The recipe's own prompt lengths and seeded sampling (its first evaluation used to die in vLLM's
     # chunked prefill on CPU); fewer and shorter steps.
-    rlwhf("train", str(ROOT / "recipes" / "tiny-code.yaml"), "train.steps=1", "sft.steps=10",
-          "data.num_train=64", "data.num_test=4", "eval.num_prompts=4", "train.prompts_per_step=2",
-          "rollout.group_size=4", "train.minibatch_size=8", f"run.output_dir={tmp_path}", cwd=tmp_path, paying=())
+    rlwhf(
+        "train",
+        str(ROOT / "recipes" / "tiny-code.yaml"),
+        "train.steps=1",
+        "sft.steps=10",
+        "data.num_train=64",
+        "data.num_test=4",
+        "eval.num_prompts=4",
+        "train.prompts_per_step=2",
+        "rollout.group_size=4",
+        "train.minibatch_size=8",
+        f"run.output_dir={tmp_path}",
+        cwd=tmp_path,
+        paying=(),
+    )
     from rewards.code import code_tests
     from rlwhf.data.coding_tasks import make_coding_tasks
     from rlwhf.traces import load
@@ -106,17 +152,33 @@ def test_code_recipe_runs_grpo_with_the_sandboxed_code_reward(tmp_path, sandbox)
     # reference programs of the very prompts the run sampled in full.
     tasks = {t["prompt"]: t for t in make_coding_tasks(64 + 4, 0)}
     traced = [tasks[p] for p in traces["prompt"].unique()]
-    assert code_tests([t["solution"] for t in traced], prompts=[t["prompt"] for t in traced],
-                      tests=[t["tests"] for t in traced]) == [1.0] * len(traced)
+    assert code_tests(
+        [t["solution"] for t in traced], prompts=[t["prompt"] for t in traced], tests=[t["tests"] for t in traced]
+    ) == [1.0] * len(traced)
 
 
 @pytest.mark.slow
 def test_a_reward_that_fails_on_every_group_stops_the_run_with_its_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "rlwhf.cli", "train", str(ROOT / "recipes" / "tiny-base.yaml"), *SHORT,
-         "sft.enabled=false", "rewards.funcs=[{name: math_accuracy}, {name: 'misbehaving_rewards:raises'}]",
-         f"run.output_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+        [
+            sys.executable,
+            "-m",
+            "rlwhf.cli",
+            "train",
+            str(ROOT / "recipes" / "tiny-base.yaml"),
+            *SHORT,
+            "sft.enabled=false",
+            "rewards.funcs=[{name: math_accuracy}, {name: 'misbehaving_rewards:raises'}]",
+            f"run.output_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"},
+    )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert ("error: reward 'misbehaving_rewards:raises' failed on all 8 groups; the first: reward "
-            "'misbehaving_rewards:raises' on group 0: error: RuntimeError: this reward always fails") in proc.stderr
+    assert (
+        "error: reward 'misbehaving_rewards:raises' failed on all 8 groups; the first: reward "
+        "'misbehaving_rewards:raises' on group 0: error: RuntimeError: this reward always fails"
+    ) in proc.stderr

@@ -42,9 +42,14 @@ def test_majority_groups_equivalent_answers_with_the_math_verifier():
 def test_completion_metrics_by_hand():
     # prompt 1: 4 samples, 1 right (index 2); its majority answer 5 (indices 0, 1) is wrong
     # prompt 2: 4 samples, 3 right; its majority answer is right; one truncated without an answer
-    groups = [_group(["<answer>5</answer>", "<answer>5.0</answer>", "<answer>6</answer>", "<answer>7</answer>"]),
-              _group(["<answer>9</answer>", "<answer>9</answer>", "<answer>9</answer>", "nine and"],
-                     finish=["stop", "stop", "stop", "length"], tokens=[10, 10, 10, 30])]
+    groups = [
+        _group(["<answer>5</answer>", "<answer>5.0</answer>", "<answer>6</answer>", "<answer>7</answer>"]),
+        _group(
+            ["<answer>9</answer>", "<answer>9</answer>", "<answer>9</answer>", "nine and"],
+            finish=["stop", "stop", "stop", "length"],
+            tokens=[10, 10, 10, 30],
+        ),
+    ]
     acc = [0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
     fmt = [1.0] * 7 + [None]
     m = completion_metrics(groups, _scored({"math_accuracy": acc, "format": fmt}), "math_accuracy", k=2)
@@ -69,7 +74,8 @@ def test_eval_k_may_not_exceed_the_samples():
 
 @pytest.mark.slow
 def test_eval_command_scores_a_run_as_its_own_evaluation_did_and_its_numbers_match_its_completions(
-        short_run_dir, tmp_path):
+    short_run_dir, tmp_path
+):
     from conftest import run_cli
 
     out = tmp_path / "report.json"
@@ -80,8 +86,11 @@ def test_eval_command_scores_a_run_as_its_own_evaluation_did_and_its_numbers_mat
     m, summary = report["metrics"], json.loads((short_run_dir / "summary.json").read_text())
     # in chunks under progress bars, in this process, from the checkpoint: what the run measured at its end
     assert (m["accuracy"], m["accuracy/sampled"], m["pass@4"], m["maj@4"]) == (
-        summary["accuracy_after_rl"], summary["sampled_accuracy_after_rl"], summary["pass@4_after_rl"],
-        summary["maj@4_after_rl"])
+        summary["accuracy_after_rl"],
+        summary["sampled_accuracy_after_rl"],
+        summary["pass@4_after_rl"],
+        summary["maj@4_after_rl"],
+    )
     done = pd.read_parquet(tmp_path / "report-completions.parquet")
     greedy, sampled = done[done["decoding"] == "greedy"], done[done["decoding"] == "sampled"]
     assert len(greedy) == 8 and len(sampled) == 32 and report["settings"]["prompts"] == 8
@@ -93,10 +102,25 @@ def test_eval_command_scores_a_run_as_its_own_evaluation_did_and_its_numbers_mat
     rows = [{"question": f"Q: {a}+{b}=?\n", "gold": str(a + b)} for a, b in [(12, 30), (41, 7), (3, 99)]]
     data = tmp_path / "extra.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_cli("eval", short_run_dir / "checkpoints" / "step_3", "--recipe", ROOT / "recipes" / "tiny-base.yaml",
-            "--data", data, "--k", "3", "--samples", "2", "--out", tmp_path / "extra.json",
-            "data.prompt_column=question", "data.answer_column=gold", "rollout.max_new_tokens=32",
-            "eval.max_new_tokens=32", cwd=tmp_path)
+    run_cli(
+        "eval",
+        short_run_dir / "checkpoints" / "step_3",
+        "--recipe",
+        ROOT / "recipes" / "tiny-base.yaml",
+        "--data",
+        data,
+        "--k",
+        "3",
+        "--samples",
+        "2",
+        "--out",
+        tmp_path / "extra.json",
+        "data.prompt_column=question",
+        "data.answer_column=gold",
+        "rollout.max_new_tokens=32",
+        "eval.max_new_tokens=32",
+        cwd=tmp_path,
+    )
     extra = json.loads((tmp_path / "extra.json").read_text())
     assert extra["settings"]["prompts"] == 3 and extra["settings"]["samples"] == 3 and "maj@3" in extra["metrics"]
     assert len(pd.read_parquet(tmp_path / "extra-completions.parquet")) == 3 + 9
@@ -106,13 +130,18 @@ def test_eval_command_names_a_bad_model_path(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "eval", str(tmp_path / "nope")], capture_output=True,
-                          text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "eval", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "nope: no such file or directory" in proc.stderr
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("{}")
-    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "eval", str(tmp_path / "run")], capture_output=True,
-                          text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "eval", str(tmp_path / "run")], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 2 and "without a complete checkpoint" in proc.stderr
 
 
@@ -122,11 +151,27 @@ def test_distill_keeps_only_verified_teacher_answers_and_scores_a_smaller_dense_
 
     from rewards.math import verify
 
-    proc = run_cli("distill", ROOT / "recipes" / "distill-tiny.yaml", f"distill.teacher={short_run_dir}",
-                   f"run.output_dir={tmp_path}", "distill.num_prompts=24", "distill.samples=4",
-                   "distill.keep_per_prompt=2", "distill.steps=8", "distill.batch_size=8", "data.min_digits=1",
-                   "data.max_digits=1", "data.num_train=60", "data.num_test=8", "eval.num_prompts=8",
-                   "eval.samples=2", "eval.k=2", "rollout.max_new_tokens=32", "eval.max_new_tokens=32", cwd=tmp_path)
+    proc = run_cli(
+        "distill",
+        ROOT / "recipes" / "distill-tiny.yaml",
+        f"distill.teacher={short_run_dir}",
+        f"run.output_dir={tmp_path}",
+        "distill.num_prompts=24",
+        "distill.samples=4",
+        "distill.keep_per_prompt=2",
+        "distill.steps=8",
+        "distill.batch_size=8",
+        "data.min_digits=1",
+        "data.max_digits=1",
+        "data.num_train=60",
+        "data.num_test=8",
+        "eval.num_prompts=8",
+        "eval.samples=2",
+        "eval.k=2",
+        "rollout.max_new_tokens=32",
+        "eval.max_new_tokens=32",
+        cwd=tmp_path,
+    )
     assert "teacher" in proc.stdout and "baseline" in proc.stdout
     run = tmp_path / "distill-tiny"
     summary = json.loads((run / "summary.json").read_text())
@@ -149,9 +194,28 @@ def test_data_filter_keeps_the_prompts_in_the_pass_rate_band(short_run_dir, tmp_
     from conftest import SHORT, run_cli
 
     out = tmp_path / "mid.jsonl"
-    proc = run_cli("data", "filter", ROOT / "recipes" / "tiny-base.yaml", *SHORT, "--model", short_run_dir,
-                   "--k", "4", "--min", "0.25", "--max", "0.75", "--prompts", "40", "--out", out,
-                   "data.min_digits=1", "data.max_digits=1", "data.num_train=70", cwd=tmp_path)
+    proc = run_cli(
+        "data",
+        "filter",
+        ROOT / "recipes" / "tiny-base.yaml",
+        *SHORT,
+        "--model",
+        short_run_dir,
+        "--k",
+        "4",
+        "--min",
+        "0.25",
+        "--max",
+        "0.75",
+        "--prompts",
+        "40",
+        "--out",
+        out,
+        "data.min_digits=1",
+        "data.max_digits=1",
+        "data.num_train=70",
+        cwd=tmp_path,
+    )
     stats = json.loads((tmp_path / "mid.stats.json").read_text())
     assert stats["prompts"] == 40 and sum(stats["histogram"].values()) == 40
     assert list(stats["histogram"]) == ["0.000", "0.250", "0.500", "0.750", "1.000"]

@@ -42,8 +42,14 @@ def test_export_writes_a_plain_hf_folder_with_the_same_weights(tiny_model, tmp_p
     ckpt = fake_checkpoint(tiny_model, tmp_path / "run" / "checkpoints" / "step_3", 3)
     out = export_model(ckpt, tmp_path / "export")
     names = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "export.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "export.json",
+    } <= names
     assert not names & set(TRAINER_FILES) and not list(tmp_path.glob("export.tmp"))
     same_weights(ckpt, out)
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -74,8 +80,11 @@ def test_export_refuses_bad_sources_and_outputs(tiny_model, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("run: {}\n")
-    with pytest.raises(FileNotFoundError, match=r"run directory without a complete checkpoint .*step_N/ holding "
-                                                r"loop_state.json"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"run directory without a complete checkpoint .*step_N/ holding "
+        r"loop_state.json",
+    ):
         export_model(run, tmp_path / "out")
     (run / "checkpoints" / "step_1").mkdir(parents=True)  # killed before its loop state was written
     with pytest.raises(FileNotFoundError, match="without a complete checkpoint"):
@@ -147,22 +156,25 @@ def test_vllm_decodes_the_export_of_a_real_run_as_the_trainers_model_does(short_
     assert not {p.name for p in out.iterdir()} & set(TRAINER_FILES)
 
     tokenizer = AutoTokenizer.from_pretrained(out)
-    prompts = [f"Q: {a}+{b}=?\n" for a, b in [(12, 34), (905, 77), (348, 586), (61, 250), (7, 93), (480, 519),
-                                                 (23, 808), (999, 1)]]
+    prompts = [
+        f"Q: {a}+{b}=?\n"
+        for a, b in [(12, 34), (905, 77), (348, 586), (61, 250), (7, 93), (480, 519), (23, 808), (999, 1)]
+    ]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     eos = tokenizer.eos_token_id
 
     def until_eos(tokens):
         tokens = list(tokens)
-        return tokens[:tokens.index(eos) + 1] if eos in tokens else tokens
+        return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
     trainer_model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     expected = []
     with torch.no_grad():
         for p in ids:
-            generated = trainer_model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=24,
-                                               pad_token_id=tokenizer.pad_token_id)
-            expected.append(until_eos(generated[0, len(p):].tolist()))
+            generated = trainer_model.generate(
+                torch.tensor([p]), do_sample=False, max_new_tokens=24, pad_token_id=tokenizer.pad_token_id
+            )
+            expected.append(until_eos(generated[0, len(p) :].tolist()))
 
     engine = VLLMEngine(str(out), dtype="float32", max_model_len=128)
     try:

@@ -23,15 +23,28 @@ def tiny_dsv3(tmp_path_factory):
 
 
 def trainer(path, dtype="float32", **moe):
-    return PolicyTrainer(path, AlgoConfig(), TrainConfig(learning_rate=1e-3, warmup_steps=0, minibatch_size=12),
-                         temperature=1.0, max_new_tokens=16, dtype=dtype, moe=MoEConfig(**moe))
+    return PolicyTrainer(
+        path,
+        AlgoConfig(),
+        TrainConfig(learning_rate=1e-3, warmup_steps=0, minibatch_size=12),
+        temperature=1.0,
+        max_new_tokens=16,
+        dtype=dtype,
+        moe=MoEConfig(**moe),
+    )
 
 
 def batch_from(groups):
     completions = [c for g in groups for c in g.completions]
-    return pack([g.prompt_ids for g in groups for _ in g.completions], [c.token_ids for c in completions],
-                [c.logprobs for c in completions], [1.0, -1.0] * (len(completions) // 2),
-                [False] * len(completions), pad_id=0, routes=[c.routes for c in completions])
+    return pack(
+        [g.prompt_ids for g in groups for _ in g.completions],
+        [c.token_ids for c in completions],
+        [c.logprobs for c in completions],
+        [1.0, -1.0] * (len(completions) // 2),
+        [False] * len(completions),
+        pad_id=0,
+        routes=[c.routes for c in completions],
+    )
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
@@ -96,8 +109,7 @@ def test_vllm_routes_are_recorded_and_the_trainer_agrees_with_them_in_float32(en
         assert abs(sum(metrics[f"moe/rollout_load/L{layer}/E{e}"] for e in range(8)) - 1) < 1e-6
 
 
-def test_the_engine_selects_with_the_trainers_bias_after_a_sync_and_a_resume_restores_it(engine, tiny_model,
-                                                                                         tmp_path):
+def test_the_engine_selects_with_the_trainers_bias_after_a_sync_and_a_resume_restores_it(engine, tiny_model, tmp_path):
     policy = trainer(tiny_model, balance="aux_free", bias_update_rate=0.01)
     bias = torch.zeros(4, 8)
     bias[:, 3] = 5.0  # larger than any score difference: expert 3 is among every token's top-2
@@ -137,9 +149,15 @@ def test_replay_makes_the_first_ratio_exactly_one_and_rollout_replay_lowers_the_
     batch = batch_from(groups)
     seen = {}
     for mode in ("none", "trainer", "rollout"):
-        policy = PolicyTrainer(sft, AlgoConfig(), TrainConfig(learning_rate=1e-3, warmup_steps=0, minibatch_size=24),
-                               temperature=1.0, max_new_tokens=16, dtype="bfloat16",
-                               moe=MoEConfig(routing_replay=mode))
+        policy = PolicyTrainer(
+            sft,
+            AlgoConfig(),
+            TrainConfig(learning_rate=1e-3, warmup_steps=0, minibatch_size=24),
+            temperature=1.0,
+            max_new_tokens=16,
+            dtype="bfloat16",
+            moe=MoEConfig(routing_replay=mode),
+        )
         seen[mode] = policy.train_on(batch)
         assert seen[mode]["ratio_max"] == 1.0 and seen[mode]["ratio_mean"] == 1.0, mode  # one minibatch, old weights
     assert seen["none"]["moe/routing_agreement"] < 1.0  # bfloat16 routes some tokens elsewhere
@@ -148,10 +166,20 @@ def test_replay_makes_the_first_ratio_exactly_one_and_rollout_replay_lowers_the_
 
 
 def test_router_losses_are_reported_and_reach_the_router(tiny_model):
-    batch = pack([[5, 6, 7]] * 4, [[8 + i, 9, 10 + i] for i in range(4)], [[0.0] * 3] * 4, [1.0, -1.0, 1.0, -1.0],
-                 [False] * 4, pad_id=0)
+    batch = pack(
+        [[5, 6, 7]] * 4,
+        [[8 + i, 9, 10 + i] for i in range(4)],
+        [[0.0] * 3] * 4,
+        [1.0, -1.0, 1.0, -1.0],
+        [False] * 4,
+        pad_id=0,
+    )
     routers = {}
-    for name, moe in (("plain", {}), ("z", {"z_loss_coef": 1.0}), ("aux", {"balance": "aux_loss", "aux_loss_coef": 1.0})):
+    for name, moe in (
+        ("plain", {}),
+        ("z", {"z_loss_coef": 1.0}),
+        ("aux", {"balance": "aux_loss", "aux_loss_coef": 1.0}),
+    ):
         policy = trainer(tiny_model, **moe)
         metrics = policy.train_on(batch)
         routers[name] = find_routers(policy.model)[0][1].weight.detach().clone()
@@ -166,9 +194,17 @@ def test_freeze_router_refuses_a_model_without_routers_and_the_old_key_says_wher
     from rlwhf.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer("plain")
-    dense = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                         head_dim=16))
+    dense = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+        )
+    )
     dense.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="moe.freeze_router: Qwen3ForCausalLM has no MoE router"):
@@ -213,8 +249,16 @@ def test_the_whole_loop_balances_replays_and_resumes_with_the_engine_selecting_a
 
     run_dir = tmp_path / "runs" / "moe"
     common = ["moe.balance=aux_free", "moe.routing_replay=rollout", "moe.bias_update_rate=0.01"]
-    run_cli("train", ROOT / "recipes" / "tiny-base.yaml", *SHORT, *common, "train.steps=2", "run.name=moe",
-            f"run.output_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    run_cli(
+        "train",
+        ROOT / "recipes" / "tiny-base.yaml",
+        *SHORT,
+        *common,
+        "train.steps=2",
+        "run.name=moe",
+        f"run.output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
     saved = torch.load(run_dir / "checkpoints" / "step_2" / ROUTING_BIAS_FILE)
     assert saved.shape == (4, 8) and saved.abs().sum() > 0
     run_cli("train", "--resume", str(run_dir), "train.steps=3", cwd=tmp_path)
@@ -236,10 +280,20 @@ def test_the_whole_loop_trains_the_deepseek_v3_tiny_with_aux_free_balancing(engi
     from conftest import ROOT, SHORT, run_cli
 
     run_dir = tmp_path / "runs" / "dsv3"
-    run_cli("train", ROOT / "recipes" / "tiny-base.yaml", *SHORT, "model.tiny.arch=deepseek_v3",
-            f"rollout.engine={engine}", "moe.balance=aux_free", "moe.bias_update_rate=0.01", "train.steps=2",
-            "run.name=dsv3", f"run.output_dir={tmp_path / 'runs'}", cwd=tmp_path,
-            paying=())  # 20 SFT steps teach this architecture less than the Qwen3-MoE: the format may not pay yet
+    run_cli(
+        "train",
+        ROOT / "recipes" / "tiny-base.yaml",
+        *SHORT,
+        "model.tiny.arch=deepseek_v3",
+        f"rollout.engine={engine}",
+        "moe.balance=aux_free",
+        "moe.bias_update_rate=0.01",
+        "train.steps=2",
+        "run.name=dsv3",
+        f"run.output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+        paying=(),
+    )  # 20 SFT steps teach this architecture less than the Qwen3-MoE: the format may not pay yet
     config = json.loads((run_dir / "checkpoints" / "step_2" / "config.json").read_text())
     assert config["model_type"] == "deepseek_v3"
     assert not (run_dir / "checkpoints" / "step_2" / ROUTING_BIAS_FILE).exists()  # the model holds its bias
@@ -252,8 +306,7 @@ def test_the_whole_loop_trains_the_deepseek_v3_tiny_with_aux_free_balancing(engi
         assert all(0.5 < m["moe/routing_agreement"] <= 1.0 and m["rollout/logp_diff_abs_mean"] < 0.2 for m in steps)
 
 
-def test_a_deliberate_start_skew_is_applied_on_both_sides_and_kept_without_balancing(tmp_path, tiny_model,
-                                                                                     tiny_dsv3):
+def test_a_deliberate_start_skew_is_applied_on_both_sides_and_kept_without_balancing(tmp_path, tiny_model, tiny_dsv3):
     import shutil
 
     from rlwhf.rollout import make_engine
@@ -277,7 +330,6 @@ def test_a_deliberate_start_skew_is_applied_on_both_sides_and_kept_without_balan
         write_start_skew(tiny_dsv3, 0.2)
 
 
-
 @pytest.mark.slow
 def test_the_balance_recipe_skews_a_balanced_sft_and_both_sides_select_with_it(tmp_path):
     """recipes/tiny-moe-balance.yaml as a user runs it (shortened), with balance none: the SFT leaves its
@@ -285,8 +337,16 @@ def test_the_balance_recipe_skews_a_balanced_sft_and_both_sides_select_with_it(t
     from conftest import ROOT, SHORT, run_cli
 
     run_dir = tmp_path / "runs" / "skew"
-    run_cli("train", ROOT / "recipes" / "tiny-moe-balance.yaml", *SHORT, "train.steps=2", "moe.balance=none",
-            "run.name=skew", f"run.output_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    run_cli(
+        "train",
+        ROOT / "recipes" / "tiny-moe-balance.yaml",
+        *SHORT,
+        "train.steps=2",
+        "moe.balance=none",
+        "run.name=skew",
+        f"run.output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
     sft_bias = torch.load(run_dir / "model" / "sft" / ROUTING_BIAS_FILE)
     start = torch.load(run_dir / "model" / "start" / ROUTING_BIAS_FILE)
     assert sft_bias.abs().sum() > 0  # sft.bias_update_rate balanced the SFT
@@ -300,12 +360,14 @@ def test_the_balance_recipe_skews_a_balanced_sft_and_both_sides_select_with_it(t
     assert all(abs(m["moe/rollout_max_load_ratio"] - m["moe/max_load_ratio"]) < 0.05 for m in steps)
     assert torch.equal(torch.load(run_dir / "checkpoints" / "step_2" / ROUTING_BIAS_FILE), start)  # kept
 
+
 def test_the_sft_aux_loss_weight_reaches_the_sft_cache_key_only_when_set(tmp_path):
     from rlwhf.starting_policy import sft_cache_dir
 
     base = load_recipe(None, [f"run.output_dir={tmp_path}"])
-    assert sft_cache_dir(load_recipe(None, [f"run.output_dir={tmp_path}", "sft.router_aux_loss_coef=0.05"])) \
-        != sft_cache_dir(base)
+    assert sft_cache_dir(
+        load_recipe(None, [f"run.output_dir={tmp_path}", "sft.router_aux_loss_coef=0.05"])
+    ) != sft_cache_dir(base)
 
 
 def test_a_balanced_sft_leaves_beside_its_weights_a_bias_that_evens_out_the_completion_load(tmp_path, tiny_model):
@@ -318,13 +380,24 @@ def test_a_balanced_sft_leaves_beside_its_weights_a_bias_that_evens_out_the_comp
     from rlwhf.train.sft import cold_start_sft
 
     rng = random.Random(0)
-    examples = [{"prompt": f"{a}+{b}=", "solution": f"{a + b}"}
-                for a, b in ((rng.randint(10, 99), rng.randint(10, 99)) for _ in range(64))]
+    examples = [
+        {"prompt": f"{a}+{b}=", "solution": f"{a + b}"}
+        for a, b in ((rng.randint(10, 99), rng.randint(10, 99)) for _ in range(64))
+    ]
     rate, steps = 0.01, 40
-    plain = cold_start_sft(tiny_model, examples, tmp_path / "plain", steps=steps, batch_size=16,
-                           learning_rate=3e-3, seed=0)
-    balanced = cold_start_sft(tiny_model, examples, tmp_path / "balanced", steps=steps, batch_size=16,
-                              learning_rate=3e-3, seed=0, bias_update_rate=rate)
+    plain = cold_start_sft(
+        tiny_model, examples, tmp_path / "plain", steps=steps, batch_size=16, learning_rate=3e-3, seed=0
+    )
+    balanced = cold_start_sft(
+        tiny_model,
+        examples,
+        tmp_path / "balanced",
+        steps=steps,
+        batch_size=16,
+        learning_rate=3e-3,
+        seed=0,
+        bias_update_rate=rate,
+    )
     assert not (plain / ROUTING_BIAS_FILE).exists()
     bias = torch.load(balanced / ROUTING_BIAS_FILE)
     moves = bias / rate  # every expert moved a whole number of sign steps, at most one a step
@@ -348,5 +421,6 @@ def test_a_balanced_sft_leaves_beside_its_weights_a_bias_that_evens_out_the_comp
     with_bias, without = busiest_over_mean(True), busiest_over_mean(False)
     assert with_bias < without - 0.2
     base = load_recipe(None, [f"run.output_dir={tmp_path}"])  # the setting enters the cache key only when set
-    assert sft_cache_dir(load_recipe(None, [f"run.output_dir={tmp_path}", "sft.bias_update_rate=0.002"])) \
-        != sft_cache_dir(base)
+    assert sft_cache_dir(
+        load_recipe(None, [f"run.output_dir={tmp_path}", "sft.bias_update_rate=0.002"])
+    ) != sft_cache_dir(base)

@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
 def execute(name: str, env: dict[str, str]):
     import nbformat
     from nbclient import NotebookClient
@@ -16,10 +17,11 @@ def execute(name: str, env: dict[str, str]):
     notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), f"{name}: outputs not cleared"
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)       # the kernel inherits this process's environment
+    os.environ.update(env)  # the kernel inherits this process's environment
     try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()  # raises on a cell error
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()  # raises on a cell error
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -35,9 +37,9 @@ def test_inspect_traces_notebook_draws_every_view_and_saves_docs_figures(short_r
     assert "48 completions over 3 steps" in text
     assert "32 (layer, expert) loads over 3 steps" in text  # the policy recorded its 4 x 8 expert loads
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 4                                   # curves, length vs reward, advantages, expert load
+    assert len(pngs) >= 4  # curves, length vs reward, advantages, expert load
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
-    assert html.count('class="rlwhf-card') >= 4            # a group side by side, as cards
+    assert html.count('class="rlwhf-card') >= 4  # a group side by side, as cards
     for name in ("curves.png", "trace_view.png"):
         assert (docs / name).stat().st_size > 10_000, name
 
@@ -52,17 +54,30 @@ def test_compare_runs_notebook_overlays_two_runs(short_run_dir, tmp_path):
 
 
 def inspect(*args):
-    return subprocess.run([sys.executable, "-m", "rlwhf.cli", "inspect", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "150"})
+    return subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "inspect", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "150"},
+    )
 
 
 @pytest.mark.slow
 def test_inspect_summary(short_run_dir):
     proc = inspect(short_run_dir)
     assert proc.returncode == 0, proc.stderr
-    for text in ("3 (steps 1..3)", "reward (first → last step)", "accuracy, greedy (before → after RL)",
-                 "accuracy, sampled (before → after RL)",
-                 "mean response length", "wall time", "math_accuracy", "per step"):
+    for text in (
+        "3 (steps 1..3)",
+        "reward (first → last step)",
+        "accuracy, greedy (before → after RL)",
+        "accuracy, sampled (before → after RL)",
+        "mean response length",
+        "wall time",
+        "math_accuracy",
+        "per step",
+    ):
         assert text in proc.stdout, text
 
 
@@ -82,12 +97,18 @@ def test_inspect_one_step_and_one_group(short_run_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
-    (["--step", 7], "step 7 not in run: steps 1..3"),
-    (["--step", 2, "--prompt", 9], "prompt 9 not at step 2: prompts 0..3"),
-    (["--prompt", 1], "--prompt needs --step"),
-    (["--tag", "eval_nope", "--step", 1], "no eval_nope traces; traces there: eval_after, eval_before, eval_step2, train"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--step", 7], "step 7 not in run: steps 1..3"),
+        (["--step", 2, "--prompt", 9], "prompt 9 not at step 2: prompts 0..3"),
+        (["--prompt", 1], "--prompt needs --step"),
+        (
+            ["--tag", "eval_nope", "--step", 1],
+            "no eval_nope traces; traces there: eval_after, eval_before, eval_step2, train",
+        ),
+    ],
+)
 def test_inspect_refuses_bad_input_naming_what_exists(short_run_dir, args, message):
     proc = inspect(short_run_dir, *args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -14,8 +14,12 @@ RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))
 
 
 def plan(recipe: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "rlwhf.cli", "plan", str(ROOT / "recipes" / recipe), *args],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "plan", str(ROOT / "recipes" / recipe), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -33,8 +37,9 @@ def test_the_30b_recipes_say_plainly_that_one_gpu_cannot_hold_them():
     assert "does NOT fit" in one_gpu and "shard the policy over at least 4 such GPUs" in one_gpu
     # As shipped: 2 nodes x 8 GPUs, the policy over 12, one 4-GPU engine.
     assert "trainer: " in text and "available: fits" in text and "16 GPUs in all" in text
-    eight = plan("qwen3-30b-a3b-dapo.yaml", "resources.policy_workers=8", "resources.rollout_engines=2",
-                 "--gpu-memory", "80")
+    eight = plan(
+        "qwen3-30b-a3b-dapo.yaml", "resources.policy_workers=8", "resources.rollout_engines=2", "--gpu-memory", "80"
+    )
     assert "16 GPUs in all" in eight and "does NOT fit" in eight
 
 

@@ -18,8 +18,14 @@ def batch_of(n_completions=4, advantages=None):
 
 
 def trainer(path, moe=None, **train):
-    return PolicyTrainer(path, AlgoConfig(), TrainConfig(learning_rate=1e-2, warmup_steps=0, **train),
-                         temperature=1.0, max_new_tokens=8, moe=moe)
+    return PolicyTrainer(
+        path,
+        AlgoConfig(),
+        TrainConfig(learning_rate=1e-2, warmup_steps=0, **train),
+        temperature=1.0,
+        max_new_tokens=8,
+        moe=moe,
+    )
 
 
 def test_freeze_router_keeps_every_router_and_trains_the_rest(tiny_model):
@@ -58,8 +64,9 @@ def test_dr_grpo_normaliser_is_the_generation_budget_not_the_padded_width(tiny_m
     algo = AlgoConfig(advantage="dr_grpo", loss_agg="seq_mean_token_sum_norm")
     losses = []
     for budget in (8, 16):
-        policy = PolicyTrainer(tiny_model, algo, TrainConfig(learning_rate=1e-9, warmup_steps=0),
-                               temperature=1.0, max_new_tokens=budget)
+        policy = PolicyTrainer(
+            tiny_model, algo, TrainConfig(learning_rate=1e-9, warmup_steps=0), temperature=1.0, max_new_tokens=budget
+        )
         losses.append(policy.train_on(batch_of(advantages=[1.0, 1.0, 0.5, 0.5]))["pg_loss"])
     # Ratio 1 on the first update: each completion's 3 tokens sum to -3 * A, divided by the budget
     # (not by the batch's padded width, 6), then averaged over the 4 completions.
@@ -76,22 +83,38 @@ def uneven_batch(seed=0, n=12):
     return pack(prompts, completions, logps, advantages, [False] * n, pad_id=0)
 
 
-@pytest.mark.parametrize("loss_agg, ratio_level", [("token_mean", "token"), ("seq_mean_token_mean", "token"),
-                                                    ("seq_mean_token_sum_norm", "token"),
-                                                    ("seq_mean_token_mean", "sequence"), ("token_mean", "sequence")])
-def test_micro_batches_give_the_gradients_and_parameters_of_one_pass_over_the_minibatch(tiny_model, loss_agg,
-                                                                                      ratio_level):
+@pytest.mark.parametrize(
+    "loss_agg, ratio_level",
+    [
+        ("token_mean", "token"),
+        ("seq_mean_token_mean", "token"),
+        ("seq_mean_token_sum_norm", "token"),
+        ("seq_mean_token_mean", "sequence"),
+        ("token_mean", "sequence"),
+    ],
+)
+def test_micro_batches_give_the_gradients_and_parameters_of_one_pass_over_the_minibatch(
+    tiny_model, loss_agg, ratio_level
+):
     # A KL term and an entropy bonus, so every loss term is accumulated. Gradients are compared
     # directly: Adam's first step is about lr * sign(g) and would hide a wrong gradient scale.
     algo = AlgoConfig(loss_agg=loss_agg, ratio_level=ratio_level, kl_coef=0.1, entropy_coef=0.01)
     grads, params = [], []
     for budget in (0, 20):  # 20 padded tokens: micro-batches of one to three sequences
         torch.manual_seed(0)
-        policy = PolicyTrainer(tiny_model, algo, TrainConfig(learning_rate=1e-6, warmup_steps=0, minibatch_size=6,
-                                                            micro_batch_tokens=budget), temperature=0.8, max_new_tokens=16)
+        policy = PolicyTrainer(
+            tiny_model,
+            algo,
+            TrainConfig(learning_rate=1e-6, warmup_steps=0, minibatch_size=6, micro_batch_tokens=budget),
+            temperature=0.8,
+            max_new_tokens=16,
+        )
         steps = []
-        policy.optimizer.register_step_pre_hook(lambda opt, args, kwargs, steps=steps: steps.append(
-            [p.grad.clone() for group in opt.param_groups for p in group["params"] if p.grad is not None]))
+        policy.optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs, steps=steps: steps.append(
+                [p.grad.clone() for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            )
+        )
         metrics = policy.train_on(uneven_batch())
         grads.append(steps)
         params.append(policy.model.state_dict())
@@ -121,8 +144,14 @@ def test_chunked_logprobs_equal_the_plain_pass_in_value_and_gradient(tiny_model)
         model.zero_grad()
         logp, entropy = token_logprobs(model, batch.input_ids, batch.attention_mask, 0.7, True, chunk)
         ((logp * batch.mask).sum() + entropy.sum()).backward()
-        results.append((logp.detach(), entropy.detach(), model.lm_head.weight.grad.clone(),
-                        model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+        results.append(
+            (
+                logp.detach(),
+                entropy.detach(),
+                model.lm_head.weight.grad.clone(),
+                model.model.layers[0].self_attn.q_proj.weight.grad.clone(),
+            )
+        )
     for plain, chunked in zip(*results):
         assert torch.allclose(plain, chunked, atol=1e-5), (plain - chunked).abs().max()
 
@@ -136,8 +165,14 @@ def test_learning_rate_warms_up_then_follows_its_schedule():
 
 
 def test_bfloat16_compute_keeps_float32_master_weights_that_small_updates_move(tiny_model):
-    policy = PolicyTrainer(tiny_model, AlgoConfig(), TrainConfig(learning_rate=1e-6, warmup_steps=0),
-                           temperature=1.0, max_new_tokens=8, dtype="bfloat16")
+    policy = PolicyTrainer(
+        tiny_model,
+        AlgoConfig(),
+        TrainConfig(learning_rate=1e-6, warmup_steps=0),
+        temperature=1.0,
+        max_new_tokens=8,
+        dtype="bfloat16",
+    )
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
     policy.train_on(batch_of())
     assert all(p.dtype == torch.float32 for p in policy.model.parameters())
@@ -156,13 +191,22 @@ def test_a_single_pass_step_trains_and_reports_what_a_separate_old_logprob_pass_
     results = []
     for single in (False, True):
         torch.manual_seed(0)
-        policy = PolicyTrainer(tiny_model, algo, TrainConfig(learning_rate=1e-6, warmup_steps=0, minibatch_size=12,
-                                                            micro_batch_tokens=budget, single_pass=single),
-                               temperature=0.8, max_new_tokens=16)
+        policy = PolicyTrainer(
+            tiny_model,
+            algo,
+            TrainConfig(
+                learning_rate=1e-6, warmup_steps=0, minibatch_size=12, micro_batch_tokens=budget, single_pass=single
+            ),
+            temperature=0.8,
+            max_new_tokens=16,
+        )
         assert policy.single_pass(12) is single and not policy.single_pass(13)
         grads = []
-        policy.optimizer.register_step_pre_hook(lambda opt, args, kwargs, grads=grads: grads.extend(
-            p.grad.clone() for group in opt.param_groups for p in group["params"] if p.grad is not None))
+        policy.optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs, grads=grads: grads.extend(
+                p.grad.clone() for group in opt.param_groups for p in group["params"] if p.grad is not None
+            )
+        )
         results.append((policy.train_on(uneven_batch()), grads, policy.model.state_dict()))
     (two, grads_two, params_two), (one, grads_one, params_one) = results
     assert "time/train/old_logprobs" in two and "time/train/old_logprobs" not in one
@@ -170,8 +214,15 @@ def test_a_single_pass_step_trains_and_reports_what_a_separate_old_logprob_pass_
         assert torch.allclose(a, b, atol=1e-5 * float(a.abs().max()), rtol=0)
     for name, value in params_two.items():
         assert torch.allclose(value, params_one[name], atol=1e-6, rtol=0), name
-    for key in ("rollout/logp_diff_abs_mean", "rollout/is_ratio_max", "moe/max_load_ratio", "moe/router_entropy",
-                "loss", "kl", "ratio_mean"):
+    for key in (
+        "rollout/logp_diff_abs_mean",
+        "rollout/is_ratio_max",
+        "moe/max_load_ratio",
+        "moe/router_entropy",
+        "loss",
+        "kl",
+        "ratio_mean",
+    ):
         assert one[key] == pytest.approx(two[key], rel=1e-4, abs=1e-6), key
     assert one["rollout/logp_diff_abs_mean"] > 0.1  # the batch's rollout log-probs are not the policy's
     assert one["ratio_mean"] == 1.0

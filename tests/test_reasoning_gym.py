@@ -38,8 +38,10 @@ def test_rows_are_seeded_and_no_held_out_question_is_a_training_question():
 
 
 def test_several_tasks_mix_by_weight():
-    specs = [GymDatasetSpec(name="products", weight=3.0, config={"min_digits": 1, "max_digits": 2}),
-             GymDatasetSpec(name="chain_sum", weight=1.0)]
+    specs = [
+        GymDatasetSpec(name="products", weight=3.0, config={"min_digits": 1, "max_digits": 2}),
+        GymDatasetSpec(name="chain_sum", weight=1.0),
+    ]
     train, test = make_gym_rows(specs, 800, 40, seed=0)
     share = sum(r["gym_dataset"] == "products" for r in train) / len(train)
     assert 0.68 < share < 0.82  # 3:1 -> 0.75
@@ -47,30 +49,42 @@ def test_several_tasks_mix_by_weight():
 
 
 def test_a_recipe_loads_the_task_and_refuses_unknown_names_and_a_missing_list():
-    recipe = load_recipe(None, ["data.task=reasoning_gym", "data.gym=[{name: chain_sum}]", "data.num_train=50",
-                                "data.num_test=10", "rewards.funcs=[{name: reasoning_gym}]",
-                                "rewards.accuracy=reasoning_gym"])
+    recipe = load_recipe(
+        None,
+        [
+            "data.task=reasoning_gym",
+            "data.gym=[{name: chain_sum}]",
+            "data.num_train=50",
+            "data.num_test=10",
+            "rewards.funcs=[{name: reasoning_gym}]",
+            "rewards.accuracy=reasoning_gym",
+        ],
+    )
     task = load_task(recipe.data, recipe.run.seed)
     assert len(task.train) == 50 and len(task.test) == 10
     check_references(recipe)
     with pytest.raises(ConfigError, match="data.gym.*products"):
-        check_references(recipe.model_copy(update={"data": recipe.data.model_copy(
-            update={"gym": [GymDatasetSpec(name="product")]})}))
+        check_references(
+            recipe.model_copy(update={"data": recipe.data.model_copy(update={"gym": [GymDatasetSpec(name="product")]})})
+        )
     with pytest.raises(ConfigError, match="needs data.gym"):
         load_recipe(None, ["data.task=reasoning_gym"])
 
 
-@pytest.mark.parametrize("how,text,expected", [
-    ("tags", "<think>7*6 is 42</think><answer> 42 </answer>", "42"),
-    ("boxed", "so it is \\boxed{12} and not \\boxed{13}", "13"),
-    ("phrase", "We add them.\nThe final answer is 214.", "214"),
-    ("last_line", "work\n\n41 * 52 = 2132.\n", "2132"),
-    ("auto", "The answer is **99**.", "99"),
-    ("auto", "<answer>cab</answer> then The final answer is 3", "cab"),
-    ("auto", "12<|im_end|>garbage after the turn", "12"),
-    ("tags", "no tags here", None),
-    ("auto", "", None),
-])
+@pytest.mark.parametrize(
+    "how,text,expected",
+    [
+        ("tags", "<think>7*6 is 42</think><answer> 42 </answer>", "42"),
+        ("boxed", "so it is \\boxed{12} and not \\boxed{13}", "13"),
+        ("phrase", "We add them.\nThe final answer is 214.", "214"),
+        ("last_line", "work\n\n41 * 52 = 2132.\n", "2132"),
+        ("auto", "The answer is **99**.", "99"),
+        ("auto", "<answer>cab</answer> then The final answer is 3", "cab"),
+        ("auto", "12<|im_end|>garbage after the turn", "12"),
+        ("tags", "no tags here", None),
+        ("auto", "", None),
+    ],
+)
 def test_the_extractors_find_the_answer(how, text, expected):
     assert extract_answer(text, how) == expected
 
@@ -78,16 +92,24 @@ def test_the_extractors_find_the_answer(how, text, expected):
 def test_the_reward_pays_the_tasks_own_verdict_exact_unless_partial_credit():
     _, rows = make_gym_rows([GymDatasetSpec(name="letter_counting")], 50, 20, seed=0)
     row = next(r for r in rows if r["answer"] == "1")
-    cols = {"answer": [row["answer"]] * 4, "gym_dataset": [row["gym_dataset"]] * 4,
-            "gym_metadata": [row["gym_metadata"]] * 4}
+    cols = {
+        "answer": [row["answer"]] * 4,
+        "gym_dataset": [row["gym_dataset"]] * 4,
+        "gym_metadata": [row["gym_metadata"]] * 4,
+    }
     completions = ["The answer is 1.", "<answer>1</answer>", "The answer is 10.", "I do not know"]
     assert reasoning_gym_accuracy(completions, prompts=[row["prompt"]] * 4, **cols) == [1.0, 1.0, 0.0, 0.0]
     partial = reasoning_gym_accuracy(completions, prompts=[row["prompt"]] * 4, partial_credit=True, **cols)
     assert partial[:2] == [1.0, 1.0] and 0.0 < partial[2] < 1.0 and partial[3] == 0.0  # "10" contains "1"
     assert rewards.get("reasoning_gym") is reasoning_gym_accuracy
     with pytest.raises(ValueError, match="extract='xml'"):
-        reasoning_gym_accuracy(completions[:1], answer=cols["answer"][:1], gym_dataset=cols["gym_dataset"][:1],
-                               gym_metadata=cols["gym_metadata"][:1], extract="xml")
+        reasoning_gym_accuracy(
+            completions[:1],
+            answer=cols["answer"][:1],
+            gym_dataset=cols["gym_dataset"][:1],
+            gym_metadata=cols["gym_metadata"][:1],
+            extract="xml",
+        )
 
 
 def test_data_check_and_data_show_read_a_generated_task(tmp_path):
@@ -97,9 +119,11 @@ def test_data_check_and_data_show_read_a_generated_task(tmp_path):
     from rlwhf.commands.check_data import check_generated_task
 
     recipe = tmp_path / "gym.yaml"
-    recipe.write_text("data:\n  task: reasoning_gym\n  num_train: 40\n  num_test: 10\n  gym:\n"
-                      "    - {name: products, config: {min_digits: 1, max_digits: 2}}\n"
-                      "rewards:\n  funcs: [{name: reasoning_gym}]\n  accuracy: reasoning_gym\n")
+    recipe.write_text(
+        "data:\n  task: reasoning_gym\n  num_train: 40\n  num_test: 10\n  gym:\n"
+        "    - {name: products, config: {min_digits: 1, max_digits: 2}}\n"
+        "rewards:\n  funcs: [{name: reasoning_gym}]\n  accuracy: reasoning_gym\n"
+    )
     cfg = load_recipe(recipe)
     report = check_generated_task(cfg, "test")
     assert report.ok and report.rows == 10 and "gym_metadata" in report.columns

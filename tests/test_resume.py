@@ -22,8 +22,10 @@ from rlwhf.checkpoints import latest_checkpoint, rewind_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 # The 20-step SFT model never answers right; the length reward makes groups differ, so steps update.
-VARYING = ("rewards.funcs=[{name: math_accuracy}, {name: format, weight: 0.1}, "
-           "{name: length_penalty, weight: 1.0, kwargs: {max_chars: 80}}]")
+VARYING = (
+    "rewards.funcs=[{name: math_accuracy}, {name: format, weight: 0.1}, "
+    "{name: length_penalty, weight: 1.0, kwargs: {max_chars: 80}}]"
+)
 
 
 def start(args, cwd, fault=None) -> subprocess.Popen:
@@ -31,8 +33,15 @@ def start(args, cwd, fault=None) -> subprocess.Popen:
     env.pop("RLWHF_FAULT", None)
     if fault:
         env["RLWHF_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "rlwhf.cli", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlwhf.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout=900) -> tuple[int, str]:
@@ -72,8 +81,9 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
         mine = resumed / "traces" / trace.name
         assert mine.is_file(), trace.name
         columns = ["completion", "reward", "advantage", "num_tokens"]
-        pd.testing.assert_frame_equal(pd.read_parquet(mine)[columns], pd.read_parquet(trace)[columns],
-                                      check_exact=False, rtol=1e-6)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(mine)[columns], pd.read_parquet(trace)[columns], check_exact=False, rtol=1e-6
+        )
     summary, expected = (json.loads((d / "summary.json").read_text()) for d in (resumed, reference))
     for key in ("accuracy_before_rl", "accuracy_after_rl", "sampled_accuracy_after_rl", "steps"):
         assert summary[key] == expected[key], key
@@ -85,9 +95,19 @@ def test_a_run_killed_at_any_moment_resumes_to_the_metrics_of_an_uninterrupted_r
     recipe = ROOT / "recipes" / "tiny-base.yaml"
     # With a KL term to a reference model that is refreshed at step 3: the reference, too, must come
     # back from the checkpoint as it was.
-    common = [*SHORT, VARYING, "train.steps=5", "train.save_every=2", "train.eval_every=2",
-              "train.learning_rate=3e-3", "train.warmup_steps=0", "algo.kl_coef=0.05", "algo.ref_refresh_every=3",
-              "tracking.wandb=true", f"run.output_dir={tmp_path}"]
+    common = [
+        *SHORT,
+        VARYING,
+        "train.steps=5",
+        "train.save_every=2",
+        "train.eval_every=2",
+        "train.learning_rate=3e-3",
+        "train.warmup_steps=0",
+        "algo.kl_coef=0.05",
+        "algo.ref_refresh_every=3",
+        "tracking.wandb=true",
+        f"run.output_dir={tmp_path}",
+    ]
     run_cli("train", recipe, *common, "run.name=reference", cwd=tmp_path)
     updates = [m for m in metrics_of(tmp_path / "reference") if "loss" in m]
     assert any(m["kl"] > 0 for m in updates), "the policy never moved away from its reference"
@@ -128,8 +148,16 @@ def test_an_off_policy_run_resumes_with_the_rollouts_it_had_sampled_ahead(tmp_pa
     # One-step off-policy: step t+1 is sampled by the weights before step t's update. The checkpoint
     # keeps those rollouts; sampling them again after the resume would use the updated weights.
     recipe = ROOT / "recipes" / "tiny-async.yaml"
-    common = [*SHORT, VARYING, "train.steps=4", "train.save_every=2", "train.eval_every=0",
-              "train.learning_rate=3e-3", "train.warmup_steps=0", f"run.output_dir={tmp_path}"]
+    common = [
+        *SHORT,
+        VARYING,
+        "train.steps=4",
+        "train.save_every=2",
+        "train.eval_every=0",
+        "train.learning_rate=3e-3",
+        "train.warmup_steps=0",
+        f"run.output_dir={tmp_path}",
+    ]
     run_cli("train", recipe, *common, "run.name=reference", cwd=tmp_path)
     run = tmp_path / "crashed"
     crash(["train", recipe, *common, "run.name=crashed"], tmp_path, "update@3")
@@ -139,13 +167,23 @@ def test_an_off_policy_run_resumes_with_the_rollouts_it_had_sampled_ahead(tmp_pa
 
 
 def test_rewinding_keeps_the_steps_up_to_the_checkpoint_and_drops_the_rest(tmp_path):
-    lines = [{"step": 1, "reward/mean": 0.1}, {"step": 2, "reward/mean": 0.2, "accuracy": 0.5},
-             {"step": 3, "reward/mean": 0.3}, {"step": 3, "accuracy": 0.7}]
+    lines = [
+        {"step": 1, "reward/mean": 0.1},
+        {"step": 2, "reward/mean": 0.2, "accuracy": 0.5},
+        {"step": 3, "reward/mean": 0.3},
+        {"step": 3, "accuracy": 0.7},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines) + '{"step": 4, "rew')
     traces = tmp_path / "traces"
     traces.mkdir()
-    names = ["train_step_000002.parquet", "train_step_000003.parquet", "eval_before_step_000000.parquet",
-             "eval_step2_step_000002.parquet", "eval_after_step_000002.parquet", "train_step_000003.tmp"]
+    names = [
+        "train_step_000002.parquet",
+        "train_step_000003.parquet",
+        "eval_before_step_000000.parquet",
+        "eval_step2_step_000002.parquet",
+        "eval_after_step_000002.parquet",
+        "train_step_000003.tmp",
+    ]
     for name in names:
         (traces / name).write_text("x")
     (tmp_path / "summary.json").write_text("{}")

@@ -22,17 +22,21 @@ def test_decorator_refuses_a_second_function_under_the_same_name():
         return [0.0] * len(completions)
 
     with pytest.raises(ValueError, match="already registered"):
+
         @rewards.reward("test_unique_name")
         def second(completions, **_):
             return [1.0] * len(completions)
 
 
 def test_scores_are_weighted_per_reward_and_columns_reach_the_function():
-    specs = [RewardSpec(name="misbehaving_rewards:echo_answer", weight=2.0),
-             RewardSpec(name="misbehaving_rewards:length", weight=0.5)]
+    specs = [
+        RewardSpec(name="misbehaving_rewards:echo_answer", weight=2.0),
+        RewardSpec(name="misbehaving_rewards:length", weight=0.5),
+    ]
     with RewardRunner(specs, timeout_s=30, num_workers=2) as runner:
-        scores = runner.score([GroupToScore("p", ["42", "7"], {"answer": "42"}),
-                               GroupToScore("q", ["x"], {"answer": "y"})])
+        scores = runner.score(
+            [GroupToScore("p", ["42", "7"], {"answer": "42"}), GroupToScore("q", ["x"], {"answer": "y"})]
+        )
     assert scores.per_reward["misbehaving_rewards:echo_answer"] == [1.0, 0.0, 0.0]
     assert scores.total == [2.0 * 1 + 0.5 * 2, 0.5 * 1, 0.5 * 1]
     assert scores.errors == {"misbehaving_rewards:echo_answer": 0, "misbehaving_rewards:length": 0}
@@ -51,8 +55,7 @@ def test_a_failing_reward_scores_on_error_is_counted_and_the_next_call_works(fn)
 
 
 def test_a_hanging_reward_costs_its_time_limit_and_does_not_block_other_rewards():
-    specs = [RewardSpec(name="misbehaving_rewards:hangs", on_error=0.25),
-             RewardSpec(name="misbehaving_rewards:length")]
+    specs = [RewardSpec(name="misbehaving_rewards:hangs", on_error=0.25), RewardSpec(name="misbehaving_rewards:length")]
     with RewardRunner(specs, timeout_s=1.5, num_workers=2) as runner:
         start = time.perf_counter()
         scores = runner.score([GroupToScore("p", ["abcd"])])
@@ -86,7 +89,10 @@ def test_bad_values_are_named_in_the_failure_and_numpy_numbers_are_accepted():
 
 
 def test_a_hanging_warm_up_disables_its_reward_after_one_time_limit_and_spares_the_others():
-    specs = [RewardSpec(name="hanging_warm_up:never_warm", on_error=-1.0), RewardSpec(name="misbehaving_rewards:length")]
+    specs = [
+        RewardSpec(name="hanging_warm_up:never_warm", on_error=-1.0),
+        RewardSpec(name="misbehaving_rewards:length"),
+    ]
     with RewardRunner(specs, timeout_s=5, num_workers=1, warm_up_timeout_s=1.0) as runner:
         first = runner.score([GroupToScore("p", ["abc"]), GroupToScore("q", ["de"])])
         starts = runner._workers[0].starts

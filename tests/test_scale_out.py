@@ -27,8 +27,14 @@ def test_the_sharded_recipe_trains_survives_a_dying_engine_and_resumes_onto_one_
     # Two policy workers (FSDP2 over gloo) and two vLLM engines; one engine is killed with SIGKILL
     # during its 4th sampling call (step 2: the held-out evaluation made two calls before step 1).
     common = [*SHORT, "sync.bucket_mb=1", f"run.output_dir={tmp_path}"]
-    run_cli("train", ROOT / "recipes" / "tiny-sharded.yaml", *common, "train.steps=3", cwd=tmp_path,
-            env={"RLWHF_FAULT": "engine@4", "RLWHF_FAULT_MARK": str(tmp_path / "engine-killed")})
+    run_cli(
+        "train",
+        ROOT / "recipes" / "tiny-sharded.yaml",
+        *common,
+        "train.steps=3",
+        cwd=tmp_path,
+        env={"RLWHF_FAULT": "engine@4", "RLWHF_FAULT_MARK": str(tmp_path / "engine-killed")},
+    )
     run = tmp_path / "tiny-sharded"
     assert (tmp_path / "engine-killed").is_file(), "the engine was not killed: the test tested nothing"
     steps = [m for m in metrics_of(run) if "reward/mean" in m and not m.get("update/skipped")]
@@ -36,8 +42,15 @@ def test_the_sharded_recipe_trains_survives_a_dying_engine_and_resumes_onto_one_
     assert all(m["sync/buckets"] > 1 and m["sync/bytes"] > 0 for m in steps)  # 1 MiB buckets of a 7 MiB model
     assert (run / "logs" / "policy-0.log").is_file() and (run / "logs" / "rollout-1.log").is_file()
     # The sharded checkpoint resumes onto a single policy worker and one engine.
-    run_cli("train", "--resume", run, "train.steps=4", "resources.policy_workers=1",
-            "resources.rollout_engines=1", cwd=tmp_path)
+    run_cli(
+        "train",
+        "--resume",
+        run,
+        "train.steps=4",
+        "resources.policy_workers=1",
+        "resources.rollout_engines=1",
+        cwd=tmp_path,
+    )
     assert [m["step"] for m in metrics_of(run) if "reward/mean" in m] == [1, 2, 3, 4]
 
 
@@ -79,8 +92,14 @@ def test_workers_that_reserve_cpus_are_placed_in_one_placement_group_that_must_f
     ray.shutdown()
     init_ray(None, 2)  # a node of 2 CPUs
     try:
-        fits = load_recipe(None, ["resources.policy_workers=2", "resources.cpus_per_policy_worker=0.5",
-                                  "resources.cpus_per_rollout_engine=1"]).resources
+        fits = load_recipe(
+            None,
+            [
+                "resources.policy_workers=2",
+                "resources.cpus_per_policy_worker=0.5",
+                "resources.cpus_per_rollout_engine=1",
+            ],
+        ).resources
         assert reserve(load_recipe(None, []).resources) is None  # nothing reserved: no group
         pg = reserve(fits, timeout_s=60)
         assert [b["CPU"] for b in pg.bundle_specs] == [0.5, 0.5, 1]

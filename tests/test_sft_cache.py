@@ -11,8 +11,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def recipe_in(out: Path, *overrides: str):
-    return load_recipe(ROOT / "recipes" / "tiny.yaml", [f"run.output_dir={out}", "data.num_train=40", "data.num_test=4",
-                                                        "sft.steps=2", "sft.batch_size=4", *overrides])
+    return load_recipe(
+        ROOT / "recipes" / "tiny.yaml",
+        [
+            f"run.output_dir={out}",
+            "data.num_train=40",
+            "data.num_test=4",
+            "sft.steps=2",
+            "sft.batch_size=4",
+            *overrides,
+        ],
+    )
 
 
 def prepare(recipe):
@@ -45,4 +54,6 @@ def test_sft_cache_key_ignores_what_the_sft_does_not_read_and_changes_only_on_pu
     assert sft_cache_dir(recipe_in(tmp_path, "model.tiny.arch=deepseek_v3")) != sft_cache_dir(base)
     # The demo's key: a change of it makes every user's `make demo` redo its SFT, so it changes only with
     # SFT_CACHE_VERSION (a new recipe field changes it too: then raise the version, and this value).
-    assert sft_cache_dir(load_recipe(ROOT / "recipes" / "tiny.yaml", ["run.output_dir=runs"])).name == "41bf01b138203500"
+    assert (
+        sft_cache_dir(load_recipe(ROOT / "recipes" / "tiny.yaml", ["run.output_dir=runs"])).name == "41bf01b138203500"
+    )

@@ -12,8 +12,12 @@ import torch.multiprocessing as mp
 from rlwhf.config import AlgoConfig, TrainConfig
 from rlwhf.train.distributed import rank_micro_batches, rank_rows
 
-CASES = [("token_mean", "token"), ("seq_mean_token_mean", "token"), ("seq_mean_token_sum_norm", "token"),
-         ("seq_mean_token_mean", "sequence")]
+CASES = [
+    ("token_mean", "token"),
+    ("seq_mean_token_mean", "token"),
+    ("seq_mean_token_sum_norm", "token"),
+    ("seq_mean_token_mean", "sequence"),
+]
 STEPS = 3
 
 
@@ -35,15 +39,23 @@ def train(model_path, loss_agg, ratio_level, mesh=None, capture=None, resume_fro
     # micro-batches of up to 24 padded tokens: several per rank, and the ranks' counts differ
     # adam_eps near the gradients' scale: with a tiny eps, Adam turns a 1e-9 difference in a near-zero
     # gradient (float summation order) into a 1e-4 step, and the runs drift apart for no real reason.
-    train_cfg = TrainConfig(learning_rate=1e-3, adam_eps=1e-3, warmup_steps=0, minibatch_size=6,
-                            micro_batch_tokens=24, logits_chunk_mib=1)
+    train_cfg = TrainConfig(
+        learning_rate=1e-3, adam_eps=1e-3, warmup_steps=0, minibatch_size=6, micro_batch_tokens=24, logits_chunk_mib=1
+    )
     policy = PolicyTrainer(model_path, algo, train_cfg, temperature=0.8, max_new_tokens=16, mesh=mesh)
     if resume_from:
         policy.load_trainer_state(resume_from)
     if capture is not None:
+
         def grads(opt, args, kwargs):
-            capture.append({n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
-                            for n, p in policy.model.named_parameters() if p.grad is not None})
+            capture.append(
+                {
+                    n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+                    for n, p in policy.model.named_parameters()
+                    if p.grad is not None
+                }
+            )
+
         policy.optimizer.register_step_pre_hook(grads)
     for batch in batches()[:steps]:
         policy.train_on(batch)

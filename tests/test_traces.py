@@ -9,16 +9,26 @@ import rlwhf.traces as T
 
 
 def _frame(**columns):
-    base = {"step": [1, 1, 1, 1, 1], "prompt_index": [0, 0, 0, 0, 1], "sample_index": [0, 1, 2, 3, 0],
-            "prompt": ["Q: 1+2=?\n"] * 4 + ["Q: 5+5=?\n"], "answer": ["3"] * 4 + ["10"],
-            "completion": ["<think>1+2=3\n</think><answer>3</answer>",       # right
-                           "<think>1+2=4\n</think><answer>4</answer>",       # wrong
-                           "<think>1+2=",                                    # truncated
-                           "the answer is 3",                                # bad format
-                           "<think>5+5=10</think><answer>10</answer>"],      # reward errored
-            "reward": [1.1, 0.1, 0.0, 1.0, float("nan")], "advantage": [1.2, -0.3, -0.6, 0.9, 0.0],
-            "num_tokens": [20, 20, 32, 8, 18], "finish_reason": ["stop", "stop", "length", "stop", "stop"],
-            "reward_math_accuracy": [1.0, 0.0, 0.0, 1.0, None], "reward_format": [1.0, 1.0, 0.0, 0.0, 1.0]}
+    base = {
+        "step": [1, 1, 1, 1, 1],
+        "prompt_index": [0, 0, 0, 0, 1],
+        "sample_index": [0, 1, 2, 3, 0],
+        "prompt": ["Q: 1+2=?\n"] * 4 + ["Q: 5+5=?\n"],
+        "answer": ["3"] * 4 + ["10"],
+        "completion": [
+            "<think>1+2=3\n</think><answer>3</answer>",  # right
+            "<think>1+2=4\n</think><answer>4</answer>",  # wrong
+            "<think>1+2=",  # truncated
+            "the answer is 3",  # bad format
+            "<think>5+5=10</think><answer>10</answer>",
+        ],  # reward errored
+        "reward": [1.1, 0.1, 0.0, 1.0, float("nan")],
+        "advantage": [1.2, -0.3, -0.6, 0.9, 0.0],
+        "num_tokens": [20, 20, 32, 8, 18],
+        "finish_reason": ["stop", "stop", "length", "stop", "stop"],
+        "reward_math_accuracy": [1.0, 0.0, 0.0, 1.0, None],
+        "reward_format": [1.0, 1.0, 0.0, 0.0, 1.0],
+    }
     base.update(columns)
     return pd.DataFrame(base)
 
@@ -26,14 +36,22 @@ def _frame(**columns):
 def test_failures_labels_each_failing_row_with_the_first_kind_that_applies():
     fails = T.failures(_frame())
     assert dict(zip(fails.sample_index + 10 * fails.prompt_index, fails.failure)) == {
-        1: "wrong", 2: "truncated", 3: "format", 10: "reward_error"}
+        1: "wrong",
+        2: "truncated",
+        3: "format",
+        10: "reward_error",
+    }
     assert set(fails.columns) >= set(_frame().columns) | {"failure"}
 
 
 def test_failures_without_a_format_reward_looks_for_an_answer():
     df = _frame().drop(columns="reward_format")
     assert dict(zip(T.failures(df).sample_index + 10 * T.failures(df).prompt_index, T.failures(df).failure)) == {
-        1: "wrong", 2: "truncated", 3: "format", 10: "reward_error"}
+        1: "wrong",
+        2: "truncated",
+        3: "format",
+        10: "reward_error",
+    }
 
 
 def test_answer_span_finds_answer_tags_then_the_last_boxed():
@@ -59,17 +77,18 @@ def test_group_prompt_history_and_reward_columns():
 
 
 def test_html_escapes_text_and_highlights_the_answer_by_correctness():
-    df = _frame(completion=["<think><script>alert(1)</script> & 1+2</think><answer>3</answer>"] * 4
-                + ["<answer>9</answer>"])
+    df = _frame(
+        completion=["<think><script>alert(1)</script> & 1+2</think><answer>3</answer>"] * 4 + ["<answer>9</answer>"]
+    )
     page = T.render_group_html(T.group(df, 1, 0))
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; 1+2" in page
-    assert '<span class="rlwhf-ans ok">3</span>' in page          # reward_math_accuracy 1 -> green
-    assert '<span class="rlwhf-ans bad">3</span>' in page         # the wrong one -> red
+    assert '<span class="rlwhf-ans ok">3</span>' in page  # reward_math_accuracy 1 -> green
+    assert '<span class="rlwhf-ans bad">3</span>' in page  # the wrong one -> red
     assert "advantage <b>+1.200" not in page and "advantage <b>1.200</b>" in page
     assert "advantage <b>-0.300</b>" in page
-    assert page._repr_html_() == page                              # Jupyter renders it
+    assert page._repr_html_() == page  # Jupyter renders it
     card = T.render_trace_html(df.iloc[4])
-    assert "math_accuracy error" in card                           # the errored reward is shown as such
+    assert "math_accuracy error" in card  # the errored reward is shown as such
     assert '<span class="rlwhf-think">&lt;think&gt;' in T.render_trace_html(df.iloc[0])
 
 
@@ -81,7 +100,7 @@ def test_expert_load_reads_the_moe_load_keys(tmp_path):
             for expert in range(4):
                 row[f"moe/load/L{layer}/E{expert}"] = [0.4, 0.3, 0.2, 0.1][expert] if layer else 0.25
         lines.append(row)
-    lines.append({"step": 3, "accuracy": 0.5, "accuracy_before_rl": 0.25})   # the final eval line
+    lines.append({"step": 3, "accuracy": 0.5, "accuracy_before_rl": 0.25})  # the final eval line
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     metrics = T.load_metrics(tmp_path)
     load = T.expert_load(metrics)
@@ -90,15 +109,20 @@ def test_expert_load_reads_the_moe_load_keys(tmp_path):
     assert load[1].sum(axis=1).tolist() == pytest.approx([1.0] * 3)
     assert load.loc[2, (1, 0)] == pytest.approx(0.4)
     fig = T.plot_expert_load(metrics)
-    assert len([a for a in fig.axes if a.images]) == 2              # one heat map per layer
+    assert len([a for a in fig.axes if a.images]) == 2  # one heat map per layer
     fig.savefig(tmp_path / "load.png")
 
 
 def test_rollout_side_load_and_routing_agreement_read_their_keys(tmp_path):
     lines = []
     for step in (1, 2):
-        row = {"step": step, "moe/max_load_ratio": 2.0, "moe/min_load_ratio": 0.1,
-               "moe/rollout_max_load_ratio": 2.1, "moe/rollout_min_load_ratio": 0.2}
+        row = {
+            "step": step,
+            "moe/max_load_ratio": 2.0,
+            "moe/min_load_ratio": 0.1,
+            "moe/rollout_max_load_ratio": 2.1,
+            "moe/rollout_min_load_ratio": 0.2,
+        }
         for layer in (0, 1):
             row[f"moe/routing_agreement/L{layer}"] = 0.9 + step / 100 + layer / 1000
             for expert in range(2):
@@ -125,8 +149,13 @@ def test_expert_load_absent_says_so():
 
 
 def test_accuracy_points_put_before_rl_at_step_zero():
-    metrics = pd.DataFrame([{"step": 1, "reward/mean": 0.1}, {"step": 2, "reward/mean": 0.2, "accuracy": 0.4},
-                            {"step": 2, "accuracy": 0.5, "accuracy_before_rl": 0.1}])
+    metrics = pd.DataFrame(
+        [
+            {"step": 1, "reward/mean": 0.1},
+            {"step": 2, "reward/mean": 0.2, "accuracy": 0.4},
+            {"step": 2, "accuracy": 0.5, "accuracy_before_rl": 0.1},
+        ]
+    )
     assert T.accuracy_points(metrics).to_dict() == {0: 0.1, 2: 0.5}
     metrics["accuracy/sampled"] = [None, 0.3, 0.35]
     metrics["sampled_accuracy_before_rl"] = [None, None, 0.2]
@@ -135,12 +164,14 @@ def test_accuracy_points_put_before_rl_at_step_zero():
 
 # ---- a real run -------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_loaders_on_a_real_run(short_run_dir):
     df = T.load(short_run_dir)
     assert sorted(df.step.unique()) == [1, 2, 3] and len(df) == 3 * 4 * 4
     assert df[["step", "prompt_index", "sample_index"]].equals(
-        df[["step", "prompt_index", "sample_index"]].sort_values(["step", "prompt_index", "sample_index"]))
+        df[["step", "prompt_index", "sample_index"]].sort_values(["step", "prompt_index", "sample_index"])
+    )
     evals = T.load(short_run_dir, "eval")
     assert set(evals.tag) == {"eval_before", "eval_step2", "eval_after"}
     assert dict(evals.groupby("tag").step.first()) == {"eval_before": 0, "eval_step2": 2, "eval_after": 3}
@@ -161,8 +192,9 @@ def test_loaders_on_a_real_run(short_run_dir):
     # every row is either a failure (with one kind) or right
     fails = T.failures(df)
     assert set(fails.failure) <= set(T.FAILURE_KINDS)
-    assert len(fails) + int((df.reward_math_accuracy.ge(1) & df.reward_format.ge(1)
-                             & df.finish_reason.ne("length")).sum()) == len(df)
+    assert len(fails) + int(
+        (df.reward_math_accuracy.ge(1) & df.reward_format.ge(1) & df.finish_reason.ne("length")).sum()
+    ) == len(df)
     history = T.prompt_history(evals, evals.prompt.iloc[0])
     assert list(history.tag) == ["eval_before", "eval_step2", "eval_after"]
 
@@ -170,10 +202,14 @@ def test_loaders_on_a_real_run(short_run_dir):
 @pytest.mark.slow
 def test_plots_on_a_real_run(short_run_dir, tmp_path):
     df, metrics = T.load(short_run_dir), T.load_metrics(short_run_dir)
-    figures = {"curves": T.plot_curves(metrics, T.reward_weights(short_run_dir)),
-               "length": T.plot_length_vs_reward(df), "advantages": T.plot_advantages(df),
-               "load": T.plot_expert_load(metrics), "group": T.plot_group(T.group(df, 2, 1)),
-               "compare": T.plot_compare({"a": short_run_dir, "b": short_run_dir})}
+    figures = {
+        "curves": T.plot_curves(metrics, T.reward_weights(short_run_dir)),
+        "length": T.plot_length_vs_reward(df),
+        "advantages": T.plot_advantages(df),
+        "load": T.plot_expert_load(metrics),
+        "group": T.plot_group(T.group(df, 2, 1)),
+        "compare": T.plot_compare({"a": short_run_dir, "b": short_run_dir}),
+    }
     reward_ax = figures["curves"].axes[0]
     assert [line.get_label() for line in reward_ax.lines] == ["total reward", "math_accuracy", "0.1 × format"]
     for name, fig in figures.items():

@@ -12,8 +12,10 @@ from conftest import SHORT, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ["tiny", "tiny-grpo", "tiny-dr-grpo", "tiny-dapo", "tiny-gspo", "tiny-rloo", "tiny-async"]
-VARYING_REWARD = ("rewards.funcs=[{name: math_accuracy}, {name: format, weight: 0.1}, "
-                  "{name: length_penalty, weight: 1.0, kwargs: {max_chars: 80}}]")
+VARYING_REWARD = (
+    "rewards.funcs=[{name: math_accuracy}, {name: format, weight: 0.1}, "
+    "{name: length_penalty, weight: 1.0, kwargs: {max_chars: 80}}]"
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,17 @@ def step_metrics(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_recipe_runs_and_updates(variant, runs_dir):
-    run_cli("train", ROOT / "recipes" / f"{variant}.yaml", *SHORT, VARYING_REWARD, "train.steps=3",
-            "train.learning_rate=3e-3", "train.warmup_steps=0", f"run.output_dir={runs_dir}", cwd=runs_dir)
+    run_cli(
+        "train",
+        ROOT / "recipes" / f"{variant}.yaml",
+        *SHORT,
+        VARYING_REWARD,
+        "train.steps=3",
+        "train.learning_rate=3e-3",
+        "train.warmup_steps=0",
+        f"run.output_dir={runs_dir}",
+        cwd=runs_dir,
+    )
     run_dir = runs_dir / variant
     lines = step_metrics(run_dir)
     assert [m["step"] for m in lines] == [1, 2, 3]
@@ -41,9 +52,20 @@ def test_variant_recipe_runs_and_updates(variant, runs_dir):
     assert variant in ("tiny", "tiny-dapo") or len(metrics) == 3, "only dynamic sampling may skip a step"
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
     assert any(m["grad_norm"] > 0 for m in metrics), "no variant step had a gradient"
-    for key in ("clip_fraction_low", "clip_fraction_high", "ratio_mean", "ratio_max", "approx_kl", "entropy",
-                "advantage/std", "groups/zero_variance_frac", "rollout/logp_diff_abs_mean",
-                "tokens_per_s/rollout", "tokens_per_s/train", "moe/max_load_ratio"):
+    for key in (
+        "clip_fraction_low",
+        "clip_fraction_high",
+        "ratio_mean",
+        "ratio_max",
+        "approx_kl",
+        "entropy",
+        "advantage/std",
+        "groups/zero_variance_frac",
+        "rollout/logp_diff_abs_mean",
+        "tokens_per_s/rollout",
+        "tokens_per_s/train",
+        "moe/max_load_ratio",
+    ):
         assert key in metrics[0], key
     # Expert load: every layer's shares over its 8 experts sum to one.
     for layer in range(4):
@@ -73,10 +95,20 @@ def test_variant_recipe_runs_and_updates(variant, runs_dir):
 def test_dapo_step_without_signal_is_still_logged_evaluated_and_checkpointed(runs_dir):
     # A reward that scores every completion 0: every group is all-equal, so dynamic sampling finds
     # nothing to learn from in any round and every update is skipped.
-    run_cli("train", ROOT / "recipes" / "tiny-dapo.yaml", *SHORT, "run.name=no-signal", "train.steps=2",
-            "train.eval_every=1", "algo.overlong_penalty=false", "rewards.accuracy=length_penalty",
-            "rewards.funcs=[{name: length_penalty, kwargs: {max_chars: 100000}}]",
-            f"run.output_dir={runs_dir}", cwd=runs_dir, paying=())
+    run_cli(
+        "train",
+        ROOT / "recipes" / "tiny-dapo.yaml",
+        *SHORT,
+        "run.name=no-signal",
+        "train.steps=2",
+        "train.eval_every=1",
+        "algo.overlong_penalty=false",
+        "rewards.accuracy=length_penalty",
+        "rewards.funcs=[{name: length_penalty, kwargs: {max_chars: 100000}}]",
+        f"run.output_dir={runs_dir}",
+        cwd=runs_dir,
+        paying=(),
+    )
     run_dir = runs_dir / "no-signal"
     lines = step_metrics(run_dir)
     assert [(m["step"], m["update/skipped"]) for m in lines] == [(1, 1), (2, 1)]
@@ -88,12 +120,24 @@ def test_dapo_step_without_signal_is_still_logged_evaluated_and_checkpointed(run
 
 @pytest.mark.slow
 def test_kl_folded_into_the_reward_lowers_it_by_the_policys_distance_from_the_reference(runs_dir):
-    run_cli("train", ROOT / "recipes" / "tiny-grpo.yaml", *SHORT, VARYING_REWARD, "run.name=kl-in-reward",
-            "train.steps=2", "train.learning_rate=3e-3", "train.warmup_steps=0", "algo.kl_in_reward=true",
-            "algo.kl_coef=0.5", f"run.output_dir={runs_dir}", cwd=runs_dir)
+    run_cli(
+        "train",
+        ROOT / "recipes" / "tiny-grpo.yaml",
+        *SHORT,
+        VARYING_REWARD,
+        "run.name=kl-in-reward",
+        "train.steps=2",
+        "train.learning_rate=3e-3",
+        "train.warmup_steps=0",
+        "algo.kl_in_reward=true",
+        "algo.kl_coef=0.5",
+        f"run.output_dir={runs_dir}",
+        cwd=runs_dir,
+    )
     second = step_metrics(runs_dir / "kl-in-reward")[1]
-    unpenalised = (second["reward/math_accuracy/mean"] + 0.1 * second["reward/format/mean"]
-                   + second["reward/length_penalty/mean"])
+    unpenalised = (
+        second["reward/math_accuracy/mean"] + 0.1 * second["reward/format/mean"] + second["reward/length_penalty/mean"]
+    )
     # Step 1 trained the policy away from the reference, so step 2's summed k3 estimates are positive.
     assert second["reward/mean"] < unpenalised - 1e-4, second
     assert second["kl"] == 0.0  # folded into the reward, not added to the loss

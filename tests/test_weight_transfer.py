@@ -90,11 +90,18 @@ def test_collective_sync_trains_like_the_object_store_and_survives_a_dying_engin
     # Two FSDP2 policy workers and two vLLM engines; in the collective run an engine is killed with
     # SIGKILL during its 4th sampling call (step 2), so the transfer group is formed again.
     common = [*SHORT, "train.steps=3", "train.save_every=0"]
-    run_cli("train", ROOT / "recipes" / "tiny-sharded.yaml", *common, f"run.output_dir={tmp_path / 'store'}",
-            cwd=tmp_path)
-    run_cli("train", ROOT / "recipes" / "tiny-sharded.yaml", *common, f"run.output_dir={tmp_path / 'collective'}",
-            "sync.transport=collective", cwd=tmp_path,
-            env={"RLWHF_FAULT": "engine@4", "RLWHF_FAULT_MARK": str(tmp_path / "engine-killed")})
+    run_cli(
+        "train", ROOT / "recipes" / "tiny-sharded.yaml", *common, f"run.output_dir={tmp_path / 'store'}", cwd=tmp_path
+    )
+    run_cli(
+        "train",
+        ROOT / "recipes" / "tiny-sharded.yaml",
+        *common,
+        f"run.output_dir={tmp_path / 'collective'}",
+        "sync.transport=collective",
+        cwd=tmp_path,
+        env={"RLWHF_FAULT": "engine@4", "RLWHF_FAULT_MARK": str(tmp_path / "engine-killed")},
+    )
     assert (tmp_path / "engine-killed").is_file(), "the engine was not killed: the test tested nothing"
     store, collective = (rewards_of(tmp_path / kind / "tiny-sharded") for kind in ("store", "collective"))
     assert [m["reward/mean"] for m in collective] == [m["reward/mean"] for m in store]

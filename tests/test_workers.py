@@ -13,8 +13,9 @@ def torch_threads(actor) -> int:
 
 
 def policy_actor(model, **train_overrides):
-    return remote(PolicyWorker).remote(model, AlgoConfig(), TrainConfig(**train_overrides),
-                                       temperature=1.0, max_new_tokens=8)
+    return remote(PolicyWorker).remote(
+        model, AlgoConfig(), TrainConfig(**train_overrides), temperature=1.0, max_new_tokens=8
+    )
 
 
 def test_policy_actor_uses_every_core_in_the_synchronous_loop(tiny_model, local_ray):
@@ -38,7 +39,10 @@ def test_cold_start_sft_task_uses_every_core(tiny_model, local_ray, tmp_path):
     from rlwhf.data.arithmetic import make_arithmetic
 
     rows = make_arithmetic(8, 0, 2, 2)
-    threads = ray.get(cold_start_sft_task.remote(tiny_model, rows, str(tmp_path / "sft"), steps=2, batch_size=4,
-                                                 learning_rate=1e-3, seed=0))
+    threads = ray.get(
+        cold_start_sft_task.remote(
+            tiny_model, rows, str(tmp_path / "sft"), steps=2, batch_size=4, learning_rate=1e-3, seed=0
+        )
+    )
     assert threads == usable_cores()
     assert (tmp_path / "sft" / "config.json").exists()

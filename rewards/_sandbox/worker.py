@@ -61,10 +61,24 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 1, 24, 36
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "capset": 126, "clone": 56, "clone3": 435, "socket": 41, "unshare": 272,
-               "audit_arch": 0xC000003E},
-    "aarch64": {"pivot_root": 41, "capset": 91, "clone": 220, "clone3": 435, "socket": 198, "unshare": 97,
-                "audit_arch": 0xC00000B7},
+    "x86_64": {
+        "pivot_root": 155,
+        "capset": 126,
+        "clone": 56,
+        "clone3": 435,
+        "socket": 41,
+        "unshare": 272,
+        "audit_arch": 0xC000003E,
+    },
+    "aarch64": {
+        "pivot_root": 41,
+        "capset": 91,
+        "clone": 220,
+        "clone3": 435,
+        "socket": 198,
+        "unshare": 97,
+        "audit_arch": 0xC00000B7,
+    },
 }
 SYS = SYSCALLS.get(platform.machine(), {})
 # Denied by the seccomp filter (EPERM): tracing, kernel keyrings, modules, kexec, BPF, perf,
@@ -72,10 +86,81 @@ SYS = SYSCALLS.get(platform.machine(), {})
 # unshare and setns stay allowed: the worker needs them, and without capabilities, which no
 # program has and, with user namespaces denied, cannot get, the kernel refuses them anyway.)
 DENIED_SYSCALLS = {
-    "x86_64": [101, 310, 311, 312, 321, 298, 323, 250, 248, 249, 246, 320, 175, 313, 176, 303, 304, 425, 426,
-               427, 428, 429, 430, 431, 432, 433, 442, 167, 168, 169, 163, 179, 103, 153, 172, 173, 134],
-    "aarch64": [117, 270, 271, 272, 280, 241, 282, 219, 217, 218, 104, 294, 105, 273, 106, 264, 265, 425, 426,
-                427, 428, 429, 430, 431, 432, 433, 442, 224, 225, 142, 89, 60, 116, 58],
+    "x86_64": [
+        101,
+        310,
+        311,
+        312,
+        321,
+        298,
+        323,
+        250,
+        248,
+        249,
+        246,
+        320,
+        175,
+        313,
+        176,
+        303,
+        304,
+        425,
+        426,
+        427,
+        428,
+        429,
+        430,
+        431,
+        432,
+        433,
+        442,
+        167,
+        168,
+        169,
+        163,
+        179,
+        103,
+        153,
+        172,
+        173,
+        134,
+    ],
+    "aarch64": [
+        117,
+        270,
+        271,
+        272,
+        280,
+        241,
+        282,
+        219,
+        217,
+        218,
+        104,
+        294,
+        105,
+        273,
+        106,
+        264,
+        265,
+        425,
+        426,
+        427,
+        428,
+        429,
+        430,
+        431,
+        432,
+        433,
+        442,
+        224,
+        225,
+        142,
+        89,
+        60,
+        116,
+        58,
+    ],
 }
 NAMESPACE_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | 0x02000000
 
@@ -226,11 +311,22 @@ def _seccomp_filter(deny_inet: bool) -> bytes:
     prog += [(JA, 0, 0, 1), (RET, 0, 0, EPERM)]
     prog += [(JEQ, 0, 1, SYS["clone3"]), (RET, 0, 0, ENOSYS)]
     prog += [(JEQ, 0, 3, SYS["clone"]), (LD, 0, 0, ARG0), (JSET, 0, 1, NAMESPACE_FLAGS), (RET, 0, 0, EPERM)]
-    prog += [(LD, 0, 0, NR), (JEQ, 0, 3, SYS["unshare"]), (LD, 0, 0, ARG0), (JSET, 0, 1, CLONE_NEWUSER),
-             (RET, 0, 0, EPERM)]
+    prog += [
+        (LD, 0, 0, NR),
+        (JEQ, 0, 3, SYS["unshare"]),
+        (LD, 0, 0, ARG0),
+        (JSET, 0, 1, CLONE_NEWUSER),
+        (RET, 0, 0, EPERM),
+    ]
     if deny_inet:
-        prog += [(LD, 0, 0, NR), (JEQ, 0, 4, SYS["socket"]), (LD, 0, 0, ARG0),
-                 (JEQ, 0, 1, socket.AF_UNIX), (RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
+        prog += [
+            (LD, 0, 0, NR),
+            (JEQ, 0, 4, SYS["socket"]),
+            (LD, 0, 0, ARG0),
+            (JEQ, 0, 1, socket.AF_UNIX),
+            (RET, 0, 0, ALLOW),
+            (RET, 0, 0, EPERM),
+        ]
     prog.append((RET, 0, 0, ALLOW))
     return b"".join(struct.pack("<HBBI", *insn) for insn in prog)
 
@@ -327,8 +423,9 @@ def _exec_program(code: bytes) -> None:
     streams = []
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
         raw = open(fd, mode + "b", closefd=False, buffering=-1)
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace" if fd else "strict",
-                                line_buffering=False, write_through=fd == 2)
+        text = io.TextIOWrapper(
+            raw, encoding="utf-8", errors="replace" if fd else "strict", line_buffering=False, write_through=fd == 2
+        )
         setattr(sys, name, text)
         setattr(sys, f"__{name}__", text)
         if fd:
@@ -379,7 +476,7 @@ def _write_stderr(text: str) -> None:
     try:
         data = _STR.encode(text, "utf-8", "backslashreplace")
         while data:
-            data = data[_WRITE(2, data):]
+            data = data[_WRITE(2, data) :]
     except _BASE_EXCEPTION:
         pass
 
@@ -524,8 +621,13 @@ def execute(req: dict, code_fd: int, stdin_fd: int, sock: socket.socket) -> dict
     _reap_orphans()
     if workdir is not None:
         shutil.rmtree(workdir, ignore_errors=True)
-    reply = {"wall_s": time.monotonic() - start, "reason": reason, "setup_error": setup_error,
-             "exit_code": None, "signal": None}
+    reply = {
+        "wall_s": time.monotonic() - start,
+        "reason": reason,
+        "setup_error": setup_error,
+        "exit_code": None,
+        "signal": None,
+    }
     if reason is None and status is not None:
         if os.WIFEXITED(status):
             reply["exit_code"] = os.WEXITSTATUS(status)

@@ -43,9 +43,26 @@ from rewards.math.options import (
 from rewards.math.parsing import ParseError, parse
 from rewards.math.pool import _run_jobs, shutdown, stats, warm_up
 
-__all__ = ["verify", "verify_batch", "answers_equal", "gold_is_readable", "extract_answer", "parse", "ParseError", "Options",
-           "DEFAULTS", "DEFAULT_TIMEOUT_S", "MAX_ANSWER_CHARS", "MAX_DEPTH", "STARTUP_TIMEOUT_S",
-           "HELPER_MEMORY_BYTES", "math_accuracy", "warm_up", "shutdown", "stats"]
+__all__ = [
+    "verify",
+    "verify_batch",
+    "answers_equal",
+    "gold_is_readable",
+    "extract_answer",
+    "parse",
+    "ParseError",
+    "Options",
+    "DEFAULTS",
+    "DEFAULT_TIMEOUT_S",
+    "MAX_ANSWER_CHARS",
+    "MAX_DEPTH",
+    "STARTUP_TIMEOUT_S",
+    "HELPER_MEMORY_BYTES",
+    "math_accuracy",
+    "warm_up",
+    "shutdown",
+    "stats",
+]
 
 
 def __getattr__(name: str):
@@ -54,8 +71,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def verify_batch(golds: list[str], predictions: list[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 options: Options = DEFAULTS) -> list[bool]:
+def verify_batch(
+    golds: list[str], predictions: list[str], *, timeout_s: float = DEFAULT_TIMEOUT_S, options: Options = DEFAULTS
+) -> list[bool]:
     """``verify`` for many pairs at once: each distinct gold is prepared once, items decided by
     exact arithmetic never leave the process, and the rest run in the helper pool in parallel,
     each under ``timeout_s``. Never raises on odd inputs (non-strings score False)."""

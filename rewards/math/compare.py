@@ -74,8 +74,11 @@ def _is_label(node) -> bool:
 
 
 def _has_symbols(node) -> bool:
-    return _contains(node, "s") or _contains(node, "text") or any(
-        isinstance(n, tuple) and n[0] == "f" and n[1] in "fghpqPQFG" for n in _walk(node))
+    return (
+        _contains(node, "s")
+        or _contains(node, "text")
+        or any(isinstance(n, tuple) and n[0] == "f" and n[1] in "fghpqPQFG" for n in _walk(node))
+    )
 
 
 def _walk(node):
@@ -208,6 +211,6 @@ def _approx_equal(a, x, b, y, options: Options) -> bool:
     """A long decimal equals the value it rounds or truncates to (``0.08333`` = ``1/12``)."""
     for node, dec, other in ((a, x, y), (b, y, x)):
         digits = node[2] if node[0] == "n" else (node[1][2] if node[0] == "neg" and node[1][0] == "n" else -1)
-        if digits >= options.approx_digits and abs(dec - other) <= Fraction(1, 10 ** digits):
+        if digits >= options.approx_digits and abs(dec - other) <= Fraction(1, 10**digits):
             return True
     return False

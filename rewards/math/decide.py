@@ -12,8 +12,10 @@ from rewards.math.extraction import _BOX_JOINER, _NUMBER, _answer_spans, _boxes,
 from rewards.math.options import MAX_ANSWER_CHARS, Options
 from rewards.math.parsing import ParseError, _key, _undouble, parse
 
-_CHOICE_GOLD = re.compile(r"\s*(?:\\text(?:bf)?\{\s*)?(?:\(([A-E])\)(?:\s*\})?(?:\s+[^\n=<>]*)?"
-                          r"|([A-E])(?:\s*\})?(?:[\s.)]+[A-Za-z][A-Za-z\s]*)?)\s*")
+_CHOICE_GOLD = re.compile(
+    r"\s*(?:\\text(?:bf)?\{\s*)?(?:\(([A-E])\)(?:\s*\})?(?:\s+[^\n=<>]*)?"
+    r"|([A-E])(?:\s*\})?(?:[\s.)]+[A-Za-z][A-Za-z\s]*)?)\s*"
+)
 
 
 @dataclass
@@ -35,16 +37,20 @@ def _gold_boxes(gold: str) -> str | None:
         return None
     first = len(boxes) - 1
     while first > 0:
-        between = gold[boxes[first - 1][1]:boxes[first][0]]
-        if not (_BOX_JOINER.match(between) or len(between) <= 40 and "\n" not in between
-                and re.search(r"[,;]|\b(?:and|or)\b", between)):
+        between = gold[boxes[first - 1][1] : boxes[first][0]]
+        if not (
+            _BOX_JOINER.match(between)
+            or len(between) <= 40
+            and "\n" not in between
+            and re.search(r"[,;]|\b(?:and|or)\b", between)
+        ):
             break
         first -= 1
     return ", ".join(b[2].strip() for b in boxes[first:])
 
 
 def _prepare_gold(gold: str) -> _Gold:
-    gold = _undouble(str(gold)[:MAX_ANSWER_CHARS * 4].strip())
+    gold = _undouble(str(gold)[: MAX_ANSWER_CHARS * 4].strip())
     gold = _gold_boxes(gold) or gold
     m = _CHOICE_GOLD.fullmatch(gold)
     choice = (m.group(1) or m.group(2)) if m and not re.fullmatch(r"\s*[A-E]\s*[=<>].*", gold) else None
@@ -124,7 +130,9 @@ def _fast(gold: _Gold, prediction: str, options: Options):
         try:
             if _decide_exact(gold.tree, tree, options):
                 return True, True, []
-            if not (_contains(tree, "s") or _contains(tree, "c") or _contains(gold.tree, "s") or _contains(gold.tree, "c")):
+            if not (
+                _contains(tree, "s") or _contains(tree, "c") or _contains(gold.tree, "s") or _contains(gold.tree, "c")
+            ):
                 continue  # rationals decided it: False, no helper needed
         except Undecided:
             pass

@@ -34,7 +34,11 @@ def _exact(node) -> Fraction:
         return _exact(node[1]) / den
     if kind == "^":
         base, exp = _exact(node[1]), _exact(node[2])
-        if exp.denominator != 1 or abs(exp) > 256 or (base != 0 and abs(base.numerator).bit_length() * abs(exp) > _MAX_EXACT_BITS):
+        if (
+            exp.denominator != 1
+            or abs(exp) > 256
+            or (base != 0 and abs(base.numerator).bit_length() * abs(exp) > _MAX_EXACT_BITS)
+        ):
             raise Undecided
         if base == 0 and exp < 0:
             raise Undecided

@@ -12,14 +12,19 @@ _STOP_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>")
 _PHRASE = re.compile(
     r"(?:final\s+answer(?:\s+is)?|the\s+(?:correct\s+)?answer\s+is|\banswer\s*(?:is)?\s*:|"
     r"\*\*\s*answer\s*:?\s*\*\*|^\s*#{1,4}\s*answer\b|^\s*answer\b|^####)\s*:?\s*",
-    re.IGNORECASE | re.MULTILINE)
+    re.IGNORECASE | re.MULTILINE,
+)
 # 1,234.5 | 1 000 | 1,22 (decimal comma) | 12.5 | .4, then an optional /denominator
-_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?(?![\d,])"
-                     r"|\d+,\d\d(?![\d,])|\d+(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?")
+_NUMBER = re.compile(
+    r"(?<![A-Za-z0-9_.])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?(?![\d,])"
+    r"|\d+,\d\d(?![\d,])|\d+(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?"
+)
 _BARE_LATEX = re.compile(r"[-+]?(?:[\w.^{}()\[\]/*+-]|\\[A-Za-z]+)+")  # no spaces, $, = or commas
 _BOX_WORD = re.compile(r"[^\s$]+")
 _MATH_OPENER = re.compile(r"\$|\\[\[(]")
-_BOX_JOINER = re.compile(r"^(?:[\s,;.$]|\\quad|\\qquad|\\[,;:! ]|\\text\{[^{}]*\band\b[^{}]*\}|\\text\{\s*,?\s*\}|\band\b|&|[A-Za-z](?:_\{?\w+\}?)?\s*=|\\\]|\\\[|\\\(|\\\))*$")
+_BOX_JOINER = re.compile(
+    r"^(?:[\s,;.$]|\\quad|\\qquad|\\[,;:! ]|\\text\{[^{}]*\band\b[^{}]*\}|\\text\{\s*,?\s*\}|\band\b|&|[A-Za-z](?:_\{?\w+\}?)?\s*=|\\\]|\\\[|\\\(|\\\))*$"
+)
 _MATH_OPEN = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
 
 
@@ -43,7 +48,7 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
 
 def _segment_after(text: str, pos: int) -> str:
     """The answer written after an answer phrase ending at ``pos``: one math block, else the line."""
-    rest = text[pos:pos + 4 * MAX_ANSWER_CHARS].lstrip()
+    rest = text[pos : pos + 4 * MAX_ANSWER_CHARS].lstrip()
     for opener, closer in _MATH_OPEN.items():
         if rest.startswith(opener):
             end = len(opener) - 1
@@ -51,9 +56,9 @@ def _segment_after(text: str, pos: int) -> str:
                 end = rest.find(closer, end + 1)
                 if end < 0 or rest[end - 1] != "\\" or closer != "$":
                     break
-            after = rest[end + len(closer):]
+            after = rest[end + len(closer) :]
             if end >= 0 and (not after.strip(" .\t")[:1].isalnum() or re.match(r"[ \t]*[.!]\s", after)):
-                return rest[len(opener):end]  # the block ends the phrase, or its sentence
+                return rest[len(opener) : end]  # the block ends the phrase, or its sentence
             break
     line = rest.split("\n", 1)[0]
     line = re.split(r"\.\s+I hope|\s+I hope it is correct", line)[0]
@@ -82,18 +87,18 @@ def _last_math_block(text: str) -> tuple[int, str] | None:
         if text.startswith("$$", p):
             end = closer("$$", p + 3)
             if end >= 0:
-                last, pos = (end + 2, text[p + 2:end]), end + 2
+                last, pos = (end + 2, text[p + 2 : end]), end + 2
                 continue
         if text.startswith(("\\[", "\\("), p):
             end = closer("\\]" if text[p + 1] == "[" else "\\)", p + 3)
             if end >= 0:
-                last, pos = (end + 2, text[p + 2:end]), end + 2
+                last, pos = (end + 2, text[p + 2 : end]), end + 2
             continue
         if p > 0 and text[p - 1] in "\\$":
             continue
         end = closer("$", p + 1)
         if end > p + 1 and text[end - 1] != "\\":
-            last, pos = (end + 1, text[p + 1:end]), end + 1
+            last, pos = (end + 1, text[p + 1 : end]), end + 1
     return last
 
 
@@ -115,7 +120,7 @@ def _last_answer_tag(text: str) -> str | None:
     low = text.lower()
     end = low.rfind("</answer>")
     start = low.rfind("<answer>", 0, end) if end >= 0 else -1
-    return text[start + len("<answer>"):end] if start >= 0 else None
+    return text[start + len("<answer>") : end] if start >= 0 else None
 
 
 def _answer_spans(text: str, options: Options) -> tuple[str, list[str]] | None:
@@ -136,19 +141,23 @@ def _answer_spans(text: str, options: Options) -> tuple[str, list[str]] | None:
     if boxes:
         first = len(boxes) - 1  # the run of adjacent boxes at the end is boxes[first:]
         while first > 0:
-            between = text[boxes[first - 1][1]:boxes[first][0]]
+            between = text[boxes[first - 1][1] : boxes[first][0]]
             if len(between) > 200 or not _BOX_JOINER.match(between):
                 break
             first -= 1
         run = boxes[first:]
         answers = [b[2].strip() for b in run]
-        if len(answers) > 1 and re.search(r"\bor\b", text[run[0][0]:run[-1][1]]):
+        if len(answers) > 1 and re.search(r"\bor\b", text[run[0][0] : run[-1][1]]):
             return None  # "\boxed{3} or \boxed{5}": hedging is not an answer
         if len(run) < len(boxes):
             before = boxes[len(boxes) - len(run) - 1]
-            gap = text[before[1]:run[0][0]]
-            if len(gap) < 80 and "\n" not in gap and not re.search(r"[.!?]\s", gap) \
-                    and _key(before[2]) not in {_key(a) for a in answers}:
+            gap = text[before[1] : run[0][0]]
+            if (
+                len(gap) < 80
+                and "\n" not in gap
+                and not re.search(r"[.!?]\s", gap)
+                and _key(before[2]) not in {_key(a) for a in answers}
+            ):
                 return None  # two different answers side by side
         return "boxed", answers
     if phrases:
@@ -179,7 +188,12 @@ def _latex_around(text: str, number: re.Match) -> str | None:
             break
     else:
         return None
-    if span == number.group(0) or len(span) > MAX_ANSWER_CHARS or not re.search(r"\\[A-Za-z]|\^|\{", span) or span.count("{") != span.count("}"):
+    if (
+        span == number.group(0)
+        or len(span) > MAX_ANSWER_CHARS
+        or not re.search(r"\\[A-Za-z]|\^|\{", span)
+        or span.count("{") != span.count("}")
+    ):
         return None
     try:
         parse(span)

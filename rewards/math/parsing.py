@@ -19,7 +19,7 @@ def _braced(text: str, start: int) -> tuple[str, int] | None:
         elif c == "}" and text[k - 1] != "\\":
             depth -= 1
             if depth == 0:
-                return text[start + 1:k], k + 1
+                return text[start + 1 : k], k + 1
     return None
 
 
@@ -27,31 +27,117 @@ class ParseError(ValueError):
     pass
 
 
-_FUNCS = {"sin", "cos", "tan", "sec", "csc", "cot", "arcsin", "arccos", "arctan", "sinh", "cosh",
-          "tanh", "log", "ln", "exp", "sqrt", "abs", "lg", "asin", "acos", "atan", "arccot"}
+_FUNCS = {
+    "sin",
+    "cos",
+    "tan",
+    "sec",
+    "csc",
+    "cot",
+    "arcsin",
+    "arccos",
+    "arctan",
+    "sinh",
+    "cosh",
+    "tanh",
+    "log",
+    "ln",
+    "exp",
+    "sqrt",
+    "abs",
+    "lg",
+    "asin",
+    "acos",
+    "atan",
+    "arccot",
+}
 _CONST_WORDS = {"pi": "pi", "inf": "oo", "infty": "oo", "infinity": "oo", "oo": "oo"}
-_UNITS = set("""cm mm km m kg g mg lb lbs oz s sec secs second seconds min mins minute minutes h hr hrs
+_UNITS = set(
+    """cm mm km m kg g mg lb lbs oz s sec secs second seconds min mins minute minutes h hr hrs
 hour hours day days week weeks month months year years dollar dollars cent cents yuan euro euros
 unit units inch inches ft feet foot yard yards mile miles mph kmh km/h meter meters metre metres
 liter liters litre litres l ml sq square cubic degree degrees deg rad radian radians people person
-students points point ways times apples marbles""".split())
-_TEXT_CMDS = {"text", "textbf", "textit", "textrm", "textnormal", "mbox", "mathrm", "mathbf",
-              "mathit", "mathsf", "operatorname", "mathbb", "mathcal", "boldsymbol", "rm", "bf"}
-_RELOPS = {"=": "=", "==": "=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "!=": "!=", "\\le": "<=",
-           "\\leq": "<=", "\\leqslant": "<=", "\\ge": ">=", "\\geq": ">=", "\\geqslant": ">=",
-           "\\lt": "<", "\\gt": ">", "\\ne": "!=", "\\neq": "!=", "\\in": "in", "≤": "<=", "≥": ">=",
-           "≠": "!="}
-_SKIP_CMDS = {"left", "right", "big", "Big", "bigg", "Bigg", "bigl", "bigr", "Bigl", "Bigr",
-              "displaystyle", "quad", "qquad", "limits", "nolimits", "mathop", "hfill", "cdots",
-              "ldots", "dots", "middle", "textstyle", "it", "boxed", "fbox"}
+students points point ways times apples marbles""".split()
+)
+_TEXT_CMDS = {
+    "text",
+    "textbf",
+    "textit",
+    "textrm",
+    "textnormal",
+    "mbox",
+    "mathrm",
+    "mathbf",
+    "mathit",
+    "mathsf",
+    "operatorname",
+    "mathbb",
+    "mathcal",
+    "boldsymbol",
+    "rm",
+    "bf",
+}
+_RELOPS = {
+    "=": "=",
+    "==": "=",
+    "<": "<",
+    ">": ">",
+    "<=": "<=",
+    ">=": ">=",
+    "!=": "!=",
+    "\\le": "<=",
+    "\\leq": "<=",
+    "\\leqslant": "<=",
+    "\\ge": ">=",
+    "\\geq": ">=",
+    "\\geqslant": ">=",
+    "\\lt": "<",
+    "\\gt": ">",
+    "\\ne": "!=",
+    "\\neq": "!=",
+    "\\in": "in",
+    "≤": "<=",
+    "≥": ">=",
+    "≠": "!=",
+}
+_SKIP_CMDS = {
+    "left",
+    "right",
+    "big",
+    "Big",
+    "bigg",
+    "Bigg",
+    "bigl",
+    "bigr",
+    "Bigl",
+    "Bigr",
+    "displaystyle",
+    "quad",
+    "qquad",
+    "limits",
+    "nolimits",
+    "mathop",
+    "hfill",
+    "cdots",
+    "ldots",
+    "dots",
+    "middle",
+    "textstyle",
+    "it",
+    "boxed",
+    "fbox",
+}
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
   (?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![A-Za-z]))?|\.\d+)
  |(?P<cmd>\\[A-Za-z]+|\\[{}|,;:!%$ ]|\\\\)
  |(?P<op><=|>=|!=|==|\*\*|[-+*/^_=<>!(),\[\]{}|;:%'≤≥≠±·×÷√π∞∪])
  |(?P<word>[A-Za-z]+)
  |(?P<ws>\s+)
- |(?P<other>.)""", re.VERBOSE | re.DOTALL)
+ |(?P<other>.)""",
+    re.VERBOSE | re.DOTALL,
+)
 
 _MATRIX = re.compile(r"\\begin\{(p|b|v|V|B|small)?matrix\}|\\begin\{array\}\{[^{}]*\}")
 
@@ -60,19 +146,22 @@ _APPROX = re.compile(r"\\approx|≈|\\sim(?![a-z])")
 _LONE_LABEL = re.compile(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*")
 _DECIMAL_COMMA = re.compile(r"\s*-?(?:\d+,\d{2}|0,\d{3,})\s*")  # "1,22", "0,111"
 # (pattern, replacement) applied in order; compiled once, since _prepare runs several times per item
-_CLEANUPS = tuple((re.compile(p), r) for p, r in (
-    (r"(?<!\\)\\[][()]", " "),  # \( \) \[ \] left around an answer
-    (r"\\(?:[dtc]frac)", r"\\frac"),
-    (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b|\\circ\b", r" \\deg "),
-    (r"\\%|%|\b(?:percent(?:age)?|pct)\b", " % "),
-    (r"\\\$|\$|€|£|¥|\\euro\b|\\pounds\b", " "),
-    (r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)", ""),
-    (r",\\!\s*(?=\d{3})", ","),
-    (r"(?<!\\)\\(?:[,;:! ]|quad|qquad)|~", " "),
-    # thousands: "1,234,567" and "1 000" (a group of 0 is no thousands group: "0,111")
-    (r"(?<![\d.(\[,])([1-9]\d{0,2})((?:,\d{3})+)(?![\d,)\]])", lambda m: m.group(1) + m.group(2).replace(",", "")),
-    (r"(?<![\w.,^_{}])([1-9]\d{0,2})((?: \d{3})+)(?!\d|,\d)", lambda m: m.group(1) + m.group(2).replace(" ", "")),
-))
+_CLEANUPS = tuple(
+    (re.compile(p), r)
+    for p, r in (
+        (r"(?<!\\)\\[][()]", " "),  # \( \) \[ \] left around an answer
+        (r"\\(?:[dtc]frac)", r"\\frac"),
+        (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b|\\circ\b", r" \\deg "),
+        (r"\\%|%|\b(?:percent(?:age)?|pct)\b", " % "),
+        (r"\\\$|\$|€|£|¥|\\euro\b|\\pounds\b", " "),
+        (r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)", ""),
+        (r",\\!\s*(?=\d{3})", ","),
+        (r"(?<!\\)\\(?:[,;:! ]|quad|qquad)|~", " "),
+        # thousands: "1,234,567" and "1 000" (a group of 0 is no thousands group: "0,111")
+        (r"(?<![\d.(\[,])([1-9]\d{0,2})((?:,\d{3})+)(?![\d,)\]])", lambda m: m.group(1) + m.group(2).replace(",", "")),
+        (r"(?<![\w.,^_{}])([1-9]\d{0,2})((?: \d{3})+)(?!\d|,\d)", lambda m: m.group(1) + m.group(2).replace(" ", "")),
+    )
+)
 
 
 def _prepare(s: str) -> str:
@@ -100,7 +189,7 @@ def _undouble(s: str) -> str:
     ``\\\\frac{1}{2}``) with each run of 2k backslashes made k long; other text unchanged."""
     if "\\\\" not in s or len(_DOUBLED.findall(s)) <= len(_SINGLE.findall(s)):
         return s
-    return re.sub(r"\\+", lambda m: m.group(0)[:len(m.group(0)) // 2] if len(m.group(0)) % 2 == 0 else m.group(0), s)
+    return re.sub(r"\\+", lambda m: m.group(0)[: len(m.group(0)) // 2] if len(m.group(0)) % 2 == 0 else m.group(0), s)
 
 
 def _key(s: str) -> str:
@@ -115,11 +204,11 @@ def _tokens(s: str) -> list[tuple[str, str]]:
     while pos < len(s):
         m = _MATRIX.match(s, pos)
         if m:
-            env = re.escape(s[m.start() + 7:s.index("}", m.start() + 7)])
+            env = re.escape(s[m.start() + 7 : s.index("}", m.start() + 7)])
             end = re.compile(r"\\end\{" + env + r"\}").search(s, m.end())
             if end is None:
                 raise ParseError("unclosed matrix")
-            out.append(("mat", s[m.end():end.start()]))
+            out.append(("mat", s[m.end() : end.start()]))
             pos = end.end()
             continue
         m = _TOKEN.match(s, pos)
@@ -130,15 +219,19 @@ def _tokens(s: str) -> list[tuple[str, str]]:
         if kind == "cmd":
             name = text[1:]
             if name in _TEXT_CMDS:
-                group = _braced(s, pos) if s[pos:pos + 1] == "{" else None
+                group = _braced(s, pos) if s[pos : pos + 1] == "{" else None
                 if group is None:
                     continue
                 content, pos = group
                 inner = content.strip()
                 if inner.lower() in ("and", "or", ",", "or equivalently"):
                     out.append(("op", ","))
-                elif inner.lower() in _UNITS or re.fullmatch(r"[A-Za-z]+(?:\s+[A-Za-z]+)+|[A-Za-z]{4,}", inner) \
-                        and inner.lower() not in _FUNCS and inner.lower() not in _CONST_WORDS:
+                elif (
+                    inner.lower() in _UNITS
+                    or re.fullmatch(r"[A-Za-z]+(?:\s+[A-Za-z]+)+|[A-Za-z]{4,}", inner)
+                    and inner.lower() not in _FUNCS
+                    and inner.lower() not in _CONST_WORDS
+                ):
                     out.append(("text", inner))
                 else:
                     out.extend(_tokens(inner))
@@ -276,8 +369,14 @@ class _Parser:
             elif tok is not None and self.starts_atom(tok):
                 factor = self.postfix()
                 prev = factors[-1]
-                if (len(factors) == 1 and prev[0] == "n" and prev[2] == -1 and tok[1] == "\\frac"
-                        and factor[0] == "/" and factor[1][0] == factor[2][0] == "n"):
+                if (
+                    len(factors) == 1
+                    and prev[0] == "n"
+                    and prev[2] == -1
+                    and tok[1] == "\\frac"
+                    and factor[0] == "/"
+                    and factor[1][0] == factor[2][0] == "n"
+                ):
                     factors[-1] = ("+", [prev, factor])  # 918\frac{1}{2} is a mixed number
                 else:
                     factors.append(factor)
@@ -293,8 +392,18 @@ class _Parser:
         if kind in ("num", "word", "mat", "text"):
             return True
         if kind == "cmd":
-            return text not in _RELOPS and text not in ("\\pm", "\\mp", "\\cdot", "\\times", "\\div",
-                                                        "\\cup", "\\}", "\\ast", "\\notin", "\\\\")
+            return text not in _RELOPS and text not in (
+                "\\pm",
+                "\\mp",
+                "\\cdot",
+                "\\times",
+                "\\div",
+                "\\cup",
+                "\\}",
+                "\\ast",
+                "\\notin",
+                "\\\\",
+            )
         return text in ("(", "[", "{", "√", "π", "∞")
 
     def unary(self):
@@ -497,8 +606,10 @@ class _Parser:
         return ("big", name, body, lower[2][0], lower[2][1], upper)
 
 
-_GREEK = set("""alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu
-xi rho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega""".split())
+_GREEK = set(
+    """alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu
+xi rho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega""".split()
+)
 
 
 def _name(node) -> str:

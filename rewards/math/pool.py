@@ -115,9 +115,15 @@ class _Pool:
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         code = "import sys; from rewards.math.pool import _helper_main; _helper_main(*map(int, sys.argv[1:]))"
         try:
-            proc = subprocess.Popen([sys.executable, "-c", code, str(r1), str(w2), str(HELPER_MEMORY_BYTES)],
-                                    pass_fds=(r1, w2), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, env=env, close_fds=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(r1), str(w2), str(HELPER_MEMORY_BYTES)],
+                pass_fds=(r1, w2),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                close_fds=True,
+            )
         finally:
             os.close(r1)
             os.close(w2)
@@ -137,7 +143,7 @@ class _Pool:
             while not self.idle and self.count >= self.size:
                 self.cv.wait()
             got = self.idle[:want]
-            del self.idle[:len(got)]
+            del self.idle[: len(got)]
             fresh = min(want - len(got), self.size - self.count)
             self.count += fresh
         for _ in range(fresh):
@@ -251,7 +257,7 @@ def _run_jobs(jobs: list[tuple[object, list[list]]], options: Options, timeout_s
     chunk = max(1, -(-n_items // len(helpers)))
     for j, (_, items) in enumerate(jobs):
         for start in range(0, len(items), chunk):
-            pending.append((j, start, items[start:start + chunk]))
+            pending.append((j, start, items[start : start + chunk]))
     pending.reverse()
     busy: dict[_Helper, list] = {}  # helper -> [job, first, items, next index, deadline]
     idle = list(helpers)
@@ -321,6 +327,6 @@ def _run_jobs(jobs: list[tuple[object, list[list]]], options: Options, timeout_s
 def _requeue_after(state, pending) -> None:
     """The item in progress scored False; the rest of its chunk goes back in the queue."""
     j, first, items, done = state[:4]
-    rest = items[done + 1:]
+    rest = items[done + 1 :]
     if rest:
         pending.append((j, first + done + 1, rest))

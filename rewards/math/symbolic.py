@@ -9,11 +9,35 @@ from rewards.math.compare import Undecided, _approx_equal, _Comparer, _has_symbo
 from rewards.math.options import Options
 
 # function names in trees -> sympy's names (lg is log base 10)
-_FUNCTIONS = {"sin": "sin", "cos": "cos", "tan": "tan", "sec": "sec", "csc": "csc", "cot": "cot", "arcsin": "asin",
-              "arccos": "acos", "arctan": "atan", "asin": "asin", "acos": "acos", "atan": "atan", "arccot": "acot",
-              "asec": "asec", "acsc": "acsc", "arcsec": "asec", "arccsc": "acsc", "sinh": "sinh", "cosh": "cosh",
-              "tanh": "tanh", "exp": "exp", "sqrt": "sqrt", "abs": "Abs", "ln": "log", "binomial": "binomial",
-              "lg": "log", "log": "log"}
+_FUNCTIONS = {
+    "sin": "sin",
+    "cos": "cos",
+    "tan": "tan",
+    "sec": "sec",
+    "csc": "csc",
+    "cot": "cot",
+    "arcsin": "asin",
+    "arccos": "acos",
+    "arctan": "atan",
+    "asin": "asin",
+    "acos": "acos",
+    "atan": "atan",
+    "arccot": "acot",
+    "asec": "asec",
+    "acsc": "acsc",
+    "arcsec": "asec",
+    "arccsc": "acsc",
+    "sinh": "sinh",
+    "cosh": "cosh",
+    "tanh": "tanh",
+    "exp": "exp",
+    "sqrt": "sqrt",
+    "abs": "Abs",
+    "ln": "log",
+    "binomial": "binomial",
+    "lg": "log",
+    "log": "log",
+}
 
 
 def _sympy_of(node, sp, cache_symbols: dict):
@@ -80,9 +104,22 @@ def _sympy_of(node, sp, cache_symbols: dict):
 # near zero to beyond 10, never an integer, so that |x| and x, log(x^2) and 2 log(x), asin(sin x)
 # and x, (-1)^n and cos(pi n) are told apart. The sign of symbol j at probe k is bit j of k, so
 # up to three symbols meet every combination of signs.
-_PROBE_MAGNITUDES = ("0.5772156649", "1.3247179572", "2.3247179572", "0.0173205081", "0.0931163470",
-                     "2.7182818285", "6.1803398875", "0.8360679775", "1.1892071150", "7.3890560989",
-                     "13.7035999084", "0.3183098862", "4.1231056256", "17.2325878410")
+_PROBE_MAGNITUDES = (
+    "0.5772156649",
+    "1.3247179572",
+    "2.3247179572",
+    "0.0173205081",
+    "0.0931163470",
+    "2.7182818285",
+    "6.1803398875",
+    "0.8360679775",
+    "1.1892071150",
+    "7.3890560989",
+    "13.7035999084",
+    "0.3183098862",
+    "4.1231056256",
+    "17.2325878410",
+)
 _MIN_DEFINED_PROBES = 6  # fewer probes where both sides are defined decide nothing
 _RELATIVE_TOLERANCE = 1e-12  # values are computed to 30 digits
 
@@ -247,8 +284,12 @@ def _sympy_set(node, sp, symbols):
     univariate inequality (chain)."""
     kind = node[0]
     if kind == "ival":
-        return sp.Interval(_sympy_of(node[2], sp, symbols), _sympy_of(node[3], sp, symbols),
-                           left_open=not node[1], right_open=not node[4])
+        return sp.Interval(
+            _sympy_of(node[2], sp, symbols),
+            _sympy_of(node[3], sp, symbols),
+            left_open=not node[1],
+            right_open=not node[4],
+        )
     if kind == "tuple" and len(node[1]) == 2:
         return sp.Interval.open(_sympy_of(node[1][0], sp, symbols), _sympy_of(node[1][1], sp, symbols))
     if kind == "union":

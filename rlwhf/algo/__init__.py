@@ -10,6 +10,18 @@ from rlwhf.algo.losses import aggregate, entropy_from_logits, normaliser, policy
 from rlwhf.algo.metrics import pass_at_k
 from rlwhf.algo.offpolicy import logprob_mismatch, truncated_is_weights
 
-__all__ = ["aggregate", "entropy_from_logits", "group_advantages", "kl_estimate", "logprob_mismatch",
-           "mask_truncated", "normaliser", "overlong_penalty", "pass_at_k", "policy_loss", "scale_negative", "truncated_is_weights",
-           "zero_variance_groups"]
+__all__ = [
+    "aggregate",
+    "entropy_from_logits",
+    "group_advantages",
+    "kl_estimate",
+    "logprob_mismatch",
+    "mask_truncated",
+    "normaliser",
+    "overlong_penalty",
+    "pass_at_k",
+    "policy_loss",
+    "scale_negative",
+    "truncated_is_weights",
+    "zero_variance_groups",
+]

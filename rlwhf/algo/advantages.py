@@ -22,8 +22,9 @@ def _grouped(rewards: Tensor, group_size: int) -> Tensor:
     return rewards.reshape(-1, group_size)
 
 
-def group_advantages(rewards: Tensor, group_size: int, *, estimator: str = "grpo", eps: float = 1e-6,
-                     batch_std_norm: bool = False) -> Tensor:
+def group_advantages(
+    rewards: Tensor, group_size: int, *, estimator: str = "grpo", eps: float = 1e-6, batch_std_norm: bool = False
+) -> Tensor:
     """Advantages ``[N]`` from rewards ``[N]``, N = num_groups * group_size, groups in consecutive rows.
 
     - ``"grpo"``: ``(r - mean_g) / (std_g + eps)``, the outcome-supervision advantage that
@@ -46,7 +47,7 @@ def group_advantages(rewards: Tensor, group_size: int, *, estimator: str = "grpo
     check_option("estimator", estimator, ESTIMATORS)
     r = _grouped(rewards, group_size).double()
     centred = r - r.mean(-1, keepdim=True)
-    equal = (r.max(-1, keepdim=True).values == r.min(-1, keepdim=True).values)
+    equal = r.max(-1, keepdim=True).values == r.min(-1, keepdim=True).values
     if estimator == "grpo":
         std = r.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(centred[:, :1])
         adv = centred / (std + eps)
@@ -54,8 +55,9 @@ def group_advantages(rewards: Tensor, group_size: int, *, estimator: str = "grpo
         adv = centred
     else:
         if group_size < 2:
-            raise ValueError("estimator 'rloo' needs group_size >= 2: the leave-one-out baseline of a "
-                             "single completion is undefined")
+            raise ValueError(
+                "estimator 'rloo' needs group_size >= 2: the leave-one-out baseline of a single completion is undefined"
+            )
         adv = centred * (group_size / (group_size - 1))
     adv = torch.where(equal, torch.zeros_like(adv), adv).reshape(-1)
     if batch_std_norm and adv.numel() > 1:

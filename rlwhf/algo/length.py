@@ -18,8 +18,9 @@ def overlong_penalty(lengths: Tensor, max_length: int, cache_length: int) -> Ten
     (from 0 down to -1) for ``L - c < len <= L``; -1 beyond ``L``.
     """
     if not 0 < cache_length <= max_length:
-        raise ValueError(f"cache_length {cache_length!r} with max_length {max_length!r}: "
-                         "expected 0 < cache_length <= max_length")
+        raise ValueError(
+            f"cache_length {cache_length!r} with max_length {max_length!r}: expected 0 < cache_length <= max_length"
+        )
     start = max_length - cache_length
     return -((lengths.float() - start) / cache_length).clamp(0.0, 1.0)
 

@@ -23,8 +23,13 @@ def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(m, x, 0.0).sum() / m.sum().clamp(min=1)
 
 
-def aggregate(values: Tensor, mask: Tensor, loss_agg: str = "token_mean", norm_constant: float | None = None,
-              denominator: float | None = None) -> Tensor:
+def aggregate(
+    values: Tensor,
+    mask: Tensor,
+    loss_agg: str = "token_mean",
+    norm_constant: float | None = None,
+    denominator: float | None = None,
+) -> Tensor:
     """Reduce per-token ``values [B, T]`` to a scalar over the tokens where ``mask`` is set.
 
     - ``"token_mean"``: sum over all tokens of the batch / number of tokens. DAPO (Yu et al. 2025,
@@ -95,12 +100,26 @@ def _ratio_spread(ratio: Tensor, mask: Tensor) -> float:
     return float((high - low)[rows].mean())
 
 
-def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
-                clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
-                ratio_level: str = "token", loss_agg: str = "token_mean", norm_constant: float | None = None,
-                ref_logp: Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
-                entropy: Tensor | None = None, entropy_coef: float = 0.0,
-                is_weights: Tensor | None = None, denominator: float | None = None) -> tuple[Tensor, dict[str, float]]:
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    ratio_level: str = "token",
+    loss_agg: str = "token_mean",
+    norm_constant: float | None = None,
+    ref_logp: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    is_weights: Tensor | None = None,
+    denominator: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """Clipped surrogate loss to minimise, with optional KL-to-reference and entropy terms.
 
     Per token, with ratio ``rho = pi(y_t) / pi_old(y_t)`` and advantage ``A`` of the completion,
@@ -138,15 +157,21 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     check_option("loss_agg", loss_agg, AGGREGATIONS)
     check_option("kl_estimator", kl_estimator, KL_ESTIMATORS)
     if not (0.0 <= clip_low < 1.0) or clip_high < 0.0:
-        raise ValueError(f"clip_low {clip_low!r} / clip_high {clip_high!r}: expected 0 <= clip_low < 1 and "
-                         "clip_high >= 0 (the ratio is clipped to [1 - clip_low, 1 + clip_high])")
+        raise ValueError(
+            f"clip_low {clip_low!r} / clip_high {clip_high!r}: expected 0 <= clip_low < 1 and "
+            "clip_high >= 0 (the ratio is clipped to [1 - clip_low, 1 + clip_high])"
+        )
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip {dual_clip!r}: expected None or a constant > 1 (Ye et al. 2020 use 3)")
     if logp.shape != old_logp.shape or logp.shape != mask.shape:
-        raise ValueError(f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask "
-                         f"{tuple(mask.shape)} must have the same shape [B, T]")
+        raise ValueError(
+            f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask "
+            f"{tuple(mask.shape)} must have the same shape [B, T]"
+        )
     if advantages.shape not in ((logp.shape[0],), logp.shape):
-        raise ValueError(f"advantages {tuple(advantages.shape)}: expected [B] = ({logp.shape[0]},) or {tuple(logp.shape)}")
+        raise ValueError(
+            f"advantages {tuple(advantages.shape)}: expected [B] = ({logp.shape[0]},) or {tuple(logp.shape)}"
+        )
 
     m = mask.bool()
     adv = advantages.detach()

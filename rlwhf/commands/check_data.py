@@ -27,13 +27,23 @@ def renderer_for(recipe, notes: list[str]):
     try:
         return PromptRenderer.from_pretrained(local_model_path(recipe.model.path), recipe.data)
     except Exception as exc:
-        notes.append(f"overlong_prompt: not checked, the tokenizer of {recipe.model.path!r} cannot be loaded "
-                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        notes.append(
+            f"overlong_prompt: not checked, the tokenizer of {recipe.model.path!r} cannot be loaded "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        )
         return None
 
 
-def check_dataset(source: str, recipe, *, split: str | None = None, subset: str | None = None, code: bool = True,
-                  tests_column: str = "tests", solution_column: str = "solution") -> tuple[DataReport, object]:
+def check_dataset(
+    source: str,
+    recipe,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+    code: bool = True,
+    tests_column: str = "tests",
+    solution_column: str = "solution",
+) -> tuple[DataReport, object]:
     """Read ``source`` (a local data file or an HF dataset name) as the recipe would and check every
     row. Returns the report and the ``datasets.Dataset`` read (for a cleaned copy)."""
     split = split or recipe.data.split
@@ -44,8 +54,13 @@ def check_dataset(source: str, recipe, *, split: str | None = None, subset: str 
     missing = [c for c in dict.fromkeys((cfg.prompt_column, cfg.answer_column)) if c not in table.column_names]
     for column in missing:
         which = "prompt" if column == cfg.prompt_column else "answer"
-        report.problems.append(Problem(None, "missing_column", f"no {which} column {column!r} "
-                                       f"(data.{which}_column); columns: {', '.join(table.column_names)}"))
+        report.problems.append(
+            Problem(
+                None,
+                "missing_column",
+                f"no {which} column {column!r} (data.{which}_column); columns: {', '.join(table.column_names)}",
+            )
+        )
     if cfg.prompt_column in missing:
         report.notes.append("row checks: not run, there is no prompt column")
         return report, table
@@ -54,10 +69,19 @@ def check_dataset(source: str, recipe, *, split: str | None = None, subset: str 
     renderer = renderer_for(recipe, report.notes)
     if not code:
         report.notes.append("failing_reference: not checked (--no-code)")
-    report.problems += check_rows(rows, prompt_column=cfg.prompt_column, answer_column=answer_column,
-                                  needs_answer=uses_math, math=uses_math, renderer=renderer,
-                                  max_prompt_tokens=recipe.rollout.max_prompt_tokens, code=code,
-                                  tests_column=tests_column, solution_column=solution_column, notes=report.notes)
+    report.problems += check_rows(
+        rows,
+        prompt_column=cfg.prompt_column,
+        answer_column=answer_column,
+        needs_answer=uses_math,
+        math=uses_math,
+        renderer=renderer,
+        max_prompt_tokens=recipe.rollout.max_prompt_tokens,
+        code=code,
+        tests_column=tests_column,
+        solution_column=solution_column,
+        notes=report.notes,
+    )
     return report, table
 
 
@@ -71,18 +95,30 @@ def check_generated_task(recipe, split: str = "train") -> DataReport:
     rows = task.train if split == "train" else task.test
     names = ", ".join(s.name for s in recipe.data.gym)
     report = DataReport(f"reasoning_gym ({names})", split, len(rows), list(rows[0]) if rows else [])
-    found = check_rows(rows, needs_answer=True, renderer=renderer_for(recipe, report.notes),
-                       max_prompt_tokens=recipe.rollout.max_prompt_tokens, notes=report.notes)
+    found = check_rows(
+        rows,
+        needs_answer=True,
+        renderer=renderer_for(recipe, report.notes),
+        max_prompt_tokens=recipe.rollout.max_prompt_tokens,
+        notes=report.notes,
+    )
     repeats = sum(p.kind == "duplicate_prompt" for p in found)
     if repeats:  # a small task's training rows repeat questions by design (none of them is held out)
-        report.notes.append(f"{repeats} {split} rows repeat an earlier question (the task has few at this "
-                            "difficulty); not a problem, no held-out question is among them")
+        report.notes.append(
+            f"{repeats} {split} rows repeat an earlier question (the task has few at this "
+            "difficulty); not a problem, no held-out question is among them"
+        )
     report.problems += [p for p in found if p.kind != "duplicate_prompt"]
     for i, row in enumerate(rows):
         entry = {"question": row["prompt"], "answer": row["answer"], "metadata": json.loads(row["gym_metadata"])}
         if score_entry(row["answer"], row["gym_dataset"], entry) < 1.0:
-            report.problems.append(Problem(i, "gold_not_accepted", f"{row['gym_dataset']}'s score_answer gives the "
-                                           f"gold {short_repr(row['answer'])} less than 1"))
+            report.problems.append(
+                Problem(
+                    i,
+                    "gold_not_accepted",
+                    f"{row['gym_dataset']}'s score_answer gives the gold {short_repr(row['answer'])} less than 1",
+                )
+            )
     order = {kind: k for k, kind in enumerate(KINDS)}
     report.problems.sort(key=lambda p: (-1 if p.row is None else p.row, order[p.kind]))
     return report
@@ -119,8 +155,11 @@ def print_report(report: DataReport, console, show: int = 5) -> None:
         if kind in counts:
             table.add_row(kind, str(counts[kind]), meaning)
     if "missing_column" not in counts:
-        table.add_row(Text("rows with a problem", style="bold"), Text(str(len(report.bad_rows())), style="bold"),
-                      f"of {report.rows}; kept by --clean: {report.rows - len(report.bad_rows())}")
+        table.add_row(
+            Text("rows with a problem", style="bold"),
+            Text(str(len(report.bad_rows())), style="bold"),
+            f"of {report.rows}; kept by --clean: {report.rows - len(report.bad_rows())}",
+        )
     if counts:
         console.print(table)
     for kind in counts:
@@ -135,35 +174,50 @@ def print_report(report: DataReport, console, show: int = 5) -> None:
         console.print(Text(f"note: {note}", style="dim"))
 
 
-def check_data(recipe, source: str | None = None, *, split: str | None = None, subset: str | None = None,
-               clean: Path | None = None, json_path: Path | None = None, code: bool = True, show: int = 5,
-               solution_column: str = "solution") -> bool:
+def check_data(
+    recipe,
+    source: str | None = None,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+    clean: Path | None = None,
+    json_path: Path | None = None,
+    code: bool = True,
+    show: int = 5,
+    solution_column: str = "solution",
+) -> bool:
     """``rlwhf data check``: check ``source`` (default: the recipe's data set, or the rows its procedural
     task generates), print the report, write it as JSON and a cleaned copy where asked. Returns
     whether every row passed."""
     if source is None and recipe.data.task == "reasoning_gym":
         if clean is not None:
-            raise ValueError("--clean: the recipe's task is generated (data.task reasoning_gym), there is no file "
-                             "to copy")
+            raise ValueError(
+                "--clean: the recipe's task is generated (data.task reasoning_gym), there is no file to copy"
+            )
         report = check_generated_task(recipe, split or "train")
         _print_report(report, json_path, show)
         return report.ok
     if source is None:
         if recipe.data.task != "dataset":
-            raise ValueError(f"no SOURCE given and the recipe's data.task is {recipe.data.task!r}, not 'dataset'; "
-                             "give a data file or HF dataset name, or a --recipe whose data.task is dataset")
+            raise ValueError(
+                f"no SOURCE given and the recipe's data.task is {recipe.data.task!r}, not 'dataset'; "
+                "give a data file or HF dataset name, or a --recipe whose data.task is dataset"
+            )
         source, subset = recipe.data.dataset, subset or recipe.data.subset
     if source.rsplit(".", 1)[-1] in DATA_FILE_SUFFIXES and not Path(source).is_file():
-        raise ValueError(f"{source}: no such file (relative paths start from {Path.cwd()}); expected a local "
-                         f"{'/'.join(DATA_FILE_SUFFIXES)} file or a Hugging Face dataset name")
+        raise ValueError(
+            f"{source}: no such file (relative paths start from {Path.cwd()}); expected a local "
+            f"{'/'.join(DATA_FILE_SUFFIXES)} file or a Hugging Face dataset name"
+        )
     if clean is not None and clean.suffix not in (".jsonl", ".json", ".parquet"):
         raise ValueError(f"--clean {clean}: expected a .jsonl or .parquet file name")
     import datasets
 
     datasets.disable_progress_bars()
     try:
-        report, table = check_dataset(source, recipe, split=split, subset=subset, code=code,
-                                      solution_column=solution_column)
+        report, table = check_dataset(
+            source, recipe, split=split, subset=subset, code=code, solution_column=solution_column
+        )
     except Exception as exc:  # datasets: no such data set or split, a file it cannot read
         raise ValueError(f"{source}: cannot be read: {type(exc).__name__}: {exc}") from None
     console = _print_report(report, json_path, show)

@@ -42,14 +42,24 @@ def sample_verified(engine, runner, rows: list[dict], recipe: Recipe) -> tuple[l
     d, rc = recipe.distill, recipe.rollout
     pick = random.Random(recipe.run.seed)
     kept, counts = [], {"sampled": 0, "verified": 0, "prompts_with_one": 0, "kept": 0}
-    settings = SamplingSettings(n=d.samples, temperature=rc.temperature, top_p=rc.top_p,
-                                max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed)
-    for part, groups, scored in sampled_chunks(engine, runner, rows, settings, desc="teacher samples",
-                                               stop_on_total_failure=recipe.rewards.stop_on_total_failure):
+    settings = SamplingSettings(
+        n=d.samples, temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed
+    )
+    for part, groups, scored in sampled_chunks(
+        engine,
+        runner,
+        rows,
+        settings,
+        desc="teacher samples",
+        stop_on_total_failure=recipe.rewards.stop_on_total_failure,
+    ):
         accuracy = scored.per_reward[recipe.rewards.accuracy]
         for i, (row, group) in enumerate(zip(part, groups)):
-            right = [c for j, c in enumerate(group.completions)
-                     if c.finish_reason == "stop" and (accuracy[i * d.samples + j] or 0.0) >= 1.0]
+            right = [
+                c
+                for j, c in enumerate(group.completions)
+                if c.finish_reason == "stop" and (accuracy[i * d.samples + j] or 0.0) >= 1.0
+            ]
             counts["sampled"] += len(group.completions)
             counts["verified"] += len(right)
             counts["prompts_with_one"] += bool(right)
@@ -57,9 +67,14 @@ def sample_verified(engine, runner, rows: list[dict], recipe: Recipe) -> tuple[l
                 right = sorted(right, key=lambda c: len(c.token_ids))
             else:
                 pick.shuffle(right)
-            for c in right[:d.keep_per_prompt]:
-                kept.append({**{k: v for k, v in row.items() if k not in ("prompt_text", "prompt_ids")},
-                             "solution": c.text, "teacher_tokens": len(c.token_ids)})
+            for c in right[: d.keep_per_prompt]:
+                kept.append(
+                    {
+                        **{k: v for k, v in row.items() if k not in ("prompt_text", "prompt_ids")},
+                        "solution": c.text,
+                        "teacher_tokens": len(c.token_ids),
+                    }
+                )
     counts["kept"] = len(kept)
     return kept, counts
 
@@ -82,8 +97,15 @@ def evaluate_folder(model: str, recipe: Recipe, rows: list[dict]) -> dict:
     """Held-out metrics of one model folder (``rlwhf.evaluation.run_evaluation``, in this process)."""
     rendered = render_rows(rows, PromptRenderer.from_pretrained(model, recipe.data), recipe, "held-out")
     with local_workers(model, recipe) as (engine, runner):
-        return run_evaluation(EvalPlan.of(recipe), engine, runner, rendered, recipe.rewards.accuracy,
-                              recipe.rewards.stop_on_total_failure, progress=True)
+        return run_evaluation(
+            EvalPlan.of(recipe),
+            engine,
+            runner,
+            rendered,
+            recipe.rewards.accuracy,
+            recipe.rewards.stop_on_total_failure,
+            progress=True,
+        )
 
 
 def parameters(model: str) -> int:
@@ -102,8 +124,9 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
     try:
         teacher = str(resolve_model(d.teacher))
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"distill.teacher: {exc}. The tiny recipes' teacher is the demo's run: `make demo` "
-                                "writes runs/tiny") from None
+        raise FileNotFoundError(
+            f"distill.teacher: {exc}. The tiny recipes' teacher is the demo's run: `make demo` writes runs/tiny"
+        ) from None
     run_dir = prepare_run_dir(recipe, resume=False)
     task = load_task(recipe.data, recipe.run.seed, needs_answer=math_reward_used(recipe))
     prompts, held_out = task.train[: d.num_prompts], task.test[: recipe.eval.num_prompts]
@@ -115,16 +138,25 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
     with local_workers(teacher, recipe) as (engine, runner):
         kept, counts = sample_verified(engine, runner, render_rows(prompts, renderer, recipe, "training"), recipe)
         timings["teacher_sampling_s"] = round(time.perf_counter() - t0, 1)
-        say(f"kept {counts['kept']} verified completions ({counts['verified']} of {counts['sampled']} sampled "
-            f"were right; {counts['prompts_with_one']} of {len(prompts)} prompts had one)")
+        say(
+            f"kept {counts['kept']} verified completions ({counts['verified']} of {counts['sampled']} sampled "
+            f"were right; {counts['prompts_with_one']} of {len(prompts)} prompts had one)"
+        )
         say("scoring the teacher on the held-out prompts")
-        teacher_metrics = run_evaluation(EvalPlan.of(recipe), engine, runner,
-                                         render_rows(held_out, renderer, recipe, "held-out"),
-                                         recipe.rewards.accuracy, recipe.rewards.stop_on_total_failure,
-                                         progress=True)
+        teacher_metrics = run_evaluation(
+            EvalPlan.of(recipe),
+            engine,
+            runner,
+            render_rows(held_out, renderer, recipe, "held-out"),
+            recipe.rewards.accuracy,
+            recipe.rewards.stop_on_total_failure,
+            progress=True,
+        )
     if not kept:
-        raise ValueError(f"the teacher {teacher} got none of {len(prompts)} prompts right in {d.samples} samples: "
-                         "nothing to distil (a stronger teacher, more distill.samples, or another data set)")
+        raise ValueError(
+            f"the teacher {teacher} got none of {len(prompts)} prompts right in {d.samples} samples: "
+            "nothing to distil (a stronger teacher, more distill.samples, or another data set)"
+        )
     data_file = run_dir / "distill_data.jsonl"
     write_rows(kept, data_file)
 
@@ -134,8 +166,10 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
         solved = {json.dumps(row["prompt"]): row.get("solution") for row in prompts}
         baseline = [{**row, "solution": solved[json.dumps(row["prompt"])]} for row in kept]
         if not all(row["solution"] for row in baseline):
-            raise ValueError("distill.baseline: the training rows have no solver traces ('solution' column); "
-                             "set distill.baseline=false")
+            raise ValueError(
+                "distill.baseline: the training rows have no solver traces ('solution' column); "
+                "set distill.baseline=false"
+            )
         trained["baseline"] = baseline
     metrics = {"teacher": teacher_metrics}
     for name, examples in trained.items():
@@ -149,17 +183,33 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
                 if loss is not None:
                     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-            cold_start_sft(student_init, examples, run_dir / name, steps=d.steps, batch_size=d.batch_size,
-                           learning_rate=d.learning_rate, seed=student_seed(recipe), on_step=on_step,
-                           max_length=recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens)
+            cold_start_sft(
+                student_init,
+                examples,
+                run_dir / name,
+                steps=d.steps,
+                batch_size=d.batch_size,
+                learning_rate=d.learning_rate,
+                seed=student_seed(recipe),
+                on_step=on_step,
+                max_length=recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens,
+            )
         timings[f"{name}_sft_s"] = round(time.perf_counter() - t0, 1)
         say(f"scoring the {name} on the held-out prompts")
         metrics[name] = evaluate_folder(str(run_dir / name), recipe, held_out)
 
-    summary = {"run_dir": str(run_dir), "teacher": teacher, "teacher_parameters": parameters(teacher),
-               "student_parameters": parameters(student_init), "prompts": len(prompts), **counts,
-               "held_out_prompts": len(held_out), "metrics": metrics, **timings,
-               "wall_seconds": round(time.perf_counter() - started, 1)}
+    summary = {
+        "run_dir": str(run_dir),
+        "teacher": teacher,
+        "teacher_parameters": parameters(teacher),
+        "student_parameters": parameters(student_init),
+        "prompts": len(prompts),
+        **counts,
+        "held_out_prompts": len(held_out),
+        "metrics": metrics,
+        **timings,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -174,9 +224,17 @@ def print_summary(summary: dict, k: int) -> None:
         table.add_column(col, justify="left" if col == "model" else "right")
     sizes = {"teacher": summary["teacher_parameters"]}
     for name, m in summary["metrics"].items():
-        table.add_row(name, f"{sizes.get(name, summary['student_parameters']):,}", fmt(m["accuracy"]),
-                      fmt(m.get("sampled/pass@1")), fmt(m.get(f"pass@{k}")), fmt(m.get(f"maj@{k}")),
-                      fmt(m["greedy/length/mean"], ".1f"))
+        table.add_row(
+            name,
+            f"{sizes.get(name, summary['student_parameters']):,}",
+            fmt(m["accuracy"]),
+            fmt(m.get("sampled/pass@1")),
+            fmt(m.get(f"pass@{k}")),
+            fmt(m.get(f"maj@{k}")),
+            fmt(m["greedy/length/mean"], ".1f"),
+        )
     Console(highlight=False).print(table)
-    print(f"kept {summary['kept']} verified teacher completions from {summary['prompts']} prompts; "
-          f"run directory: {summary['run_dir']} ({summary['wall_seconds']:.0f} s)")
+    print(
+        f"kept {summary['kept']} verified teacher completions from {summary['prompts']} prompts; "
+        f"run directory: {summary['run_dir']} ({summary['wall_seconds']:.0f} s)"
+    )

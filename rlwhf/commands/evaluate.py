@@ -29,8 +29,9 @@ def with_eval_settings(recipe, k: int | None, samples: int | None, prompts: int 
     return recipe
 
 
-def evaluate(model: Path, recipe, recipe_path, *, data: str | None = None, split: str | None = None,
-             out: Path | None = None) -> Path:
+def evaluate(
+    model: Path, recipe, recipe_path, *, data: str | None = None, split: str | None = None, out: Path | None = None
+) -> Path:
     """Score ``model``, print the table, write the report (JSON) and the completions (Parquet) beside
     it; returns the report's path (default ``<run.output_dir>/eval/<model>.json``)."""
     import pandas as pd
@@ -43,8 +44,9 @@ def evaluate(model: Path, recipe, recipe_path, *, data: str | None = None, split
     out.write_text(json.dumps({"settings": settings, "metrics": metrics}, indent=2))
     completions = out.with_name(out.stem + "-completions.parquet")
     pd.DataFrame(report["completions"]).to_parquet(completions, index=False)
-    table = Table(title=f"{settings['model']} on {settings['prompts']} prompts ({settings['data']}; "
-                  f"recipe {recipe_path})")
+    table = Table(
+        title=f"{settings['model']} on {settings['prompts']} prompts ({settings['data']}; recipe {recipe_path})"
+    )
     table.add_column("metric")
     table.add_column("greedy", justify="right")
     table.add_column(f"sampled ({settings['samples']}/prompt, T={settings['temperature']})", justify="right")
@@ -72,11 +74,28 @@ def evaluate_model(model: str, recipe, *, data: str | None = None, split: str | 
             completions.append({"decoding": kind, **row})
 
     with local_workers(path, recipe) as (engine, runner):
-        metrics = run_evaluation(plan, engine, runner, rows, recipe.rewards.accuracy,
-                                 recipe.rewards.stop_on_total_failure, on_traces=keep, progress=True)
-    settings = {"model": path, "data": described, "prompts": min(plan.num_prompts, len(rows)),
-                "samples": plan.samples, "k": plan.k, "temperature": plan.temperature, "top_p": plan.top_p,
-                "max_new_tokens": plan.max_new_tokens, "engine": recipe.rollout.engine, "accuracy_reward": recipe.rewards.accuracy}
+        metrics = run_evaluation(
+            plan,
+            engine,
+            runner,
+            rows,
+            recipe.rewards.accuracy,
+            recipe.rewards.stop_on_total_failure,
+            on_traces=keep,
+            progress=True,
+        )
+    settings = {
+        "model": path,
+        "data": described,
+        "prompts": min(plan.num_prompts, len(rows)),
+        "samples": plan.samples,
+        "k": plan.k,
+        "temperature": plan.temperature,
+        "top_p": plan.top_p,
+        "max_new_tokens": plan.max_new_tokens,
+        "engine": recipe.rollout.engine,
+        "accuracy_reward": recipe.rewards.accuracy,
+    }
     return {"settings": settings, "metrics": metrics, "completions": completions}
 
 

@@ -36,12 +36,20 @@ def _check_out(out: Path, source: Path, overwrite: bool) -> None:
         if not out.is_dir():
             raise FileExistsError(f"output {out} exists and is a file; expected a new or empty folder")
         if any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"output {out} exists and is not empty; pick another folder or pass "
-                                  "--overwrite (overwrite=True) to replace it")
+            raise FileExistsError(
+                f"output {out} exists and is not empty; pick another folder or pass "
+                "--overwrite (overwrite=True) to replace it"
+            )
 
 
-def export_model(source: str | Path, out: str | Path, *, dtype: str | None = None, overwrite: bool = False,
-                 ignore_routing_bias: bool = False) -> Path:
+def export_model(
+    source: str | Path,
+    out: str | Path,
+    *,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    ignore_routing_bias: bool = False,
+) -> Path:
     """Write the model of ``source`` (a checkpoint, a run directory: its latest complete checkpoint, or
     any local HF model folder) to ``out`` as a Hugging Face model folder; returns ``out``.
 
@@ -58,12 +66,15 @@ def export_model(source: str | Path, out: str | Path, *, dtype: str | None = Non
     _check_out(out, ckpt, overwrite)
     bias = ckpt / ROUTING_BIAS_FILE
     if bias.is_file():
-        why = (f"{ckpt} has an auxiliary-loss-free routing bias ({ROUTING_BIAS_FILE}, from moe.balance=aux_free) "
-               "that the Hugging Face Qwen3-MoE format has no place for: transformers and vLLM would route "
-               "without it, so the exported model would pick other experts than the trained one")
+        why = (
+            f"{ckpt} has an auxiliary-loss-free routing bias ({ROUTING_BIAS_FILE}, from moe.balance=aux_free) "
+            "that the Hugging Face Qwen3-MoE format has no place for: transformers and vLLM would route "
+            "without it, so the exported model would pick other experts than the trained one"
+        )
         if not ignore_routing_bias:
-            raise ValueError(f"{why}. Pass --ignore-routing-bias (ignore_routing_bias=True) to export the "
-                             "weights without it")
+            raise ValueError(
+                f"{why}. Pass --ignore-routing-bias (ignore_routing_bias=True) to export the weights without it"
+            )
         warnings.warn(f"{why}; exporting without it, as asked", stacklevel=2)
 
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype) if dtype else "auto")
@@ -109,8 +120,9 @@ def export_model(source: str | Path, out: str | Path, *, dtype: str | None = Non
     return commit_directory(tmp, out)
 
 
-def export(checkpoint: Path, out: Path, *, dtype: str | None = None, overwrite: bool = False,
-           ignore_routing_bias: bool = False) -> list[str]:
+def export(
+    checkpoint: Path, out: Path, *, dtype: str | None = None, overwrite: bool = False, ignore_routing_bias: bool = False
+) -> list[str]:
     """``rlwhf export``: ``export_model``, its routing-bias warning on stderr; returns what to print (the
     folder's files and how to load it)."""
     from rich.console import Console
@@ -119,13 +131,18 @@ def export(checkpoint: Path, out: Path, *, dtype: str | None = None, overwrite: 
     hf_logging.disable_progress_bar()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        written = export_model(checkpoint, out, dtype=dtype, overwrite=overwrite, ignore_routing_bias=ignore_routing_bias)
+        written = export_model(
+            checkpoint, out, dtype=dtype, overwrite=overwrite, ignore_routing_bias=ignore_routing_bias
+        )
     for w in caught:
         if "routing bias" in str(w.message):
             Console(stderr=True, highlight=False).print(f"warning: {w.message}", style="yellow", markup=False)
     info = json.loads((written / EXPORT_INFO).read_text())
     step = f" (step {info['step']})" if info.get("step") is not None else ""
-    return [f"exported {info['source']}{step} to {written} as {info['dtype']}:",
-            *(f"  {f.name:24s} {f.stat().st_size:>12,d} bytes" for f in sorted(written.iterdir())),
-            "load it with:", f"  vllm.LLM({str(written)!r})",
-            f"  transformers.AutoModelForCausalLM.from_pretrained({str(written)!r})"]
+    return [
+        f"exported {info['source']}{step} to {written} as {info['dtype']}:",
+        *(f"  {f.name:24s} {f.stat().st_size:>12,d} bytes" for f in sorted(written.iterdir())),
+        "load it with:",
+        f"  vllm.LLM({str(written)!r})",
+        f"  transformers.AutoModelForCausalLM.from_pretrained({str(written)!r})",
+    ]

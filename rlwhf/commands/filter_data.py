@@ -27,11 +27,13 @@ def pass_rates(engine, runner, rows: list[dict], recipe: Recipe, k: int) -> list
     """Each row's fraction of ``k`` completions (at the rollout temperature) that the recipe's
     accuracy reward scores 1."""
     rc = recipe.rollout
-    settings = SamplingSettings(n=k, temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens,
-                                seed=recipe.run.seed)
+    settings = SamplingSettings(
+        n=k, temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, seed=recipe.run.seed
+    )
     rates = []
-    for _, groups, scored in sampled_chunks(engine, runner, rows, settings, desc="pass rates",
-                                            stop_on_total_failure=recipe.rewards.stop_on_total_failure):
+    for _, groups, scored in sampled_chunks(
+        engine, runner, rows, settings, desc="pass rates", stop_on_total_failure=recipe.rewards.stop_on_total_failure
+    ):
         right = np.array([(s or 0.0) >= 1.0 for s in scored.per_reward[recipe.rewards.accuracy]], dtype=float)
         rates.extend(right.reshape(len(groups), k).mean(axis=1).tolist())
     return rates
@@ -59,8 +61,18 @@ def plot_histogram(rates: list[float], k: int, low: float, high: float, out: Pat
     plt.close(fig)
 
 
-def filter_by_pass_rate(model: str, recipe: Recipe, out: Path, *, k: int = 8, low: float = 0.05, high: float = 0.95,
-                        prompts: int | None = None, data: str | None = None, split: str | None = None) -> dict:
+def filter_by_pass_rate(
+    model: str,
+    recipe: Recipe,
+    out: Path,
+    *,
+    k: int = 8,
+    low: float = 0.05,
+    high: float = 0.95,
+    prompts: int | None = None,
+    data: str | None = None,
+    split: str | None = None,
+) -> dict:
     """Sample ``k`` completions per training prompt (the recipe's training split, or ``data``) with
     ``model``, keep the rows whose pass rate lies in ``[low, high]`` and write them to ``out`` (their
     columns as read, plus ``pass_rate``); a histogram beside it (``<out>.png``) and the counts
@@ -73,17 +85,31 @@ def filter_by_pass_rate(model: str, recipe: Recipe, out: Path, *, k: int = 8, lo
     rendered = render_rows(rows, PromptRenderer.from_pretrained(path, recipe.data), recipe, "filtered")
     with local_workers(path, recipe) as (engine, runner):
         rates = pass_rates(engine, runner, rendered, recipe, k)
-    kept = [{**{key: v for key, v in row.items() if key not in ("prompt_text", "prompt_ids")}, "pass_rate": rate}
-            for row, rate in zip(rendered, rates) if low <= rate <= high]
+    kept = [
+        {**{key: v for key, v in row.items() if key not in ("prompt_text", "prompt_ids")}, "pass_rate": rate}
+        for row, rate in zip(rendered, rates)
+        if low <= rate <= high
+    ]
     write_rows(kept, out)
     histogram = {f"{level:.3f}": int(np.isclose(rates, level).sum()) for level in np.arange(k + 1) / k}
-    stats = {"model": path, "data": described, "k": k, "band": [low, high], "prompts": len(rendered),
-             "kept": len(kept), "never_solved": int(sum(r == 0.0 for r in rates)),
-             "always_solved": int(sum(r == 1.0 for r in rates)), "mean_pass_rate": float(np.mean(rates)),
-             "histogram": histogram, "out": str(out), "plot": str(out.with_suffix(".png"))}
+    stats = {
+        "model": path,
+        "data": described,
+        "k": k,
+        "band": [low, high],
+        "prompts": len(rendered),
+        "kept": len(kept),
+        "never_solved": int(sum(r == 0.0 for r in rates)),
+        "always_solved": int(sum(r == 1.0 for r in rates)),
+        "mean_pass_rate": float(np.mean(rates)),
+        "histogram": histogram,
+        "out": str(out),
+        "plot": str(out.with_suffix(".png")),
+    }
     stats_file = out.with_name(out.stem + ".stats.json")
-    plot_histogram(rates, k, low, high, out.with_suffix(".png"),
-                   f"{Path(path).name}: {len(kept)} of {len(rendered)} prompts kept")
+    plot_histogram(
+        rates, k, low, high, out.with_suffix(".png"), f"{Path(path).name}: {len(kept)} of {len(rendered)} prompts kept"
+    )
     stats_file.write_text(json.dumps(stats, indent=2))
     return stats
 
@@ -91,8 +117,10 @@ def filter_by_pass_rate(model: str, recipe: Recipe, out: Path, *, k: int = 8, lo
 def stats_text(stats: dict, k: int, low: float, high: float, out: Path) -> str:
     """What ``rlwhf data filter`` prints: the pass-rate histogram, what was kept, and how to train on it."""
     bars = ", ".join(f"{float(level):.2f}: {count}" for level, count in stats["histogram"].items())
-    return (f"pass rates of {stats['prompts']} prompts ({k} samples each), prompts per rate: {bars}\n"
-            f"kept {stats['kept']} with a pass rate in [{low}, {high}]; dropped "
-            f"{stats['prompts'] - stats['kept']}, of which {stats['always_solved']} always solved and "
-            f"{stats['never_solved']} never solved -> {out}\n"
-            f"histogram: {stats['plot']}\ntrain on it: data.task=dataset data.dataset={out}")
+    return (
+        f"pass rates of {stats['prompts']} prompts ({k} samples each), prompts per rate: {bars}\n"
+        f"kept {stats['kept']} with a pass rate in [{low}, {high}]; dropped "
+        f"{stats['prompts'] - stats['kept']}, of which {stats['always_solved']} always solved and "
+        f"{stats['never_solved']} never solved -> {out}\n"
+        f"histogram: {stats['plot']}\ntrain on it: data.task=dataset data.dataset={out}"
+    )

@@ -14,8 +14,9 @@ from rlwhf.commands import output
 from rlwhf.commands.output import fmt, steps_text
 
 
-def inspect_run(run_dir: Path, step: int | None = None, prompt: int | None = None, tag: str = "train",
-                every: int = 10) -> None:
+def inspect_run(
+    run_dir: Path, step: int | None = None, prompt: int | None = None, tag: str = "train", every: int = 10
+) -> None:
     """Print a run's summary, or with ``step`` its prompts, or with ``step`` and ``prompt`` that group."""
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist")
@@ -33,7 +34,9 @@ def inspect_run(run_dir: Path, step: int | None = None, prompt: int | None = Non
         found = sorted({p.name.split("_step_")[0] for p in (run_dir / "traces").glob("*_step_*.parquet")})
         raise ValueError(f"{run_dir}: no {tag} traces; traces there: {', '.join(found) or 'none'}") from None
     if step not in set(df["step"]):
-        raise ValueError(f"step {step} not in run: steps {steps_text(df['step'])}" + ("" if tag == "train" else f" ({tag})"))
+        raise ValueError(
+            f"step {step} not in run: steps {steps_text(df['step'])}" + ("" if tag == "train" else f" ({tag})")
+        )
     at_step = df[df["step"] == step]
     accuracy = T.accuracy_column(df, (T.load_config(run_dir).get("rewards") or {}).get("accuracy"))
     if prompt is None:
@@ -42,8 +45,14 @@ def inspect_run(run_dir: Path, step: int | None = None, prompt: int | None = Non
             table.add_column(col, justify="right" if col not in ("text", "gold") else "left")
         for k, g in at_step.groupby("prompt_index"):
             right = f"{int(g[accuracy].ge(1.0).sum())}/{len(g)}" if accuracy else "—"
-            table.add_row(str(k), str(g["prompt"].iloc[0]).strip(), str(g["answer"].iloc[0]),
-                          fmt(g["reward"].mean()), right, fmt(g["num_tokens"].mean(), ".1f"))
+            table.add_row(
+                str(k),
+                str(g["prompt"].iloc[0]).strip(),
+                str(g["answer"].iloc[0]),
+                fmt(g["reward"].mean()),
+                right,
+                fmt(g["num_tokens"].mean(), ".1f"),
+            )
         console.print(table)
         console.print(f"[dim]see one group: rlwhf inspect {run_dir} --step {step} --prompt K[/dim]")
         return
@@ -54,8 +63,10 @@ def inspect_run(run_dir: Path, step: int | None = None, prompt: int | None = Non
     console.print(f"[bold]step {step} · prompt {prompt}[/bold] ({tag})   gold answer: [bold]{first['answer']}[/bold]")
     console.print(Text(str(first["prompt"]).rstrip(), style="cyan"))
     reward_cols = T.reward_columns(rows)
-    console.print("[dim]reasoning dim; answer[/dim] [bold green]green[/bold green] [dim]= right,[/dim] "
-                  "[bold red]red[/bold red] [dim]= wrong (by the accuracy reward)[/dim]")
+    console.print(
+        "[dim]reasoning dim; answer[/dim] [bold green]green[/bold green] [dim]= right,[/dim] "
+        "[bold red]red[/bold red] [dim]= wrong (by the accuracy reward)[/dim]"
+    )
     table = Table(show_lines=True, box=box.SIMPLE_HEAD)
     table.add_column("#", justify="right")
     table.add_column("completion", ratio=1, min_width=24, overflow="fold")
@@ -79,14 +90,17 @@ def inspect_run(run_dir: Path, step: int | None = None, prompt: int | None = Non
         for c in reward_cols:
             v = row[c]
             bad = v is None or v != v
-            per_reward.append(f"{c[len('reward_'):]} ")
+            per_reward.append(f"{c[len('reward_') :]} ")
             per_reward.append("error" if bad else fmt(v), style="red" if bad else "")
             per_reward.append("\n" if c != reward_cols[-1] else "")
-        table.add_row(str(row["sample_index"]), cell, f"{fmt(row['reward'])}\n{fmt(row['advantage'], '+.3f')}",
-                      per_reward, f"{row['num_tokens']}\n{row['finish_reason']}")
+        table.add_row(
+            str(row["sample_index"]),
+            cell,
+            f"{fmt(row['reward'])}\n{fmt(row['advantage'], '+.3f')}",
+            per_reward,
+            f"{row['num_tokens']}\n{row['finish_reason']}",
+        )
     console.print(table)
-
-
 
 
 def summarise_run(console, run_dir: Path, every: int) -> None:
@@ -103,8 +117,9 @@ def summarise_run(console, run_dir: Path, every: int) -> None:
     def pair(key: str, spec: str = ".3f") -> str:
         return f"{fmt(first.get(key), spec)} → {fmt(last.get(key), spec)}" if key in rows else "—"
 
-    table = Table(title=f"run {run_dir.name}" + ("" if summary else " (unfinished: no summary.json)"),
-                  show_header=False)
+    table = Table(
+        title=f"run {run_dir.name}" + ("" if summary else " (unfinished: no summary.json)"), show_header=False
+    )
     table.add_column(style="bold")
     table.add_column()
     table.add_row("steps", f"{len(rows)} (steps {steps_text(rows['step'])})")
@@ -115,12 +130,17 @@ def summarise_run(console, run_dir: Path, every: int) -> None:
     after = summary.get("accuracy_after_rl", acc.iloc[-1] if len(acc) else None)
     table.add_row("accuracy, greedy (before → after RL)", f"{fmt(before)} → {fmt(after)}")
     if "sampled_accuracy_after_rl" in summary:
-        table.add_row("accuracy, sampled (before → after RL)",
-                      f"{fmt(summary.get('sampled_accuracy_before_rl'))} → {fmt(summary['sampled_accuracy_after_rl'])}")
-    for key in sorted(k.removesuffix("_after_rl") for k in summary if k.startswith(("pass@", "maj@"))
-                      and k.endswith("_after_rl")):
-        table.add_row(f"{key}, sampled (before → after RL)",
-                      f"{fmt(summary.get(key + '_before_rl'))} → {fmt(summary[key + '_after_rl'])}")
+        table.add_row(
+            "accuracy, sampled (before → after RL)",
+            f"{fmt(summary.get('sampled_accuracy_before_rl'))} → {fmt(summary['sampled_accuracy_after_rl'])}",
+        )
+    for key in sorted(
+        k.removesuffix("_after_rl") for k in summary if k.startswith(("pass@", "maj@")) and k.endswith("_after_rl")
+    ):
+        table.add_row(
+            f"{key}, sampled (before → after RL)",
+            f"{fmt(summary.get(key + '_before_rl'))} → {fmt(summary[key + '_after_rl'])}",
+        )
     table.add_row("mean response length (first → last)", pair("response_length/mean", ".1f") + " tokens")
     if "response_length/truncated_frac" in rows:
         table.add_row("truncated fraction (first → last)", pair("response_length/truncated_frac", ".2f"))
@@ -130,16 +150,30 @@ def summarise_run(console, run_dir: Path, every: int) -> None:
     if "moe/routing_agreement" in rows:
         table.add_row("trainer/rollout routing agreement (first → last)", pair("moe/routing_agreement", ".3f"))
     wall = summary.get("wall_seconds")
-    table.add_row("wall time", f"{float(wall):.1f} s" if wall is not None else
-                  f"{rows['time/step'].sum():.1f} s in steps" if "time/step" in rows else "—")
+    table.add_row(
+        "wall time",
+        f"{float(wall):.1f} s"
+        if wall is not None
+        else f"{rows['time/step'].sum():.1f} s in steps"
+        if "time/step" in rows
+        else "—",
+    )
     console.print(table)
 
     shown = rows[(rows["step"] % every == 0) | (rows["step"] == first["step"]) | (rows["step"] == last["step"])]
     columns = [("reward/mean", "reward", ".3f")]
-    columns += [(c, c.split("/")[1], ".3f") for c in rows.columns
-                if c.startswith("reward/") and c.endswith("/mean") and c != "reward/mean"]
-    columns += [("response_length/mean", "length", ".1f"), ("kl", "kl", ".4f"), ("entropy", "entropy", ".3f"),
-                ("clip_fraction", "clip", ".3f"), ("time/step", "s/step", ".1f")]
+    columns += [
+        (c, c.split("/")[1], ".3f")
+        for c in rows.columns
+        if c.startswith("reward/") and c.endswith("/mean") and c != "reward/mean"
+    ]
+    columns += [
+        ("response_length/mean", "length", ".1f"),
+        ("kl", "kl", ".4f"),
+        ("entropy", "entropy", ".3f"),
+        ("clip_fraction", "clip", ".3f"),
+        ("time/step", "s/step", ".1f"),
+    ]
     columns = [c for c in columns if c[0] in rows]
     steps = Table(title=f"per step (every {every}th, plus first and last)", box=box.SIMPLE_HEAD)
     steps.add_column("step", justify="right")
@@ -147,7 +181,8 @@ def summarise_run(console, run_dir: Path, every: int) -> None:
         steps.add_column(name, justify="right")
     steps.add_column("accuracy", justify="right")
     for row in shown.to_dict("records"):
-        steps.add_row(str(int(row["step"])), *(fmt(row.get(k), spec) for k, _, spec in columns),
-                      fmt(acc.get(int(row["step"]))))
+        steps.add_row(
+            str(int(row["step"])), *(fmt(row.get(k), spec) for k, _, spec in columns), fmt(acc.get(int(row["step"])))
+        )
     console.print(steps)
     console.print(f"[dim]one step's prompts: rlwhf inspect {run_dir} --step {int(last['step'])}[/dim]")

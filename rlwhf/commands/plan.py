@@ -56,8 +56,10 @@ def load_model_config(recipe: Recipe):
     if path in KNOWN_CONFIGS:
         spec = dict(KNOWN_CONFIGS[path])
         return AutoConfig.for_model(spec.pop("model_type"), **spec)
-    raise ValueError(f"model.path {path!r}: no local directory, no copy in the Hugging Face cache, and not one of "
-                     f"the known architectures ({', '.join(KNOWN_CONFIGS)}); download it or give a local path")
+    raise ValueError(
+        f"model.path {path!r}: no local directory, no copy in the Hugging Face cache, and not one of "
+        f"the known architectures ({', '.join(KNOWN_CONFIGS)}); download it or give a local path"
+    )
 
 
 @dataclass
@@ -85,14 +87,25 @@ def model_size(config) -> ModelSize:
     total = sum(p.numel() for p in model.parameters())
     experts = int(getattr(config, "num_experts", 0) or getattr(config, "n_routed_experts", 0) or 0)
     k = int(getattr(config, "num_experts_per_tok", 0) or 0)
-    expert_params = sum(p.numel() for name, p in model.named_parameters()
-                        if ".experts." in name and experts and p.shape[0] == experts)
+    expert_params = sum(
+        p.numel() for name, p in model.named_parameters() if ".experts." in name and experts and p.shape[0] == experts
+    )
     active = total - (expert_params - expert_params * k // experts if experts else 0)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     width = (getattr(config, "moe_intermediate_size", None) if experts else None) or config.intermediate_size
-    return ModelSize(total, active, config.num_hidden_layers, config.hidden_size, config.vocab_size,
-                     config.num_attention_heads * head_dim, kv_heads * head_dim, experts, k, width)
+    return ModelSize(
+        total,
+        active,
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.vocab_size,
+        config.num_attention_heads * head_dim,
+        kv_heads * head_dim,
+        experts,
+        k,
+        width,
+    )
 
 
 def activation_elements(size: ModelSize) -> int:
@@ -134,8 +147,13 @@ class TrainerMemory:
         return states + max(self.activations + self.logits, self.optimizer_step)
 
 
-def trainer_memory(recipe: Recipe, size: ModelSize, *, gradient_checkpointing: bool | None = None,
-                   micro_batch_tokens: int | None = None) -> TrainerMemory:
+def trainer_memory(
+    recipe: Recipe,
+    size: ModelSize,
+    *,
+    gradient_checkpointing: bool | None = None,
+    micro_batch_tokens: int | None = None,
+) -> TrainerMemory:
     """Peak bytes of one policy worker for this recipe (overrides for comparisons). With
     ``resources.policy_workers`` N > 1 the weights, gradients, optimizer state and reference model
     are sharded N ways (FSDP2), plus one layer's whole weights while it is gathered."""
@@ -156,9 +174,17 @@ def trainer_memory(recipe: Recipe, size: ModelSize, *, gradient_checkpointing: b
     reference = size.total * compute if recipe.algo.kl_coef > 0 else 0
     gathered = 4 * size.total / size.layers if workers > 1 else 0  # about one layer, gathered for its pass
     on_cpu = getattr(getattr(recipe, "resources", None), "gpus_per_policy_worker", 0) == 0
-    return TrainerMemory(4 * size.total / workers + gathered, 4 * size.total / workers, 8 * size.total / workers,
-                         reference / workers, activations, logits, 8 * size.total / workers,
-                         CPU_OVERHEAD if on_cpu else 0.0, tokens)
+    return TrainerMemory(
+        4 * size.total / workers + gathered,
+        4 * size.total / workers,
+        8 * size.total / workers,
+        reference / workers,
+        activations,
+        logits,
+        8 * size.total / workers,
+        CPU_OVERHEAD if on_cpu else 0.0,
+        tokens,
+    )
 
 
 @dataclass
@@ -178,8 +204,11 @@ def rollout_memory(recipe: Recipe, size: ModelSize) -> RolloutMemory:
     rc = recipe.rollout
     tp = rc.tensor_parallel_size
     sequences = recipe.train.prompts_per_step * rc.group_size / recipe.resources.rollout_engines
-    return RolloutMemory(size.total * compute / tp, 2 * size.layers * size.kv_width * compute / tp,
-                         int(sequences * (rc.max_prompt_tokens + rc.max_new_tokens)))
+    return RolloutMemory(
+        size.total * compute / tp,
+        2 * size.layers * size.kv_width * compute / tp,
+        int(sequences * (rc.max_prompt_tokens + rc.max_new_tokens)),
+    )
 
 
 def _gib(x: float) -> str:
@@ -202,57 +231,80 @@ def plan_text(recipe: Recipe, gpu_memory_gib: float = 80.0) -> str:
     device = f"a {gpu_memory_gib:g} GiB GPU" if on_gpu else "the CPU"
     n, m = res.policy_workers, res.rollout_engines
     sharding = f"sharded over {n} policy workers (FSDP2)" if n > 1 else "not sharded"
-    lines = [f"policy {recipe.model.path}: {_count(size.total)} parameters"
-             + (f", {_count(size.active)} active per token ({size.experts_per_token} of {size.experts} experts)"
-                if size.experts else ""),
-             "",
-             f"trainer, per policy worker on {device} ({sharding}):",
-             f"  weights (float32 master)       {_gib(mem.weights)}",
-             f"  gradients (float32)            {_gib(mem.gradients)}",
-             f"  AdamW moments (float32)        {_gib(mem.optimizer)}"]
+    lines = [
+        f"policy {recipe.model.path}: {_count(size.total)} parameters"
+        + (
+            f", {_count(size.active)} active per token ({size.experts_per_token} of {size.experts} experts)"
+            if size.experts
+            else ""
+        ),
+        "",
+        f"trainer, per policy worker on {device} ({sharding}):",
+        f"  weights (float32 master)       {_gib(mem.weights)}",
+        f"  gradients (float32)            {_gib(mem.gradients)}",
+        f"  AdamW moments (float32)        {_gib(mem.optimizer)}",
+    ]
     if mem.reference:
         lines.append(f"  reference model ({recipe.model.dtype})   {_gib(mem.reference)}")
-    lines += [f"  activations, {mem.micro_batch_tokens:,} tokens per pass {'(checkpointed)' if recipe.train.gradient_checkpointing else ''}".rstrip()
-              + f": {_gib(mem.activations)}",
-              f"  logits chunk                   {_gib(mem.logits)}",
-              f"  AdamW step temporaries         {_gib(mem.optimizer_step)} (not at the same time as activations)"]
+    lines += [
+        f"  activations, {mem.micro_batch_tokens:,} tokens per pass {'(checkpointed)' if recipe.train.gradient_checkpointing else ''}".rstrip()
+        + f": {_gib(mem.activations)}",
+        f"  logits chunk                   {_gib(mem.logits)}",
+        f"  AdamW step temporaries         {_gib(mem.optimizer_step)} (not at the same time as activations)",
+    ]
     if mem.overhead:
         lines.append(f"  runtime (kernels, allocator)   {_gib(mem.overhead)}")
     lines.append(f"  peak                           {_gib(mem.total)}")
     other = trainer_memory(recipe, size, gradient_checkpointing=not recipe.train.gradient_checkpointing)
     lines.append(f"  (with gradient_checkpointing={not recipe.train.gradient_checkpointing}: {_gib(other.total)})")
-    lines += ["", f"rollout engine, each of {m} ({recipe.rollout.engine}, {recipe.model.dtype}):",
-              f"  weights                        {_gib(roll.weights)}",
-              f"  KV cache for its share of the step's sequences at full length at once: {_gib(roll.kv_for_batch)} "
-              f"({_gib(roll.kv_per_token)} per token" + (f", per GPU of {recipe.rollout.tensor_parallel_size}"
-                                                         if recipe.rollout.tensor_parallel_size > 1 else "") + ")"]
+    lines += [
+        "",
+        f"rollout engine, each of {m} ({recipe.rollout.engine}, {recipe.model.dtype}):",
+        f"  weights                        {_gib(roll.weights)}",
+        f"  KV cache for its share of the step's sequences at full length at once: {_gib(roll.kv_for_batch)} "
+        f"({_gib(roll.kv_per_token)} per token"
+        + (f", per GPU of {recipe.rollout.tensor_parallel_size}" if recipe.rollout.tensor_parallel_size > 1 else "")
+        + ")",
+    ]
     lines.append("")
     if not on_gpu:
-        lines.append(f"placement: on the CPU (resources give no GPU); the trainer needs about {_gib(mem.total)} "
-                     f"of memory and the engine {_gib(roll.weights)} plus its KV cache (rollout.kv_cache_gib="
-                     f"{recipe.rollout.kv_cache_gib:g}).")
+        lines.append(
+            f"placement: on the CPU (resources give no GPU); the trainer needs about {_gib(mem.total)} "
+            f"of memory and the engine {_gib(roll.weights)} plus its KV cache (rollout.kv_cache_gib="
+            f"{recipe.rollout.kv_cache_gib:g})."
+        )
         return "\n".join(lines)
     budget = gpu_memory_gib * GIB
     shared = res.gpus_per_policy_worker + res.gpus_per_rollout_engine <= 1 and res.gpus_per_rollout_engine > 0
     policy_budget = budget * (1 - recipe.rollout.gpu_memory_utilization) if shared else budget
     verdict = "fits" if mem.total <= policy_budget else "does NOT fit"
-    lines.append(f"placement: {n} policy worker(s) on {res.gpus_per_policy_worker:g} GPU each, {m} rollout "
-                 f"engine(s) on {res.gpus_per_rollout_engine:g} GPU each" + (" (sharing GPUs, in turns)" if shared else "")
-                 + f": {math.ceil(n * res.gpus_per_policy_worker + m * res.gpus_per_rollout_engine)} GPUs in all")
+    lines.append(
+        f"placement: {n} policy worker(s) on {res.gpus_per_policy_worker:g} GPU each, {m} rollout "
+        f"engine(s) on {res.gpus_per_rollout_engine:g} GPU each"
+        + (" (sharing GPUs, in turns)" if shared else "")
+        + f": {math.ceil(n * res.gpus_per_policy_worker + m * res.gpus_per_rollout_engine)} GPUs in all"
+    )
     lines.append(f"trainer: {_gib(mem.total)} against {_gib(policy_budget)} available: {verdict}")
     if mem.total > policy_budget:
-        total_states = 16 * size.total + (size.total * (2 if recipe.model.dtype == "bfloat16" else 4)
-                                          if recipe.algo.kl_coef > 0 else 0)
+        total_states = 16 * size.total + (
+            size.total * (2 if recipe.model.dtype == "bfloat16" else 4) if recipe.algo.kl_coef > 0 else 0
+        )
         devices = math.ceil(total_states / policy_budget)
-        lines.append(f"  the weights, gradients and optimizer state alone take {_gib(total_states)} in all: shard "
-                     f"the policy over at least {devices} such GPUs (resources.policy_workers >= {devices})")
+        lines.append(
+            f"  the weights, gradients and optimizer state alone take {_gib(total_states)} in all: shard "
+            f"the policy over at least {devices} such GPUs (resources.policy_workers >= {devices})"
+        )
     engine_budget = budget * recipe.rollout.gpu_memory_utilization
     cache = engine_budget - roll.weights
     if cache <= 0:
-        lines.append(f"rollout engine: the weights ({_gib(roll.weights)}) exceed rollout.gpu_memory_utilization x "
-                     f"GPU = {_gib(engine_budget)}: does NOT fit; it needs tensor parallelism over several GPUs")
+        lines.append(
+            f"rollout engine: the weights ({_gib(roll.weights)}) exceed rollout.gpu_memory_utilization x "
+            f"GPU = {_gib(engine_budget)}: does NOT fit; it needs tensor parallelism over several GPUs"
+        )
     else:
         at_once = int(cache // (roll.kv_per_token * (recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens)))
-        lines.append(f"rollout engine: {_gib(cache)} left for the KV cache, {at_once:,} full-length sequences at "
-                     f"once (vLLM queues the rest)")
+        lines.append(
+            f"rollout engine: {_gib(cache)} left for the KV cache, {at_once:,} full-length sequences at "
+            f"once (vLLM queues the rest)"
+        )
     return "\n".join(lines)

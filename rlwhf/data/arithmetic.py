@@ -34,8 +34,9 @@ def _operand(rng: random.Random, min_digits: int, max_digits: int) -> int:
     return rng.randint(10 ** (digits - 1), 10**digits - 1)
 
 
-def make_arithmetic(n: int, seed: int, min_digits: int = 2, max_digits: int = 3,
-                    direct_fraction: float = 0.0) -> list[dict]:
+def make_arithmetic(
+    n: int, seed: int, min_digits: int = 2, max_digits: int = 3, direct_fraction: float = 0.0
+) -> list[dict]:
     """``n`` distinct addition problems with operands of ``min_digits``..``max_digits`` digits.
 
     A seeded ``direct_fraction`` of them get a solution without the working; the problems

@@ -119,9 +119,7 @@ def make_coding_task(family: str, rng: random.Random, n_tests: int = 4) -> dict:
         inputs.append(make_input(rng))
     tests = [{"input": i + "\n", "output": answer(i) + "\n"} for i in inputs]
     example = tests[0]
-    prompt = (
-        f"{statement}\nExample input:\n{example['input']}Example output:\n{example['output']}{ANSWER_FORMAT}"
-    )
+    prompt = f"{statement}\nExample input:\n{example['input']}Example output:\n{example['output']}{ANSWER_FORMAT}"
     return {"prompt": prompt, "tests": tests, "solution": f"```python\n{program}\n```", "task": family}
 
 

@@ -28,15 +28,21 @@ def _composite(specs, size: int, seed: int):
     if len(specs) == 1:  # the task itself: no composite wrapper, same entries as create_dataset(name)
         return reasoning_gym.create_dataset(specs[0].name, size=size, seed=seed, **specs[0].config)
     return reasoning_gym.create_dataset(
-        "composite", size=size, seed=seed,
-        datasets=[DatasetSpec(name=s.name, weight=s.weight, config=dict(s.config)) for s in specs])
+        "composite",
+        size=size,
+        seed=seed,
+        datasets=[DatasetSpec(name=s.name, weight=s.weight, config=dict(s.config)) for s in specs],
+    )
 
 
 def _row(entry: dict, fallback_name: str) -> dict:
     metadata = entry.get("metadata") or {}
-    return {"prompt": entry["question"], "answer": str(entry["answer"]),
-            "gym_dataset": metadata.get("source_dataset", fallback_name),
-            "gym_metadata": json.dumps(metadata, default=str)}
+    return {
+        "prompt": entry["question"],
+        "answer": str(entry["answer"]),
+        "gym_dataset": metadata.get("source_dataset", fallback_name),
+        "gym_metadata": json.dumps(metadata, default=str),
+    }
 
 
 def make_gym_rows(specs, num_train: int, num_test: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -55,8 +61,10 @@ def make_gym_rows(specs, num_train: int, num_test: int, seed: int) -> tuple[list
             break
         size *= 2
     else:
-        raise ValueError(f"data.gym {[s.name for s in specs]}: only {len(test)} distinct questions in {size // 2} "
-                         f"draws; the task has too few at this difficulty for data.num_test={num_test}")
+        raise ValueError(
+            f"data.gym {[s.name for s in specs]}: only {len(test)} distinct questions in {size // 2} "
+            f"draws; the task has too few at this difficulty for data.num_test={num_test}"
+        )
     held_out = {r["prompt"] for r in test}
     size = num_train
     for _ in range(8):  # a larger draw from the same seed keeps the smaller one's rows as its prefix
@@ -64,8 +72,10 @@ def make_gym_rows(specs, num_train: int, num_test: int, seed: int) -> tuple[list
         if len(train) == num_train:
             return train, test
         size *= 2
-    raise ValueError(f"data.gym {[s.name for s in specs]}: every training draw is a held-out question; "
-                     "lower data.num_test or make the task larger")
+    raise ValueError(
+        f"data.gym {[s.name for s in specs]}: every training draw is a held-out question; "
+        "lower data.num_test or make the task larger"
+    )
 
 
 def _draw(specs, size: int, seed: int, fallback: str) -> list[dict]:

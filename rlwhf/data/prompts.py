@@ -59,8 +59,9 @@ class Prepared:
     dropped: int  # rows whose rendered prompt was longer than the limit
 
 
-def prepare_prompts(rows: list[dict], renderer: PromptRenderer, max_tokens: int, on_overlong: str,
-                    split: str = "train") -> Prepared:
+def prepare_prompts(
+    rows: list[dict], renderer: PromptRenderer, max_tokens: int, on_overlong: str, split: str = "train"
+) -> Prepared:
     """Each row with ``prompt_text`` and ``prompt_ids`` added; rows over ``max_tokens`` dropped
     (``on_overlong="drop"``) or refused with the first one's row number (``"error"``)."""
     kept, dropped = [], 0
@@ -68,9 +69,11 @@ def prepare_prompts(rows: list[dict], renderer: PromptRenderer, max_tokens: int,
         text, ids = renderer.render(row["prompt"])
         if len(ids) > max_tokens:
             if on_overlong == "error":
-                raise ValueError(f"{split} row {i}: its prompt is {len(ids)} tokens as rendered, more than "
-                                 f"rollout.max_prompt_tokens={max_tokens}; raise the limit or set "
-                                 "data.overlong_prompts=drop")
+                raise ValueError(
+                    f"{split} row {i}: its prompt is {len(ids)} tokens as rendered, more than "
+                    f"rollout.max_prompt_tokens={max_tokens}; raise the limit or set "
+                    "data.overlong_prompts=drop"
+                )
             dropped += 1
             continue
         kept.append({**row, "prompt_text": text, "prompt_ids": ids})
@@ -94,5 +97,8 @@ def render_rows(rows: list[dict], renderer: PromptRenderer, recipe, split: str, 
 def render_task(recipe, data: TaskData, model_path: str) -> TaskData:
     """Every prompt of both splits as the policy's tokenizer renders it (``render_rows``)."""
     renderer = PromptRenderer.from_pretrained(model_path, recipe.data)
-    return TaskData(render_rows(data.train, renderer, recipe, "training"),
-                    render_rows(data.test, renderer, recipe, "held-out", required=False), data.dropped)
+    return TaskData(
+        render_rows(data.train, renderer, recipe, "training"),
+        render_rows(data.test, renderer, recipe, "held-out", required=False),
+        data.dropped,
+    )

@@ -72,9 +72,18 @@ class DataReport:
         return {p.row for p in self.problems if p.row is not None}
 
     def to_json(self) -> dict:
-        return {"source": self.source, "split": self.split, "rows": self.rows, "columns": self.columns,
-                "row_numbers": ROW_NUMBERS, "ok": self.ok, "bad_rows": len(self.bad_rows()),
-                "counts": self.counts(), "problems": [asdict(p) for p in self.problems], "notes": self.notes}
+        return {
+            "source": self.source,
+            "split": self.split,
+            "rows": self.rows,
+            "columns": self.columns,
+            "row_numbers": ROW_NUMBERS,
+            "ok": self.ok,
+            "bad_rows": len(self.bad_rows()),
+            "counts": self.counts(),
+            "problems": [asdict(p) for p in self.problems],
+            "notes": self.notes,
+        }
 
 
 def is_blank(value) -> bool:
@@ -115,10 +124,20 @@ def short_repr(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_rows(rows: list[dict], *, prompt_column: str = "prompt", answer_column: str | None = "answer",
-               needs_answer: bool = False, math: bool = False, renderer=None, max_prompt_tokens: int | None = None,
-               code: bool = False, tests_column: str = "tests", solution_column: str = "solution",
-               notes: list[str] | None = None) -> list[Problem]:
+def check_rows(
+    rows: list[dict],
+    *,
+    prompt_column: str = "prompt",
+    answer_column: str | None = "answer",
+    needs_answer: bool = False,
+    math: bool = False,
+    renderer=None,
+    max_prompt_tokens: int | None = None,
+    code: bool = False,
+    tests_column: str = "tests",
+    solution_column: str = "solution",
+    notes: list[str] | None = None,
+) -> list[Problem]:
     """Every problem of ``rows`` (dicts with the file's own column names), ordered by row.
 
     ``needs_answer``: a blank gold answer is ``missing_answer``; ``math``: one the math verifier
@@ -160,12 +179,22 @@ def check_rows(rows: list[dict], *, prompt_column: str = "prompt", answer_column
                 problems.append(Problem(i, "overlong_prompt", f"cannot be rendered: {type(exc).__name__}: {exc}"))
                 continue
             if len(ids) > max_prompt_tokens:
-                problems.append(Problem(i, "overlong_prompt", f"{len(ids)} tokens as rendered, more than "
-                                        f"rollout.max_prompt_tokens={max_prompt_tokens}"))
+                problems.append(
+                    Problem(
+                        i,
+                        "overlong_prompt",
+                        f"{len(ids)} tokens as rendered, more than rollout.max_prompt_tokens={max_prompt_tokens}",
+                    )
+                )
     if math and answer_rows:
         for i in _unreadable_golds([str(rows[i][answer_column]) for i in answer_rows], answer_rows):
-            problems.append(Problem(i, "unparseable_answer", f"the math verifier cannot read the gold answer "
-                                    f"{short_repr(rows[i][answer_column])}"))
+            problems.append(
+                Problem(
+                    i,
+                    "unparseable_answer",
+                    f"the math verifier cannot read the gold answer {short_repr(rows[i][answer_column])}",
+                )
+            )
     if code:
         problems += _failing_references(rows, tests_column, solution_column, notes if notes is not None else [])
     order = {kind: k for k, kind in enumerate(KINDS)}
@@ -206,22 +235,29 @@ def _failing_references(rows: list[dict], tests_column: str, solution_column: st
         return []
     checked = [i for i in coding if not is_blank(rows[i].get(solution_column))]
     if len(checked) < len(coding):
-        notes.append(f"failing_reference: {len(coding) - len(checked)} rows with tests have no reference solution; "
-                     "not checked")
+        notes.append(
+            f"failing_reference: {len(coding) - len(checked)} rows with tests have no reference solution; not checked"
+        )
     from concurrent.futures import ThreadPoolExecutor
 
     from rewards import code as code_module
 
     level = code_module.isolation_level()
     if level == "none":
-        notes.append(f"failing_reference: not checked, the sandbox cannot run programs here "
-                     f"({code_module._get_pool()[2]}); see rewards/code.py")
+        notes.append(
+            f"failing_reference: not checked, the sandbox cannot run programs here "
+            f"({code_module._get_pool()[2]}); see rewards/code.py"
+        )
         return []
     with ThreadPoolExecutor(max_workers=code_module._max_workers()) as pool:
-        results = list(pool.map(lambda i: _reference_score(str(rows[i][solution_column]), rows[i][tests_column]),
-                                checked))
-    return [Problem(i, "failing_reference", f"the reference solution ({solution_column}) {why}")
-            for i, (score, why) in zip(checked, results) if score is not None and score < 1.0]
+        results = list(
+            pool.map(lambda i: _reference_score(str(rows[i][solution_column]), rows[i][tests_column]), checked)
+        )
+    return [
+        Problem(i, "failing_reference", f"the reference solution ({solution_column}) {why}")
+        for i, (score, why) in zip(checked, results)
+        if score is not None and score < 1.0
+    ]
 
 
 def math_reward_used(recipe) -> bool:
@@ -229,11 +265,13 @@ def math_reward_used(recipe) -> bool:
     return any(spec.name == "math_accuracy" for spec in recipe.rewards.funcs)
 
 
-
 def is_conversation(prompt) -> bool:
     """Whether a prompt is TRL's conversational shape: a list of ``{"role", "content"}`` messages."""
-    return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
-            and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt))
+    return (
+        isinstance(prompt, (list, tuple))
+        and len(prompt) > 0
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
+    )
 
 
 def write_rows(rows: list[dict], out: Path) -> None:

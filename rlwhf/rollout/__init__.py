@@ -7,10 +7,21 @@
 from rlwhf.rollout.base import Completion, Group, RolloutEngine, SamplingSettings
 
 
-def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int = 0,
-                max_model_len: int = 512, kv_cache_gib: float = 1.0,
-                gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1, record_routes: bool = False,
-                prefix_caching: bool = True, compile: bool = False, weight_transfer: bool = False) -> RolloutEngine:
+def make_engine(
+    kind: str,
+    model_path: str,
+    *,
+    dtype: str = "float32",
+    seed: int = 0,
+    max_model_len: int = 512,
+    kv_cache_gib: float = 1.0,
+    gpu_memory_utilization: float = 0.5,
+    tensor_parallel_size: int = 1,
+    record_routes: bool = False,
+    prefix_caching: bool = True,
+    compile: bool = False,
+    weight_transfer: bool = False,
+) -> RolloutEngine:
     """Build the engine the recipe names: ``vllm`` or ``hf`` (which runs on one device). ``record_routes``
     (vLLM): return each position's MoE experts with the completions; ``compile`` (vLLM on CPU): run
     the model compiled rather than eagerly; ``weight_transfer`` (vLLM): take weights through vLLM's
@@ -18,10 +29,19 @@ def make_engine(kind: str, model_path: str, *, dtype: str = "float32", seed: int
     if kind == "vllm":
         from rlwhf.rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
-                          kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization,
-                          tensor_parallel_size=tensor_parallel_size, record_routes=record_routes,
-                          prefix_caching=prefix_caching, compile=compile, weight_transfer=weight_transfer)
+        return VLLMEngine(
+            model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            kv_cache_gib=kv_cache_gib,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            record_routes=record_routes,
+            prefix_caching=prefix_caching,
+            compile=compile,
+            weight_transfer=weight_transfer,
+        )
     if kind == "hf":
         if weight_transfer:
             raise ValueError("weight_transfer is vLLM's API: the hf engine takes weights by update_weights")
@@ -38,13 +58,21 @@ def engine_options(recipe, *, in_run: bool = True) -> dict:
     no prefix cache, for R3) and take weights through vLLM's weight-transfer API where
     ``sync.transport`` says so; a command's engine (``in_run=False``) does neither."""
     rc = recipe.rollout
-    options = {"dtype": recipe.model.dtype, "seed": recipe.run.seed, "kv_cache_gib": rc.kv_cache_gib,
-               "max_model_len": rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
-               "gpu_memory_utilization": rc.gpu_memory_utilization, "tensor_parallel_size": rc.tensor_parallel_size,
-               "compile": rc.compile}
+    options = {
+        "dtype": recipe.model.dtype,
+        "seed": recipe.run.seed,
+        "kv_cache_gib": rc.kv_cache_gib,
+        "max_model_len": rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
+        "gpu_memory_utilization": rc.gpu_memory_utilization,
+        "tensor_parallel_size": rc.tensor_parallel_size,
+        "compile": rc.compile,
+    }
     if in_run and rc.engine == "vllm":
-        options.update(record_routes=recipe.moe.rollout_routing, prefix_caching=recipe.moe.routing_replay != "rollout",
-                       weight_transfer=recipe.sync.transport == "collective")
+        options.update(
+            record_routes=recipe.moe.rollout_routing,
+            prefix_caching=recipe.moe.routing_replay != "rollout",
+            weight_transfer=recipe.sync.transport == "collective",
+        )
     return options
 
 

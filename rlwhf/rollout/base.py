@@ -37,8 +37,9 @@ def prompt_seeds(seed: int | None, count: int) -> list[int | None]:
     """
     if seed is None:
         return [None] * count
-    return [int.from_bytes(hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=4).digest(), "little")
-            for i in range(count)]
+    return [
+        int.from_bytes(hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=4).digest(), "little") for i in range(count)
+    ]
 
 
 @dataclass

@@ -34,7 +34,7 @@ class HFEngine:
         flat = [ids for ids in prompt_ids for _ in range(sampling.n)]
         results: list[Completion] = []
         for start in range(0, len(flat), self.batch_size):
-            chunk = flat[start:start + self.batch_size]
+            chunk = flat[start : start + self.batch_size]
             enc = self.tokenizer.pad({"input_ids": chunk}, return_tensors="pt", padding=True)  # on the left
             out = self.model.generate(
                 **enc,
@@ -48,7 +48,7 @@ class HFEngine:
                 output_logits=True,
                 return_dict_in_generate=True,
             )
-            new_tokens = out.sequences[:, enc.input_ids.shape[1]:]
+            new_tokens = out.sequences[:, enc.input_ids.shape[1] :]
             logits = torch.stack(out.logits, dim=1).float()  # [b, t, V], before temperature
             if not greedy:
                 logits = logits / sampling.temperature
@@ -62,7 +62,7 @@ class HFEngine:
         groups = []
         for i, (prompt, ids) in enumerate(zip(prompts, prompt_ids)):
             text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
-            groups.append(Group(text, ids, results[i * sampling.n:(i + 1) * sampling.n]))
+            groups.append(Group(text, ids, results[i * sampling.n : (i + 1) * sampling.n]))
         return groups
 
     def set_routing_bias(self, bias: torch.Tensor) -> None:

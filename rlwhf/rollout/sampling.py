@@ -52,30 +52,45 @@ def sample(rollout, rows: list[dict], sampling: SamplingSettings) -> tuple[list,
     return groups, time.perf_counter() - t0
 
 
-def sampled_chunks(rollout, reward, rows: list[dict], sampling: SamplingSettings, *, desc: str, chunk: int = 64,
-                   stop_on_total_failure: bool = True):
+def sampled_chunks(
+    rollout,
+    reward,
+    rows: list[dict],
+    sampling: SamplingSettings,
+    *,
+    desc: str,
+    chunk: int = 64,
+    stop_on_total_failure: bool = True,
+):
     """``sample`` and ``score`` over many rows, ``chunk`` prompts at a time under a progress bar:
     yields ``(rows, groups, scored)`` per chunk. Every prompt keeps the seed the whole batch would
     give it, so the completions are those of one ``sample`` call over all the rows."""
     seeds = sampling.prompt_seeds or prompt_seeds(sampling.seed, len(rows))
     with tqdm(total=len(rows), desc=desc, unit="prompt", dynamic_ncols=True) as bar:
         for start in range(0, len(rows), chunk):
-            part = rows[start:start + chunk]
-            groups, _ = sample(rollout, part, dataclasses.replace(sampling, prompt_seeds=seeds[start:start + chunk]))
+            part = rows[start : start + chunk]
+            groups, _ = sample(rollout, part, dataclasses.replace(sampling, prompt_seeds=seeds[start : start + chunk]))
             yield part, groups, score(reward, part, groups, stop_on_total_failure)
             bar.update(len(part))
 
 
-def sample_and_score(rollout, reward, rows: list[dict], sampling: SamplingSettings, stop_on_total_failure: bool = True,
-                     progress: str | None = None) -> tuple[list, Scored]:
+def sample_and_score(
+    rollout,
+    reward,
+    rows: list[dict],
+    sampling: SamplingSettings,
+    stop_on_total_failure: bool = True,
+    progress: str | None = None,
+) -> tuple[list, Scored]:
     """``sample`` then ``score`` all ``rows``; with ``progress`` (the bar's label), in chunks under a
     progress bar (``sampled_chunks``), with the same completions and scores."""
     if progress is None:
         groups, _ = sample(rollout, rows, sampling)
         return groups, score(reward, rows, groups, stop_on_total_failure)
     groups, parts = [], []
-    for _, chunk_groups, scored in sampled_chunks(rollout, reward, rows, sampling, desc=progress,
-                                                  stop_on_total_failure=stop_on_total_failure):
+    for _, chunk_groups, scored in sampled_chunks(
+        rollout, reward, rows, sampling, desc=progress, stop_on_total_failure=stop_on_total_failure
+    ):
         parts.append((len(groups), scored))
         groups += chunk_groups
     return groups, Scored(
@@ -83,7 +98,8 @@ def sample_and_score(rollout, reward, rows: list[dict], sampling: SamplingSettin
         total=[v for _, sc in parts for v in sc.total],
         errors={name: sum(sc.errors[name] for _, sc in parts) for name in parts[0][1].errors},
         failures=[dataclasses.replace(f, group=f.group + offset) for offset, sc in parts for f in sc.failures],
-        seconds=sum(sc.seconds for _, sc in parts))
+        seconds=sum(sc.seconds for _, sc in parts),
+    )
 
 
 def score(reward, rows: list[dict], groups: list, stop_on_total_failure: bool = True) -> Scored:
@@ -92,15 +108,18 @@ def score(reward, rows: list[dict], groups: list, stop_on_total_failure: bool = 
     A reward that fails on every group raises ``RewardFailed`` with its first error, unless
     ``stop_on_total_failure`` is off (``rewards.stop_on_total_failure``)."""
     t0 = time.perf_counter()
-    scores = reward.score([GroupToScore(r["prompt"], reward_completions(r["prompt"], g), columns_of(r))
-                           for g, r in zip(groups, rows)])
+    scores = reward.score(
+        [GroupToScore(r["prompt"], reward_completions(r["prompt"], g), columns_of(r)) for g, r in zip(groups, rows)]
+    )
     errors = {name: scores.errors[name] + scores.timeouts[name] for name in scores.errors}
     if stop_on_total_failure and groups:
         for name in scores.per_reward:
             failed = [f for f in scores.failures if f.reward == name]
             if len(failed) == len(groups):
-                raise RewardFailed(f"reward {name!r} failed on all {len(groups)} groups; the first: {failed[0]}. Fix "
-                                   "the reward, or set rewards.stop_on_total_failure=false to score on_error and carry on")
+                raise RewardFailed(
+                    f"reward {name!r} failed on all {len(groups)} groups; the first: {failed[0]}. Fix "
+                    "the reward, or set rewards.stop_on_total_failure=false to score on_error and carry on"
+                )
     return Scored(scores.per_reward, scores.total, errors, scores.failures, time.perf_counter() - t0)
 
 
@@ -109,10 +128,18 @@ def trace_rows(step: int, rows: list[dict], groups: list, per_reward: dict, tota
     out, i = [], 0
     for p, (row, g) in enumerate(zip(rows, groups)):
         for k, c in enumerate(g.completions):
-            rec = {"step": step, "prompt_index": p, "sample_index": k, "prompt": g.prompt, "completion": c.text,
-                   "answer": str(row.get("answer", "")), "reward": total[i],
-                   "advantage": float(advantages[i]) if advantages is not None else float("nan"),
-                   "num_tokens": len(c.token_ids), "finish_reason": c.finish_reason}
+            rec = {
+                "step": step,
+                "prompt_index": p,
+                "sample_index": k,
+                "prompt": g.prompt,
+                "completion": c.text,
+                "answer": str(row.get("answer", "")),
+                "reward": total[i],
+                "advantage": float(advantages[i]) if advantages is not None else float("nan"),
+                "num_tokens": len(c.token_ids),
+                "finish_reason": c.finish_reason,
+            }
             for name, values in per_reward.items():
                 rec[f"reward_{name}"] = values[i]
             out.append(rec)

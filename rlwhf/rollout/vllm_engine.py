@@ -56,10 +56,21 @@ def _prepare_environment(kv_cache_gib: float) -> None:
 
 
 class VLLMEngine:
-    def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0, max_model_len: int = 512,
-                 kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1,
-                 record_routes: bool = False, prefix_caching: bool = True, compile: bool = False,
-                 weight_transfer: bool = False):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        seed: int = 0,
+        max_model_len: int = 512,
+        kv_cache_gib: float = 1.0,
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        record_routes: bool = False,
+        prefix_caching: bool = True,
+        compile: bool = False,
+        weight_transfer: bool = False,
+    ):
         _prepare_environment(kv_cache_gib)
         from transformers import AutoConfig, AutoModelForCausalLM
         from vllm import LLM
@@ -109,8 +120,10 @@ class VLLMEngine:
         self.recorder = None
         if record_routes:
             if self.llm.llm_engine.vllm_config.parallel_config.world_size != 1:
-                raise ValueError("moe.rollout_routing records routes in the engine's own process: it needs "
-                                 "rollout.tensor_parallel_size 1")
+                raise ValueError(
+                    "moe.rollout_routing records routes in the engine's own process: it needs "
+                    "rollout.tensor_parallel_size 1"
+                )
             self.recorder = self.llm.collective_rpc(_RouteRecorder.install)[0]
         bias_file = Path(model_path) / ROUTING_BIAS_FILE
         if bias_file.is_file():
@@ -134,8 +147,14 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         params = [
-            SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                           max_tokens=sampling.max_new_tokens, seed=seed, logprobs=0)
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=seed,
+                logprobs=0,
+            )
             for seed in (sampling.prompt_seeds or prompt_seeds(sampling.seed, len(prompts)))
         ]
         inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
@@ -151,9 +170,17 @@ class VLLMEngine:
                 ids = list(c.token_ids)
                 logprobs = [entry[tok].logprob for tok, entry in zip(ids, c.logprobs)]
                 fed = len(group.prompt_ids) + len(ids) - 1  # the last token is sampled, never fed back
-                group.completions.append(Completion(c.text, ids, logprobs, _finish(c.finish_reason),
-                                                    routes=self.recorder.routes_of(routes, out.request_id, c.index, fed)
-                                                    if self.recorder is not None else None))
+                group.completions.append(
+                    Completion(
+                        c.text,
+                        ids,
+                        logprobs,
+                        _finish(c.finish_reason),
+                        routes=self.recorder.routes_of(routes, out.request_id, c.index, fed)
+                        if self.recorder is not None
+                        else None,
+                    )
+                )
             groups.append(group)
         return groups
 
@@ -166,13 +193,15 @@ class VLLMEngine:
 
         # The engine runs in this process, so vLLM can read the buckets as they arrive; several
         # workers (tensor parallel) need the whole list, sent to each.
-        weights = checkpoint_layout() if self.llm.llm_engine.vllm_config.parallel_config.world_size == 1 \
+        weights = (
+            checkpoint_layout()
+            if self.llm.llm_engine.vllm_config.parallel_config.world_size == 1
             else list(checkpoint_layout())
+        )
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         if not torch.cuda.is_available():
             self.llm.collective_rpc(_repack_cpu_weights)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
-
 
     # -- the engine side of vLLM's weight-transfer API (``sync.weight_transfer.EnginesClient``) --
     def init_weight_transfer_engine(self, init_info: dict) -> None:
@@ -219,11 +248,12 @@ class _RouteRecorder:
             if layer == 0:
                 runner = self.runner
                 n = runner.input_batch.num_reqs
-                starts = runner.query_start_loc.cpu[:n + 1].numpy().copy()
-                positions = runner.positions[:int(starts[-1])].cpu().numpy().copy()
+                starts = runner.query_start_loc.cpu[: n + 1].numpy().copy()
+                positions = runner.positions[: int(starts[-1])].cpu().numpy().copy()
                 self.steps.append((list(runner.input_batch.req_ids[:n]), starts, positions, [None] * self.layers))
             rows = len(self.steps[-1][2])
             self.steps[-1][3][layer] = topk_ids[:rows].to(torch.int16).cpu().numpy()
+
         return capture
 
     def take(self) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
@@ -268,8 +298,10 @@ def _install_bias(worker, bias: torch.Tensor) -> int:
         raise ValueError(f"routing bias for {len(bias)} layers; the engine's model has {len(routers)} MoE layers")
     for router, row in zip(routers, bias):
         if not hasattr(router, "custom_routing_function") or getattr(router, "use_grouped_topk", False):
-            raise NotImplementedError(f"an rlwhf selection bias on vLLM's {type(router).__name__} (only the CPU "
-                                      "router's softmax top-k is steered here)")
+            raise NotImplementedError(
+                f"an rlwhf selection bias on vLLM's {type(router).__name__} (only the CPU "
+                "router's softmax top-k is steered here)"
+            )
         router.custom_routing_function = _biased_softmax_topk(row)
     return len(routers)
 
@@ -282,6 +314,7 @@ def _biased_softmax_topk(bias: torch.Tensor):
         if renormalize:
             weights = weights / weights.sum(-1, keepdim=True)
         return weights, ids.to(torch.int32)
+
     return route
 
 

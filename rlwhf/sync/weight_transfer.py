@@ -81,6 +81,7 @@ class GlooBroadcastGroup:
 
 # -- engine side -----------------------------------------------------------------------------------
 
+
 class GlooWeightTransferEngine(WeightTransferEngine[NCCLWeightTransferInitInfo, NCCLWeightTransferUpdateInfo]):
     """vLLM's weight-transfer engine for CPU workers: the NCCL engine's init and update messages,
     one tensor at a time over gloo, loaded by vLLM's layerwise reload."""
@@ -126,6 +127,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[NCCLWeightTransferInitInfo, 
 
 # -- trainer side ----------------------------------------------------------------------------------
 
+
 @dataclass
 class GlooTrainerInitInfo(NCCLTrainerInitInfo):
     backend: ClassVar[str] = GLOO_BACKEND
@@ -142,14 +144,18 @@ class GlooTrainerWeightTransferEngine(NCCLTrainerWeightTransferEngine):
     def trainer_init(cls, init_info: GlooTrainerInitInfo, *, client, source=None) -> GlooTrainerWeightTransferEngine:
         engine = cls(client=client, source=source, is_sender=init_info.is_sender, packed=False)
         if engine.is_sender:
-            worker_info = NCCLWeightTransferInitInfo(master_address=init_info.master_address,
-                                                     master_port=init_info.master_port, rank_offset=1,
-                                                     world_size=init_info.world_size)
+            worker_info = NCCLWeightTransferInitInfo(
+                master_address=init_info.master_address,
+                master_port=init_info.master_port,
+                rank_offset=1,
+                world_size=init_info.world_size,
+            )
             # The engines wait in the rendezvous until the trainer joins it too.
             with ThreadPoolExecutor(max_workers=1) as pool:
                 joined = pool.submit(client.init_weight_transfer_engine, worker_init_payload(worker_info))
-                engine.model_update_group = GlooBroadcastGroup(init_info.master_address, init_info.master_port, 0,
-                                                               init_info.world_size)
+                engine.model_update_group = GlooBroadcastGroup(
+                    init_info.master_address, init_info.master_port, 0, init_info.world_size
+                )
                 joined.result()
         return engine
 
@@ -192,11 +198,13 @@ class CheckpointLayoutSource(WeightSource):
     def metadata(self) -> list[ParamMeta]:
         if self._meta is None:  # the conversion run on meta tensors: shapes without data
             state = self.model.state_dict()
-            self._meta = [ParamMeta(name, t.dtype, tuple(t.shape))
-                          for names in self.groups_in_memory
-                          for name, t in self._checkpoint_layout(
-                              {n: torch.empty(state[n].shape, dtype=self._wire_dtype(state[n]), device="meta")
-                               for n in names}).items()]
+            self._meta = [
+                ParamMeta(name, t.dtype, tuple(t.shape))
+                for names in self.groups_in_memory
+                for name, t in self._checkpoint_layout(
+                    {n: torch.empty(state[n].shape, dtype=self._wire_dtype(state[n]), device="meta") for n in names}
+                ).items()
+            ]
         return self._meta
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -229,8 +237,12 @@ class EnginesClient:
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
         import ray
 
-        ray.get([e.init_weight_transfer_engine.remote({**init_info, "rank_offset": 1 + i * self.tp})
-                 for i, e in enumerate(self.engines)])
+        ray.get(
+            [
+                e.init_weight_transfer_engine.remote({**init_info, "rank_offset": 1 + i * self.tp})
+                for i, e in enumerate(self.engines)
+            ]
+        )
 
     def start_weight_update(self) -> None:
         self._all("start_weight_update")
@@ -242,8 +254,9 @@ class EnginesClient:
         self._all("finish_weight_update")
 
 
-def connect(model, dtype: torch.dtype, engines: list, tp: int, *, rank: int, address: tuple[str, int] | None,
-            device_type: str):
+def connect(
+    model, dtype: torch.dtype, engines: list, tp: int, *, rank: int, address: tuple[str, int] | None, device_type: str
+):
     """The trainer side of the transfer group, on policy rank ``rank`` (every rank calls it; rank 0
     is the sender and gives the address). Returns vLLM's trainer engine: ``send_weights()`` each step."""
     register_backends()
@@ -251,5 +264,6 @@ def connect(model, dtype: torch.dtype, engines: list, tp: int, *, rank: int, add
     info_cls = NCCLTrainerInitInfo if backend_for(device_type) == "nccl" else GlooTrainerInitInfo
     host, port = address if address is not None else ("", 0)
     init_info = info_cls(master_address=host, master_port=port, world_size=client.world_size, rank=rank)
-    return WeightTransferTrainerFactory.trainer_init(init_info, client=client,
-                                                     source=CheckpointLayoutSource(model, dtype))
+    return WeightTransferTrainerFactory.trainer_init(
+        init_info, client=client, source=CheckpointLayoutSource(model, dtype)
+    )

@@ -30,8 +30,9 @@ class RolloutBatch:
         return self.input_ids.shape[0]
 
     def _map(self, fn) -> RolloutBatch:
-        return RolloutBatch(*(None if getattr(self, f) is None else fn(f, getattr(self, f))
-                              for f in self.__dataclass_fields__))
+        return RolloutBatch(
+            *(None if getattr(self, f) is None else fn(f, getattr(self, f)) for f in self.__dataclass_fields__)
+        )
 
     def select(self, index) -> RolloutBatch:
         return self._map(lambda _, x: x[index])
@@ -44,9 +45,14 @@ class RolloutBatch:
     def trimmed(self) -> RolloutBatch:
         """The same batch without the padding columns that no sequence of it reaches."""
         width = max(1, int(self.attention_mask.sum(-1).max()))
-        cut = {"input_ids": width, "attention_mask": width, "mask": width - 1, "rollout_logp": width - 1,
-               "routes": width - 1}
-        return self._map(lambda f, x: x[:, :cut[f]] if f in cut else x)
+        cut = {
+            "input_ids": width,
+            "attention_mask": width,
+            "mask": width - 1,
+            "rollout_logp": width - 1,
+            "routes": width - 1,
+        }
+        return self._map(lambda f, x: x[:, : cut[f]] if f in cut else x)
 
     def to(self, device) -> RolloutBatch:
         return self._map(lambda _, x: x.to(device))
@@ -68,8 +74,15 @@ def micro_batches(lengths: list[int], budget_tokens: int) -> list[list[int]]:
     return groups
 
 
-def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], rollout_logps: list[list[float]],
-         advantages: list[float], truncated: list[bool], pad_id: int, routes: list | None = None) -> RolloutBatch:
+def pack(
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    rollout_logps: list[list[float]],
+    advantages: list[float],
+    truncated: list[bool],
+    pad_id: int,
+    routes: list | None = None,
+) -> RolloutBatch:
     """``routes``: per sequence, the engine's ``[positions, layers, k]`` experts for its first positions
     (``Completion.routes``), or None for every sequence when the engine recorded none."""
     n = len(prompt_ids)
@@ -89,7 +102,14 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], rollout_l
     if routes is not None and all(r is not None for r in routes):
         routed = torch.full((n, length - 1, *routes[0].shape[1:]), -1, dtype=torch.int16)
         for i, r in enumerate(routes):
-            r = torch.from_numpy(np.array(r[:length - 1], dtype=np.int16))  # a copy: Ray's arrays are read-only
-            routed[i, :len(r)] = r
-    return RolloutBatch(input_ids, attention, mask, rollout_logp,
-                        torch.tensor(advantages, dtype=torch.float32), torch.tensor(truncated), routed)
+            r = torch.from_numpy(np.array(r[: length - 1], dtype=np.int16))  # a copy: Ray's arrays are read-only
+            routed[i, : len(r)] = r
+    return RolloutBatch(
+        input_ids,
+        attention,
+        mask,
+        rollout_logp,
+        torch.tensor(advantages, dtype=torch.float32),
+        torch.tensor(truncated),
+        routed,
+    )

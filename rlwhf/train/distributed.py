@@ -55,8 +55,11 @@ def shard(model, mesh) -> bool:
         raise ValueError(f"{type(model).__name__}: no decoder layers at model.model.layers to shard")
     units = [fully_shard(layer, mesh=mesh) for layer in layers]
     separate = not getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "lm_head")
-    units += [fully_shard(decoder, mesh=mesh), fully_shard(model.lm_head, mesh=mesh)] if separate else \
-        [fully_shard(model, mesh=mesh)]
+    units += (
+        [fully_shard(decoder, mesh=mesh), fully_shard(model.lm_head, mesh=mesh)]
+        if separate
+        else [fully_shard(model, mesh=mesh)]
+    )
     for unit in units:
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
@@ -99,8 +102,10 @@ def rank_micro_batches(lengths: list[int], budget: int, world: int, rank: int) -
     plan from the same batch; one rank's micro-batches are exactly ``micro_batches(lengths, budget)``."""
     from rlwhf.train.batch import micro_batches
 
-    plans = [[[rows[j] for j in mb] for mb in micro_batches([lengths[i] for i in rows], budget)]
-             for rows in rank_rows(lengths, world)]
+    plans = [
+        [[rows[j] for j in mb] for mb in micro_batches([lengths[i] for i in rows], budget)]
+        for rows in rank_rows(lengths, world)
+    ]
     count = max(len(p) for p in plans)
 
     def padded(mb):

@@ -39,8 +39,15 @@ def _chunk_logprobs(head, hidden, targets, temperature: float, with_entropy: boo
     return logp, torch.zeros_like(logp)
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
-                   with_entropy: bool = False, chunk_tokens: int = 0, num_chunks: int | None = None):
+def token_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float,
+    with_entropy: bool = False,
+    chunk_tokens: int = 0,
+    num_chunks: int | None = None,
+):
     """Log-prob of each next token, ``[N, L-1]`` (position ``t`` scores token ``t+1``), and optionally
     each position's entropy (else None), both float32.
 
@@ -72,7 +79,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     starts = [i * width for i in range(num_chunks)] if num_chunks else range(0, positions, width)
     logps, entropies = [], []
     for start in starts:
-        args = (head, hidden[:, start:start + width], targets[:, start:start + width], temperature, with_entropy)
+        args = (head, hidden[:, start : start + width], targets[:, start : start + width], temperature, with_entropy)
         if torch.is_grad_enabled():
             logp, entropy = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:

@@ -54,8 +54,10 @@ def resolve_device(name: str) -> torch.device:
     """``train.device``: ``auto`` is CUDA when this process sees a GPU (Ray shows an actor the GPUs
     its recipe's resources gave it), else the CPU; ``cuda`` without a GPU is an error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but this process sees no GPU (on Ray, give the policy "
-                           "workers GPUs in the recipe's resources)")
+        raise RuntimeError(
+            "train.device is 'cuda' but this process sees no GPU (on Ray, give the policy "
+            "workers GPUs in the recipe's resources)"
+        )
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
@@ -111,9 +113,20 @@ class _SinglePass:
 
 
 class PolicyTrainer:
-    def __init__(self, model_path: str, algo: AlgoConfig, train: TrainConfig, *, temperature: float,
-                 max_new_tokens: int, seed: int = 0, dtype: str = "float32", completions_per_step: int | None = None,
-                 mesh=None, moe: MoEConfig | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        algo: AlgoConfig,
+        train: TrainConfig,
+        *,
+        temperature: float,
+        max_new_tokens: int,
+        seed: int = 0,
+        dtype: str = "float32",
+        completions_per_step: int | None = None,
+        mesh=None,
+        moe: MoEConfig | None = None,
+    ):
         """``mesh``: a 1-D device mesh over the policy's ranks (``rlwhf.train.distributed``) to shard
         the policy over; None trains it whole in this process. ``moe``: routing replay, balancing and
         router controls (``rlwhf.config.MoEConfig``; None: its defaults)."""
@@ -154,14 +167,19 @@ class PolicyTrainer:
             self.chunkable = distributed.shard(self.model, mesh)
             if self.reference is not None:
                 distributed.shard(self.reference, mesh)
-        self.optimizer = torch.optim.AdamW(trainable_params(self.model), lr=train.learning_rate,
-                                           weight_decay=train.weight_decay,
-                                           betas=(0.9, 0.99), eps=train.adam_eps)
+        self.optimizer = torch.optim.AdamW(
+            trainable_params(self.model),
+            lr=train.learning_rate,
+            weight_decay=train.weight_decay,
+            betas=(0.9, 0.99),
+            eps=train.adam_eps,
+        )
         per_step = math.ceil((completions_per_step or train.minibatch_size) / train.minibatch_size)
         total = train.steps * train.ppo_epochs * per_step  # with dynamic sampling, at most this many
         warmup = max(1, train.warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_multiplier(
-            s, warmup, total, train.lr_schedule, train.lr_min_ratio))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_multiplier(s, warmup, total, train.lr_schedule, train.lr_min_ratio)
+        )
         self.step = 0
 
     def _autocast(self):
@@ -175,8 +193,15 @@ class PolicyTrainer:
         chunk = max(1, self.train_cfg.logits_chunk_mib * 2**20 // (4 * model.config.vocab_size))
         chunks = max(1, -(-widest // chunk)) if self.mesh is not None and self.chunkable else None
         with self._autocast():
-            return token_logprobs(model, batch.input_ids, batch.attention_mask, self.temperature, with_entropy,
-                                  chunk_tokens=chunk if self.chunkable else 0, num_chunks=chunks)
+            return token_logprobs(
+                model,
+                batch.input_ids,
+                batch.attention_mask,
+                self.temperature,
+                with_entropy,
+                chunk_tokens=chunk if self.chunkable else 0,
+                num_chunks=chunks,
+            )
 
     # -- weights ---------------------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor]:
@@ -191,8 +216,10 @@ class PolicyTrainer:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The weights for the rollout engine: on the CPU, in the compute dtype (rank 0's; see
         ``full_state_dict``)."""
-        return {k: v.detach().to("cpu", self.compute_dtype if v.is_floating_point() else v.dtype, copy=True)
-                for k, v in self.full_state_dict().items()}
+        return {
+            k: v.detach().to("cpu", self.compute_dtype if v.is_floating_point() else v.dtype, copy=True)
+            for k, v in self.full_state_dict().items()
+        }
 
     def bias_for_engines(self) -> torch.Tensor | None:
         """What the engines need besides the weights: the selection bias when it is rlwhf's own (not a
@@ -217,8 +244,13 @@ class PolicyTrainer:
         """A forward (and backward) of one token whose loss is zero: the collectives of a sharded
         model's pass, for a rank that has no rows left in this one."""
         ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
-        logp, _ = self._logprobs(model, RolloutBatch(ids, torch.ones_like(ids), *[torch.zeros(1, 1)] * 2,
-                                                     torch.zeros(1), torch.zeros(1, dtype=torch.bool)), widest=widest)
+        logp, _ = self._logprobs(
+            model,
+            RolloutBatch(
+                ids, torch.ones_like(ids), *[torch.zeros(1, 1)] * 2, torch.zeros(1), torch.zeros(1, dtype=torch.bool)
+            ),
+            widest=widest,
+        )
         if backward:
             (logp.sum() * 0.0).backward()
 
@@ -227,26 +259,31 @@ class PolicyTrainer:
         completion positions, replay ``replay [rows, L-1, layers, k]`` (already cut to ``part``)."""
         mask = torch.nn.functional.pad(part.mask, (0, 1))
         if replay is not None:
-            replay = torch.nn.functional.pad(replay[:, :mask.shape[1] - 1].to(self.device), (0, 0, 0, 0, 0, 1),
-                                             value=-1)
+            replay = torch.nn.functional.pad(
+                replay[:, : mask.shape[1] - 1].to(self.device), (0, 0, 0, 0, 0, 1), value=-1
+            )
         return self.routing.pass_(mask, replay, losses)
 
     def _own_routes(self, record, rows: int, width: int) -> torch.Tensor:
         """The routers' own choices of a pass as ``[rows, width-1, layers, k]``."""
         own = torch.stack([r.cpu() for r in record.own], dim=1).view(rows, width, len(self.routing), -1)
-        return own[:, :width - 1].to(torch.int16)
+        return own[:, : width - 1].to(torch.int16)
 
     @torch.no_grad()
-    def score(self, model, batch: RolloutBatch, routes: dict | None = None, replay: torch.Tensor | None = None
-              ) -> torch.Tensor:
+    def score(
+        self, model, batch: RolloutBatch, routes: dict | None = None, replay: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Log-probs ``[N, L-1]`` (on the CPU) of a whole batch under ``model``, micro-batch by
         micro-batch; when sharded, each rank scores its share and the shares are summed. For the
         policy, ``routes`` (a dict) receives its routers' own choices (``"own"``, ``[N, L-1, layers,
         k]``) and summed entropy (``"entropy"``); ``replay`` is a selection to replay."""
         out = torch.zeros(batch.mask.shape)
         tracked = routes is not None and len(self.routing) > 0
-        own = torch.full((*batch.mask.shape, len(self.routing), self.routing.top_k), -1, dtype=torch.int16) \
-            if tracked else None
+        own = (
+            torch.full((*batch.mask.shape, len(self.routing), self.routing.top_k), -1, dtype=torch.int16)
+            if tracked
+            else None
+        )
         entropy = torch.zeros(len(self.routing))
         for micro, widest in self._micro_batches(batch):
             if micro is None:
@@ -259,9 +296,9 @@ class PolicyTrainer:
                 with self._routing_pass(part, None if replay is None else replay[micro]) as record:
                     logp, _ = self._logprobs(model, part, widest=widest)
                 width = part.input_ids.shape[1]
-                own[micro, :width - 1] = self._own_routes(record, len(micro), width)
+                own[micro, : width - 1] = self._own_routes(record, len(micro), width)
                 entropy += torch.tensor(record.entropy)
-            out[micro, :logp.shape[1]] = logp.float().cpu()
+            out[micro, : logp.shape[1]] = logp.float().cpu()
         if tracked:  # each rank filled its own rows; the others hold -1 there
             routes["own"] = (distributed.all_reduce_sum((own + 1).int()) - 1).to(torch.int16)
             routes["entropy"] = distributed.all_reduce_sum(entropy)
@@ -271,8 +308,10 @@ class PolicyTrainer:
         """``ppo_epochs`` passes of minibatch updates over one step's rollouts; returns mean metrics."""
         moe = self.moe
         if moe.routing_replay == "rollout" and batch.routes is None:
-            raise ValueError("moe.routing_replay 'rollout': the rollout engine recorded no routes (it needs "
-                             "rollout.engine vllm and moe.rollout_routing true)")
+            raise ValueError(
+                "moe.routing_replay 'rollout': the rollout engine recorded no routes (it needs "
+                "rollout.engine vllm and moe.rollout_routing true)"
+            )
         routes: dict = {}
         rollout_replay = batch.routes if moe.routing_replay == "rollout" else None
         clock = time.perf_counter()
@@ -291,8 +330,11 @@ class PolicyTrainer:
         if ref_logp is not None:
             timings["time/train/ref_logprobs"] = time.perf_counter() - clock
         metrics: dict[str, list[float]] = {}
-        is_weights = (truncated_is_weights(old_logp, batch.rollout_logp, self.algo.tis_cap)
-                      if self.algo.tis_cap and old_logp is not None else None)
+        is_weights = (
+            truncated_is_weights(old_logp, batch.rollout_logp, self.algo.tis_cap)
+            if self.algo.tis_cap and old_logp is not None
+            else None
+        )
         mask = mask_truncated(batch.mask, batch.truncated) if self.algo.overlong_mask else batch.mask
         size = self.train_cfg.minibatch_size
         seen = _SinglePass(batch.mask.shape, len(self.routing), self.routing.top_k) if single_pass else None
@@ -302,12 +344,18 @@ class PolicyTrainer:
         for _ in range(self.train_cfg.ppo_epochs):
             order = torch.randperm(len(batch))
             for start in range(0, len(batch), size):
-                idx = order[start:start + size]
-                stats = self._update(batch.select(idx), None if old_logp is None else old_logp[idx],
-                                     None if ref_logp is None else ref_logp[idx],
-                                     mask[idx], None if is_weights is None else is_weights[idx],
-                                     None if replay is None else replay[idx], seen=seen, rows=idx,
-                                     bias_step=bias_step)
+                idx = order[start : start + size]
+                stats = self._update(
+                    batch.select(idx),
+                    None if old_logp is None else old_logp[idx],
+                    None if ref_logp is None else ref_logp[idx],
+                    mask[idx],
+                    None if is_weights is None else is_weights[idx],
+                    None if replay is None else replay[idx],
+                    seen=seen,
+                    rows=idx,
+                    bias_step=bias_step,
+                )
                 for key, value in stats.items():
                     metrics.setdefault(key, []).append(float(value))
         if seen is not None:
@@ -362,13 +410,29 @@ class PolicyTrainer:
         by construction): no separate old-log-prob pass is needed. Not with dropout (the update runs
         in training mode) nor with replay of the trainer's own routes (taken by that pass)."""
         cfg = self.train_cfg
-        dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules()) or \
-            any(float(getattr(self.model.config, k, 0) or 0) > 0 for k in ("attention_dropout", "hidden_dropout"))
-        return (cfg.single_pass and cfg.ppo_epochs == 1 and rows <= cfg.minibatch_size and not dropout
-                and self.moe.routing_replay != "trainer")
+        dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules()) or any(
+            float(getattr(self.model.config, k, 0) or 0) > 0 for k in ("attention_dropout", "hidden_dropout")
+        )
+        return (
+            cfg.single_pass
+            and cfg.ppo_epochs == 1
+            and rows <= cfg.minibatch_size
+            and not dropout
+            and self.moe.routing_replay != "trainer"
+        )
 
-    def _update(self, minibatch: RolloutBatch, old_logp, ref_logp, mask, is_weights, replay=None, seen=None,
-                rows=None, bias_step=0.0) -> dict[str, float]:
+    def _update(
+        self,
+        minibatch: RolloutBatch,
+        old_logp,
+        ref_logp,
+        mask,
+        is_weights,
+        replay=None,
+        seen=None,
+        rows=None,
+        bias_step=0.0,
+    ) -> dict[str, float]:
         """One optimizer step on a minibatch: gradients accumulated over its micro-batches, each loss
         divided by the whole minibatch's tokens or completions (``normaliser``). ``old_logp`` None:
         the single-pass step (``single_pass``), whose old log-probs, routes and importance weights
@@ -393,8 +457,11 @@ class PolicyTrainer:
             def cut(x, micro=micro, width=width):
                 return None if x is None else x[micro, :width].to(self.device)
 
-            routing = self._routing_pass(part, None if replay is None else replay[micro], router_losses) \
-                if len(self.routing) else contextlib.nullcontext()
+            routing = (
+                self._routing_pass(part, None if replay is None else replay[micro], router_losses)
+                if len(self.routing)
+                else contextlib.nullcontext()
+            )
             with routing as record:
                 t_pass = time.perf_counter()
                 logp, entropy = self._logprobs(self.model, part, with_entropy=True, widest=widest)
@@ -403,18 +470,22 @@ class PolicyTrainer:
                     at = rows[micro]
                     seen.logp[at, :width] = logp.detach().float().cpu()
                     old = logp.detach()
-                    weights = (truncated_is_weights(old, part.rollout_logp, self.algo.tis_cap)
-                               if self.algo.tis_cap else None)
-                    loss, stats = self._loss(logp, lambda x: x, old, cut(ref_logp), weights, part, part_mask,
-                                             entropy, denominator)
+                    weights = (
+                        truncated_is_weights(old, part.rollout_logp, self.algo.tis_cap) if self.algo.tis_cap else None
+                    )
+                    loss, stats = self._loss(
+                        logp, lambda x: x, old, cut(ref_logp), weights, part, part_mask, entropy, denominator
+                    )
                 else:
-                    loss, stats = self._loss(logp, cut, old_logp, ref_logp, is_weights, part, part_mask, entropy,
-                                             denominator)
+                    loss, stats = self._loss(
+                        logp, cut, old_logp, ref_logp, is_weights, part, part_mask, entropy, denominator
+                    )
                 if record is not None and record.losses:  # per layer (z, aux), each a mean over the part's tokens
                     z, aux = torch.stack(record.losses).mean(0)
                     share = float(part_mask.bool().sum()) / completion_tokens  # of the minibatch's tokens
-                    loss = loss + share * (moe.z_loss_coef * z + (moe.aux_loss_coef * aux if moe.balance == "aux_loss"
-                                                                  else 0.0))
+                    loss = loss + share * (
+                        moe.z_loss_coef * z + (moe.aux_loss_coef * aux if moe.balance == "aux_loss" else 0.0)
+                    )
                     stats["moe/z_loss"], stats["moe/aux_loss"] = float(z.detach()), float(aux.detach())
                 loss.backward()
                 seconds["time/train/forward_backward"] += time.perf_counter() - t_pass
@@ -441,13 +512,24 @@ class PolicyTrainer:
     def _loss(self, logp, cut, old_logp, ref_logp, is_weights, part, part_mask, entropy, denominator):
         algo = self.algo
         return policy_loss(
-            logp, cut(old_logp), part.advantages, part_mask,
-            clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
-            ratio_level=algo.ratio_level, loss_agg=algo.loss_agg, norm_constant=float(self.max_new_tokens),
+            logp,
+            cut(old_logp),
+            part.advantages,
+            part_mask,
+            clip_low=algo.clip_low,
+            clip_high=algo.clip_high,
+            dual_clip=algo.dual_clip,
+            ratio_level=algo.ratio_level,
+            loss_agg=algo.loss_agg,
+            norm_constant=float(self.max_new_tokens),
             ref_logp=None if algo.kl_in_reward else cut(ref_logp),
-            kl_coef=0.0 if algo.kl_in_reward else algo.kl_coef, kl_estimator=algo.kl_estimator,
-            entropy=entropy, entropy_coef=algo.entropy_coef, is_weights=cut(is_weights),
-            denominator=denominator)
+            kl_coef=0.0 if algo.kl_in_reward else algo.kl_coef,
+            kl_estimator=algo.kl_estimator,
+            entropy=entropy,
+            entropy_coef=algo.entropy_coef,
+            is_weights=cut(is_weights),
+            denominator=denominator,
+        )
 
     def sequence_kl(self, batch: RolloutBatch) -> list[float]:
         """Summed per-token KL estimate to the reference, per completion (``algo.kl_in_reward``)."""
@@ -458,7 +540,9 @@ class PolicyTrainer:
         return (kl_estimate(logp, ref, self.algo.kl_estimator) * batch.mask).sum(-1).tolist()
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def save(self, path: str | Path, extra_state: dict | None = None, extra_files: dict[str, bytes] | None = None) -> Path:
+    def save(
+        self, path: str | Path, extra_state: dict | None = None, extra_files: dict[str, bytes] | None = None
+    ) -> Path:
         """Write a complete checkpoint at ``path``, or none: everything goes to ``path.tmp``, is
         fsynced, and only then renamed to ``path`` (see ``rlwhf.checkpoints``). The weights and the
         optimizer state are saved whole (gathered onto rank 0 when sharded: every rank calls this),
@@ -475,8 +559,11 @@ class PolicyTrainer:
         if self.reference is not None:
             from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-            reference = get_model_state_dict(self.reference, options=whole) if self.mesh is not None else \
-                {k: v.cpu() for k, v in self.reference.state_dict().items()}
+            reference = (
+                get_model_state_dict(self.reference, options=whole)
+                if self.mesh is not None
+                else {k: v.cpu() for k, v in self.reference.state_dict().items()}
+            )
         path = Path(path)
         if self.rank != 0:
             return path
@@ -487,9 +574,17 @@ class PolicyTrainer:
         rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save({"optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "reference": reference,
-                    "rng": rng, "step": self.step, "routing_bias": self.routing.bias if len(self.routing) else None},
-                   tmp / "trainer_state.pt")
+        torch.save(
+            {
+                "optimizer": optimizer,
+                "scheduler": self.scheduler.state_dict(),
+                "reference": reference,
+                "rng": rng,
+                "step": self.step,
+                "routing_bias": self.routing.bias if len(self.routing) else None,
+            },
+            tmp / "trainer_state.pt",
+        )
         if self.bias_for_engines() is not None:  # the engines and the next trainer read it beside the weights
             torch.save(self.routing.bias, tmp / ROUTING_BIAS_FILE)
         for name, data in (extra_files or {}).items():

@@ -38,8 +38,15 @@ from torch import nn
 
 # ``moe`` settings that replay nothing, balance nothing and leave the routers trainable (what
 # rlwhf.config.MoEConfig's defaults do), for callers without a recipe.
-NO_MOE_CONTROLS = SimpleNamespace(routing_replay="none", balance="none", bias_update_rate=0.0, aux_loss_coef=0.0,
-                                  z_loss_coef=0.0, freeze_router=False, rollout_routing=False)
+NO_MOE_CONTROLS = SimpleNamespace(
+    routing_replay="none",
+    balance="none",
+    bias_update_rate=0.0,
+    aux_loss_coef=0.0,
+    z_loss_coef=0.0,
+    freeze_router=False,
+    rollout_routing=False,
+)
 
 ROUTING_BIAS_FILE = "routing_bias.pt"  # beside a checkpoint's weights: the softmax kind's selection bias
 
@@ -50,8 +57,13 @@ def find_routers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         experts = getattr(module, "num_experts", None)
-        if (isinstance(weight, nn.Parameter) and weight.dim() == 2 and isinstance(getattr(module, "top_k", None), int)
-                and isinstance(experts, int) and weight.shape[0] == experts):
+        if (
+            isinstance(weight, nn.Parameter)
+            and weight.dim() == 2
+            and isinstance(getattr(module, "top_k", None), int)
+            and isinstance(experts, int)
+            and weight.shape[0] == experts
+        ):
             found.append((name, module))
     return found
 
@@ -68,8 +80,10 @@ def freeze_routers(model: nn.Module) -> int:
     """Keep every router's weight fixed; refuse a model without routers rather than do nothing."""
     routers = find_routers(model)
     if not routers:
-        raise ValueError(f"moe.freeze_router: {type(model).__name__} has no MoE router (looked for modules with a "
-                         "[num_experts, hidden] weight, top_k and num_experts)")
+        raise ValueError(
+            f"moe.freeze_router: {type(model).__name__} has no MoE router (looked for modules with a "
+            "[num_experts, hidden] weight, top_k and num_experts)"
+        )
     for _, module in routers:
         module.weight.requires_grad_(False)
     return len(routers)
@@ -78,6 +92,7 @@ def freeze_routers(model: nn.Module) -> int:
 @dataclass
 class PassRecord:
     """What one forward pass routed, per layer, at the positions of its mask."""
+
     own: list[torch.Tensor | None] = field(default_factory=list)  # [rows, k]: the router's own top-k (all rows)
     entropy: list[float] = field(default_factory=list)  # summed over masked rows
     losses: list[torch.Tensor] = field(default_factory=list)  # per layer: (z-loss, aux-loss), masked means
@@ -110,8 +125,10 @@ class Routing:
     def require_steerable(self, what: str) -> None:
         for (name, module), kind in zip(self.routers, self.kinds):
             if kind is None:
-                raise ValueError(f"{what}: the router {name} ({type(module).__name__}) is not one rlwhf can steer "
-                                 "(softmax top-k like Qwen3-MoE, or DeepSeek-V3's sigmoid with a correction bias)")
+                raise ValueError(
+                    f"{what}: the router {name} ({type(module).__name__}) is not one rlwhf can steer "
+                    "(softmax top-k like Qwen3-MoE, or DeepSeek-V3's sigmoid with a correction bias)"
+                )
         if not self.routers:
             raise ValueError(f"{what}: the model has no MoE router")
 
@@ -131,8 +148,9 @@ class Routing:
     def set_bias(self, bias: torch.Tensor) -> None:
         bias = bias.detach().float().cpu()
         if tuple(bias.shape) != (len(self), self.num_experts):
-            raise ValueError(f"routing bias of shape {tuple(bias.shape)}; this model needs "
-                             f"({len(self)}, {self.num_experts})")
+            raise ValueError(
+                f"routing bias of shape {tuple(bias.shape)}; this model needs ({len(self)}, {self.num_experts})"
+            )
         if self.bias_is_external:
             self._own_bias = bias.clone()
         else:
@@ -194,6 +212,7 @@ class Routing:
         def hook(mod, inputs, output):
             if self.record is not None:
                 self.record.own[layer] = output[-1].detach().reshape(-1, mod.top_k)
+
         return hook
 
     def _observe(self, layer: int, own, logits, scores, kind) -> None:
@@ -201,8 +220,11 @@ class Routing:
         if record is None:
             return
         record.own[layer] = own.detach()
-        mask = self.mask.to(scores.device) if self.mask is not None else torch.ones(len(scores), dtype=torch.bool,
-                                                                                  device=scores.device)
+        mask = (
+            self.mask.to(scores.device)
+            if self.mask is not None
+            else torch.ones(len(scores), dtype=torch.bool, device=scores.device)
+        )
         probs = scores if kind == "softmax" else scores / scores.sum(-1, keepdim=True).clamp(min=1e-20)
         with torch.no_grad():
             entropy = -(probs[mask] * probs[mask].clamp(min=1e-20).log()).sum(-1)
@@ -237,10 +259,12 @@ def write_start_skew(model_dir: str | Path, skew: float, base: torch.Tensor | No
     with torch.device("meta"):
         routing = Routing(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)))
     if not len(routing) or not routing.bias_is_external or None in routing.kinds:
-        raise ValueError(f"moe.start_skew: {model_dir} is not a softmax-routed MoE model (Qwen3-MoE-like); its "
-                         "routers take no rlwhf selection bias")
+        raise ValueError(
+            f"moe.start_skew: {model_dir} is not a softmax-routed MoE model (Qwen3-MoE-like); its "
+            "routers take no rlwhf selection bias"
+        )
     bias = torch.zeros(len(routing), routing.num_experts) if base is None else base.clone()
-    bias[:, :routing.top_k] += skew
+    bias[:, : routing.top_k] += skew
     torch.save(bias, Path(model_dir) / ROUTING_BIAS_FILE)
     return bias
 

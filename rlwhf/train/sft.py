@@ -44,9 +44,17 @@ def cold_start_sft(
 
     # A conversational prompt takes its solution as the assistant's message (TRL renders both with the
     # tokenizer's chat template); a text prompt, as text.
-    train = datasets.Dataset.from_list([
-        {"prompt": e["prompt"], "completion": [{"role": "assistant", "content": e["solution"]}]
-         if is_conversation(e["prompt"]) else e["solution"]} for e in examples])
+    train = datasets.Dataset.from_list(
+        [
+            {
+                "prompt": e["prompt"],
+                "completion": [{"role": "assistant", "content": e["solution"]}]
+                if is_conversation(e["prompt"])
+                else e["solution"],
+            }
+            for e in examples
+        ]
+    )
     args = SFTConfig(
         output_dir=str(Path(out_dir) / "sft_work"),
         max_steps=steps,

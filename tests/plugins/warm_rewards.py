@@ -13,5 +13,3 @@ def warm_up() -> None:
 def warmed(completions, **_):
     """How many times this process ran ``warm_up()``."""
     return [float(len(_warmed_at)) for _ in completions]
-
-
