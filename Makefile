@@ -42,13 +42,14 @@ bench: setup
 	$(PY) benchmarks/math_verify_bench.py
 	$(PY) benchmarks/code_sandbox_bench.py
 
+# The lint rules and the layout (ruff format), both checked in CI.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
-# The formatter, on the files you name: make format FILES="rlwhf/commands/plan.py tests/test_plan.py"
+# The formatter: the whole tree, or the files you name (make format FILES="rlwhf/cli.py").
 format: setup
-	$(if $(FILES),,$(error name the files to format: make format FILES="path ..."))
-	$(VENV)/bin/ruff format $(FILES)
+	$(VENV)/bin/ruff format $(or $(FILES),.)
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow"
