@@ -656,10 +656,11 @@ def test_unprivileged_host_gets_user_namespace_isolation_that_holds(tmp_path):
     elif shutil.which("setpriv") and os.path.exists("/usr/bin/python3"):
         user, python = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], "/usr/bin/python3"
     else:
-        pytest.skip(
-            "NOT RUN: the tests run as root, and this machine has no setpriv binary or no "
-            "/usr/bin/python3, so no host can be started as an unprivileged user here"
+        why = (
+            "the tests run as root, and this machine has no setpriv binary or no /usr/bin/python3, so no host "
+            "can be started as an unprivileged user here"
         )
+        pytest.skip(f"NOT RUN: {why}")
     src = """
         import os, time
         from rewards import code
