@@ -14,6 +14,10 @@ class RolloutBatch:
 
     Token tensors have shape ``[N, L-1]``: position ``t`` holds what predicting token ``t+1``
     needs. ``mask`` is 1 on completion tokens only.
+
+    The driver packs the rollouts (``pack``); the trainer then adds what its update reads per
+    completion (old and reference log-probs, importance weights, the loss mask, the experts to
+    replay), so a minibatch or a micro-batch is one ``select`` away and carries all of it.
     """
 
     input_ids: torch.Tensor  # [N, L]
@@ -25,6 +29,12 @@ class RolloutBatch:
     # [N, L-1, layers, k] int16: the experts the rollout engine routed input position t to in each MoE
     # layer (-1 where it did not say); None when the engine recorded no routes.
     routes: torch.Tensor | None = None
+    # Added by the trainer (PolicyTrainer.train_on), None until then:
+    old_logp: torch.Tensor | None = None  # [N, L-1] the policy's before the update; None: from the update's own pass
+    ref_logp: torch.Tensor | None = None  # [N, L-1] the reference model's (a KL term)
+    is_weights: torch.Tensor | None = None  # [N, L-1] truncated importance-sampling weights
+    loss_mask: torch.Tensor | None = None  # [N, L-1] the tokens the loss counts (mask, less algo.overlong_mask's)
+    replay: torch.Tensor | None = None  # [N, L-1, layers, k] the experts every MoE layer replays
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -51,6 +61,11 @@ class RolloutBatch:
             "mask": width - 1,
             "rollout_logp": width - 1,
             "routes": width - 1,
+            "old_logp": width - 1,
+            "ref_logp": width - 1,
+            "is_weights": width - 1,
+            "loss_mask": width - 1,
+            "replay": width - 1,
         }
         return self._map(lambda f, x: x[:, : cut[f]] if f in cut else x)
 

@@ -14,6 +14,7 @@ passes under autocast in bfloat16.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -39,11 +40,10 @@ from rlwhf.train.routing import (
     NO_MOE_CONTROLS,
     ROUTING_BIAS_FILE,
     Routing,
-    agreement,
     aux_free_update,
     count_experts,
     freeze_routers,
-    load_ratios,
+    routing_metrics,
 )
 
 if TYPE_CHECKING:  # the trainer reads attributes only, so it runs where pydantic is not installed
@@ -336,6 +336,9 @@ class PolicyTrainer:
             else None
         )
         mask = mask_truncated(batch.mask, batch.truncated) if self.algo.overlong_mask else batch.mask
+        batch = dataclasses.replace(
+            batch, old_logp=old_logp, ref_logp=ref_logp, is_weights=is_weights, loss_mask=mask, replay=replay
+        )
         size = self.train_cfg.minibatch_size
         seen = _SinglePass(batch.mask.shape, len(self.routing), self.routing.top_k) if single_pass else None
         # aux_free's rate is per RL step, spread over its optimizer steps: how fast the load evens out must
@@ -345,17 +348,7 @@ class PolicyTrainer:
             order = torch.randperm(len(batch))
             for start in range(0, len(batch), size):
                 idx = order[start : start + size]
-                stats = self._update(
-                    batch.select(idx),
-                    None if old_logp is None else old_logp[idx],
-                    None if ref_logp is None else ref_logp[idx],
-                    mask[idx],
-                    None if is_weights is None else is_weights[idx],
-                    None if replay is None else replay[idx],
-                    seen=seen,
-                    rows=idx,
-                    bias_step=bias_step,
-                )
+                stats = self._update(batch.select(idx), seen=seen, rows=idx, bias_step=bias_step)
                 for key, value in stats.items():
                     metrics.setdefault(key, []).append(float(value))
         if seen is not None:
@@ -373,35 +366,16 @@ class PolicyTrainer:
         out = {k: float(np.sum(v) if k.startswith("time/") else np.mean(v)) for k, v in metrics.items()}
         out["lr"] = self.scheduler.get_last_lr()[0]
         if "own" in routes:
-            out.update(self._routing_metrics(batch, routes))
-        return out
-
-    def _routing_metrics(self, batch: RolloutBatch, routes: dict) -> dict[str, float]:
-        """The step's MoE telemetry, over its completion tokens: each side's expert load (the
-        trainer's from its old-log-prob pass, the rollout engine's from the routes it recorded), the
-        busiest and idlest expert over the mean, router entropy, and how often both sides chose the
-        same top-k set."""
-        completion = batch.mask.bool()
-        own = routes["own"][completion]  # [tokens, layers, k]
-        counts = count_experts(own, self.routing.num_experts)
-        out = {}
-        for layer, row in enumerate(counts / counts.sum(-1, keepdim=True).clamp(min=1)):
-            out.update({f"moe/load/L{layer}/E{e}": float(v) for e, v in enumerate(row)})
-        high, low = load_ratios(counts)
-        out["moe/max_load_ratio"], out["moe/min_load_ratio"] = float(high.mean()), float(low.mean())
-        out["moe/router_entropy"] = float(routes["entropy"].sum() / max(1, len(own) * len(self.routing)))
-        if self.moe.balance == "aux_free":
-            out["moe/bias_abs_mean"] = float(self.routing.bias.abs().mean())
-        if batch.routes is not None:
-            theirs = batch.routes[completion]
-            counts = count_experts(theirs, self.routing.num_experts)
-            for layer, row in enumerate(counts / counts.sum(-1, keepdim=True).clamp(min=1)):
-                out.update({f"moe/rollout_load/L{layer}/E{e}": float(v) for e, v in enumerate(row)})
-            high, low = load_ratios(counts)
-            out["moe/rollout_max_load_ratio"], out["moe/rollout_min_load_ratio"] = float(high.mean()), float(low.mean())
-            agree = agreement(own, theirs)
-            out["moe/routing_agreement"] = float(agree.mean())
-            out.update({f"moe/routing_agreement/L{layer}": float(v) for layer, v in enumerate(agree)})
+            out.update(
+                routing_metrics(
+                    self.routing,
+                    batch.mask.bool(),
+                    routes["own"],
+                    routes["entropy"],
+                    batch.routes,
+                    with_bias=self.moe.balance == "aux_free",
+                )
+            )
         return out
 
     def single_pass(self, rows: int) -> bool:
@@ -421,25 +395,15 @@ class PolicyTrainer:
             and self.moe.routing_replay != "trainer"
         )
 
-    def _update(
-        self,
-        minibatch: RolloutBatch,
-        old_logp,
-        ref_logp,
-        mask,
-        is_weights,
-        replay=None,
-        seen=None,
-        rows=None,
-        bias_step=0.0,
-    ) -> dict[str, float]:
+    def _update(self, minibatch: RolloutBatch, seen=None, rows=None, bias_step=0.0) -> dict[str, float]:
         """One optimizer step on a minibatch: gradients accumulated over its micro-batches, each loss
-        divided by the whole minibatch's tokens or completions (``normaliser``). ``old_logp`` None:
-        the single-pass step (``single_pass``), whose old log-probs, routes and importance weights
-        come from this pass and are kept in ``seen`` at the batch's ``rows``. ``bias_step``: how far
-        aux_free moves each expert's bias after this optimizer step."""
+        divided by the whole minibatch's tokens or completions (``normaliser``). ``minibatch.old_logp``
+        None: the single-pass step (``single_pass``), whose old log-probs, routes and importance
+        weights come from this pass and are kept in ``seen`` at the batch's ``rows``. ``bias_step``:
+        how far aux_free moves each expert's bias after this optimizer step."""
         algo = self.algo
         moe = self.moe
+        mask = minibatch.loss_mask
         denominator = normaliser(mask, algo.loss_agg)
         completion_tokens = float(mask.bool().sum()) or 1.0
         router_losses = len(self.routing) > 0 and (moe.z_loss_coef > 0 or moe.balance == "aux_loss")
@@ -453,33 +417,22 @@ class PolicyTrainer:
                 continue
             part = minibatch.select(micro).trimmed().to(self.device)
             width = part.mask.shape[1]
-
-            def cut(x, micro=micro, width=width):
-                return None if x is None else x[micro, :width].to(self.device)
-
             routing = (
-                self._routing_pass(part, None if replay is None else replay[micro], router_losses)
-                if len(self.routing)
-                else contextlib.nullcontext()
+                self._routing_pass(part, part.replay, router_losses) if len(self.routing) else contextlib.nullcontext()
             )
             with routing as record:
                 t_pass = time.perf_counter()
                 logp, entropy = self._logprobs(self.model, part, with_entropy=True, widest=widest)
-                part_mask = cut(mask)
-                if old_logp is None:
+                part_mask = part.loss_mask
+                if part.old_logp is None:
                     at = rows[micro]
                     seen.logp[at, :width] = logp.detach().float().cpu()
                     old = logp.detach()
                     weights = (
                         truncated_is_weights(old, part.rollout_logp, self.algo.tis_cap) if self.algo.tis_cap else None
                     )
-                    loss, stats = self._loss(
-                        logp, lambda x: x, old, cut(ref_logp), weights, part, part_mask, entropy, denominator
-                    )
-                else:
-                    loss, stats = self._loss(
-                        logp, cut, old_logp, ref_logp, is_weights, part, part_mask, entropy, denominator
-                    )
+                    part = dataclasses.replace(part, old_logp=old, is_weights=weights)
+                loss, stats = self._loss(logp, part, entropy, denominator)
                 if record is not None and record.losses:  # per layer (z, aux), each a mean over the part's tokens
                     z, aux = torch.stack(record.losses).mean(0)
                     share = float(part_mask.bool().sum()) / completion_tokens  # of the minibatch's tokens
@@ -509,25 +462,25 @@ class PolicyTrainer:
         parts = [p for rank_parts in distributed.all_objects(parts) for p in rank_parts]
         return {**combine_micro_batch_metrics(parts), "grad_norm": float(grad_norm), **seconds}
 
-    def _loss(self, logp, cut, old_logp, ref_logp, is_weights, part, part_mask, entropy, denominator):
+    def _loss(self, logp, part: RolloutBatch, entropy, denominator):
         algo = self.algo
         return policy_loss(
             logp,
-            cut(old_logp),
+            part.old_logp,
             part.advantages,
-            part_mask,
+            part.loss_mask,
             clip_low=algo.clip_low,
             clip_high=algo.clip_high,
             dual_clip=algo.dual_clip,
             ratio_level=algo.ratio_level,
             loss_agg=algo.loss_agg,
             norm_constant=float(self.max_new_tokens),
-            ref_logp=None if algo.kl_in_reward else cut(ref_logp),
+            ref_logp=None if algo.kl_in_reward else part.ref_logp,
             kl_coef=0.0 if algo.kl_in_reward else algo.kl_coef,
             kl_estimator=algo.kl_estimator,
             entropy=entropy,
             entropy_coef=algo.entropy_coef,
-            is_weights=cut(is_weights),
+            is_weights=part.is_weights,
             denominator=denominator,
         )
 

@@ -300,3 +300,39 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     known = (a >= 0).all(-1) & (b >= 0).all(-1)  # [rows, layers]
     same = (a.sort(-1).values == b.sort(-1).values).all(-1) & known
     return same.sum(0).float() / known.sum(0).clamp(min=1).float()
+
+
+def routing_metrics(
+    routing: Routing,
+    completion: torch.Tensor,
+    own: torch.Tensor,
+    entropy: torch.Tensor,
+    theirs: torch.Tensor | None,
+    with_bias: bool = False,
+) -> dict[str, float]:
+    """A step's MoE telemetry over its ``completion [N, L-1]`` tokens: each side's expert load (the
+    trainer's choices ``own`` and, when the engine recorded them, the rollout's ``theirs``, both
+    ``[N, L-1, layers, k]``), the busiest and idlest expert over the mean, router entropy (``entropy``
+    summed per layer over the pass), how often both sides chose the same top-k set, and with
+    ``with_bias`` (aux_free) the selection bias's mean size."""
+    own = own[completion]  # [tokens, layers, k]
+    counts = count_experts(own, routing.num_experts)
+    out = {}
+    for layer, row in enumerate(counts / counts.sum(-1, keepdim=True).clamp(min=1)):
+        out.update({f"moe/load/L{layer}/E{e}": float(v) for e, v in enumerate(row)})
+    high, low = load_ratios(counts)
+    out["moe/max_load_ratio"], out["moe/min_load_ratio"] = float(high.mean()), float(low.mean())
+    out["moe/router_entropy"] = float(entropy.sum() / max(1, len(own) * len(routing)))
+    if with_bias:
+        out["moe/bias_abs_mean"] = float(routing.bias.abs().mean())
+    if theirs is not None:
+        theirs = theirs[completion]
+        counts = count_experts(theirs, routing.num_experts)
+        for layer, row in enumerate(counts / counts.sum(-1, keepdim=True).clamp(min=1)):
+            out.update({f"moe/rollout_load/L{layer}/E{e}": float(v) for e, v in enumerate(row)})
+        high, low = load_ratios(counts)
+        out["moe/rollout_max_load_ratio"], out["moe/rollout_min_load_ratio"] = float(high.mean()), float(low.mean())
+        agree = agreement(own, theirs)
+        out["moe/routing_agreement"] = float(agree.mean())
+        out.update({f"moe/routing_agreement/L{layer}": float(v) for layer, v in enumerate(agree)})
+    return out
