@@ -32,8 +32,8 @@ def main() -> None:
     import ray
     from trainer_memory import SIZES
 
+    from rlwhf.actors import PolicyRanks, RolloutEngines
     from rlwhf.config import load_recipe
-    from rlwhf.groups import PolicyGroup, RolloutGroup
     from rlwhf.models.tiny import TinyMoEConfig, build_tiny_moe
     from rlwhf.workers import init_ray
 
@@ -44,8 +44,8 @@ def main() -> None:
             None, [f"model.path={model}", "sft.enabled=false", f"resources.rollout_engines={args.engines}"]
         )
         init_ray(None, None)
-        policy = PolicyGroup(recipe, model, None, Path(tmp), None, temperature=1.0, max_new_tokens=64)
-        rollout = RolloutGroup(recipe, model, None, Path(tmp), max_model_len=128, weight_transfer=True)
+        policy = PolicyRanks(recipe, model, None, Path(tmp), None, temperature=1.0, max_new_tokens=64)
+        rollout = RolloutEngines(recipe, model, None, Path(tmp), max_model_len=128, weight_transfer=True)
         policy.connect_engines(rollout.engines, recipe.rollout.tensor_parallel_size)
 
         def timed(fn) -> float:

@@ -166,7 +166,7 @@ def rewind_run_dir(run_dir: Path, step: int) -> None:
 
 
 def save_checkpoint(policy, run_dir: Path, step: int, state: dict, pending: Future | None = None) -> None:
-    """Checkpoint after ``step`` through the policy (``rlwhf.groups.PolicyGroup``): the policy,
+    """Checkpoint after ``step`` through the policy (``rlwhf.actors.PolicyRanks``): the policy,
     optimizer and RNG states, the loop's ``state`` (data cursor, accuracy before RL) and, in one-step
     off-policy mode, the next step's rollouts (``pending``), so that a resumed run continues exactly."""
     extra = {}

@@ -194,7 +194,7 @@ def distill(
     from rlwhf.commands.distill import distill as run_distill
     from rlwhf.commands.distill import print_summary
     from rlwhf.config import check_references
-    from rlwhf.tracking import say
+    from rlwhf.run_log import say
 
     with _errors():
         check_references(cfg)

@@ -34,7 +34,7 @@ def fault_point(phase: str, step: int) -> None:
 
 def watch_for_sigterm() -> threading.Event:
     """SIGTERM (a preemption notice) lets the current step finish, then the loop checkpoints and stops."""
-    from rlwhf.tracking import say  # pandas; the trainer's processes import this module for fault_point only
+    from rlwhf.run_log import say  # pandas; the trainer's processes import this module for fault_point only
 
     stop = threading.Event()
 

@@ -25,10 +25,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from rlwhf import checkpoints, faults
+from rlwhf.actors import PolicyRanks, RewardScorer, RolloutEngines, reserve
 from rlwhf.algo import group_advantages, overlong_penalty, scale_negative, zero_variance_groups
 from rlwhf.config import Recipe, check_references
 from rlwhf.data.prompts import render_task
@@ -36,12 +38,11 @@ from rlwhf.data.rows import math_reward_used
 from rlwhf.data.source import PromptSource, TaskData, load_task
 from rlwhf.errors import Preempted
 from rlwhf.evaluation import describe_accuracy, evaluate
-from rlwhf.groups import PolicyGroup, RewardGroup, RolloutGroup, reserve
 from rlwhf.rollout import SamplingSettings, engine_options
 from rlwhf.rollout.sampling import sample, score, trace_rows
+from rlwhf.run_log import Tracker, say
 from rlwhf.starting_policy import prepare_policy
 from rlwhf.sync import WeightSync, make_sync
-from rlwhf.tracking import Tracker, say, skipped_step_metrics, step_metrics
 from rlwhf.train.batch import RolloutBatch, pack
 from rlwhf.train.routing import ROUTING_BIAS_FILE, write_start_skew
 from rlwhf.workers import init_ray
@@ -84,6 +85,43 @@ class Collected:
     t_rollout: float = 0.0
     t_reward: float = 0.0
 
+    def metrics(self, rewards, advantages) -> dict:
+        """The step's rollout metrics over the groups it trained on, the rewards they came from and
+        their advantages."""
+        completions = [c for grp in self.groups for c in grp.completions]
+        lengths = np.array([len(c.token_ids) for c in completions])
+        return {
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()),
+            **{f"reward/{n}/mean": float(np.mean([v or 0.0 for v in vals])) for n, vals in self.per_reward.items()},
+            **{f"reward/{n}/errors": c for n, c in self.errors.items()},
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": int(lengths.max()),
+            "response_length/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
+            "groups/zero_variance_frac": self.zero_var_frac,
+            "groups/sampling_rounds": self.rounds,
+            "advantage/mean": float(advantages.mean()),
+            "advantage/std": float(advantages.std()),
+            "time/rollout": self.t_rollout,
+            "time/reward": self.t_reward,
+            "tokens_per_s/rollout": float(lengths.sum() / max(self.t_rollout, 1e-9)),
+        }
+
+    def skipped_metrics(self, step: int) -> dict:
+        """A step whose every group scored all-equal in every sampling round: nothing to learn from, but
+        it is still logged (over every sampled completion), evaluated and checkpointed on schedule."""
+        return {
+            "step": step,
+            "update/skipped": 1,
+            "reward/mean": float(np.mean(self.seen_totals)),
+            **{f"reward/{n}/errors": c for n, c in self.errors.items()},
+            "response_length/mean": float(np.mean(self.seen_lengths)),
+            "groups/zero_variance_frac": self.zero_var_frac,
+            "groups/sampling_rounds": self.rounds,
+            "time/rollout": self.t_rollout,
+            "time/reward": self.t_reward,
+        }
+
 
 def train(recipe: Recipe, resume: bool = False) -> dict:
     started = time.perf_counter()
@@ -105,12 +143,12 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             batch, rewards = compute_advantages(run, collected)  # 4
             metrics = {
                 "step": step + 1,
-                **step_metrics(collected, rewards, batch.advantages),
+                **collected.metrics(rewards, batch.advantages),
                 **update_policy(run, batch, step),  # 5
                 **sync_weights(run),
             }  # 6
         else:
-            batch, metrics = None, skipped_step_metrics(step + 1, collected)
+            batch, metrics = None, collected.skipped_metrics(step + 1)
         record_step(run, step, collected, batch, metrics, t_step)  # 7
         bar.set_postfix(
             reward=f"{metrics['reward/mean']:.3f}",
@@ -160,10 +198,10 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
 
     rc, logs = recipe.rollout, run_dir / "logs"
     pg = reserve(recipe.resources)
-    rollout = RolloutGroup(
+    rollout = RolloutEngines(
         recipe, model_path, pg, logs, shared_cores=recipe.train.off_policy_steps > 0, **engine_options(recipe)
     )
-    policy = PolicyGroup(
+    policy = PolicyRanks(
         recipe,
         model_path,
         pg,
@@ -177,7 +215,7 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     )
     sync = make_sync(recipe)
     sync.start(policy, rollout)
-    reward = RewardGroup(recipe, logs)
+    reward = RewardScorer(recipe, logs)
     tracker = Tracker(
         run_dir,
         use_wandb=recipe.tracking.wandb,

@@ -10,13 +10,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("rlwhf", "rewards")
 # docs/architecture.md's floors, ground first: a module imports from its own floor or below, never up.
 FLOORS = (
-    ("rewards", "rlwhf.errors", "rlwhf.faults", "rlwhf.models", "rlwhf.algo", "rlwhf.tracking", "rlwhf.traces"),
+    ("rewards", "rlwhf.errors", "rlwhf.faults", "rlwhf.models", "rlwhf.algo", "rlwhf.run_log", "rlwhf.traces"),
     ("rlwhf.config",),
     ("rlwhf.data", "rlwhf.checkpoints", "rlwhf.reward_runner"),
     ("rlwhf.train",),
     ("rlwhf.rollout", "rlwhf.sync"),
     ("rlwhf.evaluation", "rlwhf.workers"),
-    ("rlwhf.groups", "rlwhf.starting_policy", "rlwhf.commands"),
+    ("rlwhf.actors", "rlwhf.starting_policy", "rlwhf.commands"),
     ("rlwhf.loop",),
     ("rlwhf.cli",),
 )
@@ -130,7 +130,7 @@ def test_every_module_has_a_floor_and_no_import_runs_up():
 
 def test_the_trainer_and_the_data_know_nothing_of_ray_or_of_what_drives_them():
     graph = import_graph()
-    upper = {"rlwhf.loop", "rlwhf.groups", "rlwhf.workers", "rlwhf.starting_policy", "rlwhf.cli"}
+    upper = {"rlwhf.loop", "rlwhf.actors", "rlwhf.workers", "rlwhf.starting_policy", "rlwhf.cli"}
     for name, path in modules().items():
         if name.startswith(("rlwhf.train", "rlwhf.data", "rlwhf.algo", "rlwhf.models", "rewards")):
             assert not graph[name] & upper, f"{name} imports {sorted(graph[name] & upper)}"

@@ -8,8 +8,8 @@ import pytest
 import ray
 from conftest import SHORT, run_cli
 
+from rlwhf.actors import RewardScorer, RolloutEngines, _actor, reserve
 from rlwhf.config import load_recipe
-from rlwhf.groups import RewardGroup, RolloutGroup, _actor, reserve
 from rlwhf.reward_runner import GroupToScore
 from rlwhf.rollout import SamplingSettings
 from rlwhf.workers import PolicyWorker, init_ray
@@ -61,7 +61,7 @@ def test_completions_do_not_depend_on_the_number_of_engines(tiny_model, local_ra
     completions = []
     for engines in (1, 2):
         recipe = load_recipe(None, [f"resources.rollout_engines={engines}", "sft.enabled=false"])
-        group = RolloutGroup(recipe, tiny_model, None, tmp_path, seed=0, max_model_len=128)
+        group = RolloutEngines(recipe, tiny_model, None, tmp_path, seed=0, max_model_len=128)
         completions.append([[c.token_ids for c in g.completions] for g in group.generate(prompts, sampling)])
         for engine in group.engines:
             ray.kill(engine)
@@ -78,7 +78,7 @@ def test_a_reward_worker_killed_mid_call_is_restarted_and_asked_again(tmp_path, 
     ray.shutdown()
     init_ray(None, 2)  # its workers inherit the environment above
     try:
-        group = RewardGroup(load_recipe(None, ["sft.enabled=false"]), tmp_path)
+        group = RewardScorer(load_recipe(None, ["sft.enabled=false"]), tmp_path)
         right, wrong = "<think>\n12+34=46\n</think><answer>46</answer>", "<think>\n</think><answer>47</answer>"
         scores = group.score([GroupToScore("Q: 12+34=?\n", [right, wrong], {"answer": "46"})])
         assert mark.is_file(), "the reward worker was not killed: the test tested nothing"

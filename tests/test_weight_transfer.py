@@ -9,8 +9,8 @@ import ray
 import torch
 from conftest import SHORT, run_cli
 
+from rlwhf.actors import RolloutEngines
 from rlwhf.config import load_recipe
-from rlwhf.groups import RolloutGroup
 from rlwhf.rollout import SamplingSettings
 from rlwhf.train.distributed import free_address
 
@@ -61,7 +61,7 @@ def test_the_trainer_broadcasts_its_weights_into_two_engines_and_reconnects(tiny
     from rlwhf.sync.weight_transfer import connect
 
     recipe = load_recipe(None, ["resources.rollout_engines=2", "sft.enabled=false", "sync.transport=collective"])
-    group = RolloutGroup(recipe, tiny_model, None, tmp_path, seed=0, max_model_len=128, weight_transfer=True)
+    group = RolloutEngines(recipe, tiny_model, None, tmp_path, seed=0, max_model_len=128, weight_transfer=True)
     model = trainer_model(tiny_model)
     greedy = SamplingSettings(n=1, temperature=0.0, max_new_tokens=12, seed=0)
     before = [g.completions[0].token_ids for g in group.generate(PROMPTS, greedy)]

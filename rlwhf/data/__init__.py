@@ -1,1 +1,2 @@
-"""Prompt sources: procedural tasks and HF datasets, with a deterministic resumable cursor."""
+"""Data only: prompt sources (procedural tasks, reasoning-gym, files and HF datasets, a deterministic
+resumable cursor), rows and their checks, and prompts rendered for the policy's tokenizer."""

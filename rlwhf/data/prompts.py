@@ -83,7 +83,7 @@ def prepare_prompts(
 def render_rows(rows: list[dict], renderer: PromptRenderer, recipe, split: str, required: bool = True) -> list[dict]:
     """``rows`` with their prompts rendered (``prepare_prompts``); over-long ones dropped (and said)
     or refused, as ``data.overlong_prompts`` says; when ``required``, refused if none is left."""
-    from rlwhf.tracking import say
+    from rlwhf.run_log import say
 
     limit = recipe.rollout.max_prompt_tokens
     prepared = prepare_prompts(rows, renderer, limit, recipe.data.overlong_prompts, split)

@@ -1,7 +1,8 @@
-"""Rollout engines behind one protocol: vLLM (``engine: vllm``) and transformers (``engine: hf``).
+"""Rollout engines behind one protocol: vLLM (``engine: vllm``) and transformers (``engine: hf``),
+and ``sampling``, where prompts become scored completions.
 
 ``base`` holds the protocol and its data types; each engine module imports it, and only
-``make_engine`` below knows the engines.
+``make_engine`` below knows the engines (``engine_options`` reads their options from a recipe).
 """
 
 from rlwhf.rollout.base import Completion, Group, RolloutEngine, SamplingSettings

@@ -42,7 +42,7 @@ def reward_completions(prompt, group) -> list:
 
 
 def sample(rollout, rows: list[dict], sampling: SamplingSettings) -> tuple[list, float]:
-    """``sampling.n`` completions of each row's prompt from the rollout engines (``RolloutGroup``);
+    """``sampling.n`` completions of each row's prompt from the rollout engines (``RolloutEngines``);
     and the seconds it took. Rows prepared by ``rlwhf.data.prompts`` are sampled from their rendered
     token ids."""
     t0 = time.perf_counter()
@@ -103,7 +103,7 @@ def sample_and_score(
 
 
 def score(reward, rows: list[dict], groups: list, stop_on_total_failure: bool = True) -> Scored:
-    """Every completion scored by every reward of the recipe, in the reward worker's processes (``RewardGroup``).
+    """Every completion scored by every reward of the recipe, in the reward worker's processes (``RewardScorer``).
 
     A reward that fails on every group raises ``RewardFailed`` with its first error, unless
     ``stop_on_total_failure`` is off (``rewards.stop_on_total_failure``)."""

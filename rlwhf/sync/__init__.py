@@ -9,7 +9,7 @@ into an engine that Ray restarted. One small interface (``WeightSync``: ``start`
 
 Either way the MoE selection bias of auxiliary-loss-free balancing follows the weights by the
 same call (``set_routing_bias`` on every engine), and a restarted engine reloads from the object
-store. The loop, the groups and the workers only call what is here; a new transport (NCCL without
+store. The loop, the actor sets (``rlwhf.actors``) and the workers only call what is here; a new transport (NCCL without
 vLLM's API, a shared filesystem) is one more class in this folder.
 """
 

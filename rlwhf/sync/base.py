@@ -9,7 +9,7 @@ import ray
 
 
 class WeightSync:
-    """Pushes ``policy`` (a ``PolicyGroup``) into ``rollout`` (a ``RolloutGroup``)."""
+    """Pushes ``policy`` (a ``PolicyRanks``) into ``rollout`` (a ``RolloutEngines``)."""
 
     def __init__(self, bucket_mb: float):
         self.bucket_mb = bucket_mb

@@ -1,14 +1,15 @@
-"""The workers of a run as groups, as the driver sees them: N policy ranks, M rollout engines, the
-reward worker, and the weight sync between them.
+"""The Ray actors of a run as the driver sees them: N policy ranks (``PolicyRanks``), M rollout
+engines (``RolloutEngines``) and the reward worker (``RewardScorer``). ("Group" in rlwhf means a
+prompt's completions, as in GRPO; these are sets of actors.)
 
-- ``PolicyGroup``: N ``PolicyWorker`` actors that form one torch.distributed group and shard the
+- ``PolicyRanks``: N ``PolicyWorker`` actors that form one torch.distributed group and shard the
   policy (``rlwhf.train.distributed``). Every call goes to every rank (most are collectives); the
   driver reads rank 0's answer.
-- ``RolloutGroup``: M engines; a batch's prompts are split into M contiguous parts, each prompt
+- ``RolloutEngines``: M engines; a batch's prompts are split into M contiguous parts, each prompt
   keeping the seed it has in the whole batch, so completions do not depend on M (vLLM).
-- Weight sync between them is ``rlwhf.sync``'s: the groups only pass its calls to their workers.
+- Weight sync between them is ``rlwhf.sync``'s: these classes only pass its calls to their actors.
 - An engine or the reward worker that dies is restarted by Ray (``resources.max_restarts``); the
-  group waits for it, has ``rlwhf.sync`` give an engine the current weights again
+  class waits for it, has ``rlwhf.sync`` give an engine the current weights again
   (``on_restart``), and redoes its part of the step.
   A policy rank that dies ends the run: the rest of a collective cannot be recovered in place.
 
@@ -76,7 +77,7 @@ def reserve(resources, timeout_s: float = 600.0):
     return pg
 
 
-class PolicyGroup:
+class PolicyRanks:
     def __init__(self, recipe, model_path: str, pg, log_dir, resume_from: str | None, **trainer_kwargs):
         res = recipe.resources
         n = res.policy_workers
@@ -146,7 +147,7 @@ class PolicyGroup:
         self._all("save", path, extra_state, extra_files or {})
 
 
-class RolloutGroup:
+class RolloutEngines:
     def __init__(self, recipe, model_path: str, pg, log_dir, **engine_kwargs):
         res, self.recipe = recipe.resources, recipe
         m = res.rollout_engines
@@ -213,7 +214,7 @@ class RolloutGroup:
             self.on_restart(self.engines[i])
 
 
-class RewardGroup:
+class RewardScorer:
     """The reward worker (its own pool of processes inside), restarted and asked again if it dies."""
 
     def __init__(self, recipe, log_dir):

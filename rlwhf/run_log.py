@@ -1,4 +1,5 @@
-"""Metrics (console, metrics.jsonl, wandb) and the trace writer (Parquet, one row per completion).
+"""What a run writes as it goes: metrics (console, metrics.jsonl, wandb) and the traces (Parquet, one
+row per completion). ``rlwhf.traces`` reads them back.
 
 The console gets one live progress bar per phase (drawn by the loop), a metrics line every
 ``tracking.console_every`` steps, and each distinct warning once; ``metrics.jsonl`` gets every
@@ -12,7 +13,6 @@ import os
 import secrets
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -20,45 +20,6 @@ from tqdm.auto import tqdm
 def say(msg: str) -> None:
     """One line on the console, above any live progress bar."""
     tqdm.write(f"[rlwhf] {msg}")
-
-
-def step_metrics(collected, rewards, advantages) -> dict:
-    """A training step's rollout metrics over the groups it trained on (``rlwhf.loop.Collected``), the
-    rewards they came from and their advantages."""
-    completions = [c for grp in collected.groups for c in grp.completions]
-    lengths = np.array([len(c.token_ids) for c in completions])
-    return {
-        "reward/mean": float(rewards.mean()),
-        "reward/std": float(rewards.std()),
-        **{f"reward/{n}/mean": float(np.mean([v or 0.0 for v in vals])) for n, vals in collected.per_reward.items()},
-        **{f"reward/{n}/errors": c for n, c in collected.errors.items()},
-        "response_length/mean": float(lengths.mean()),
-        "response_length/max": int(lengths.max()),
-        "response_length/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
-        "groups/zero_variance_frac": collected.zero_var_frac,
-        "groups/sampling_rounds": collected.rounds,
-        "advantage/mean": float(advantages.mean()),
-        "advantage/std": float(advantages.std()),
-        "time/rollout": collected.t_rollout,
-        "time/reward": collected.t_reward,
-        "tokens_per_s/rollout": float(lengths.sum() / max(collected.t_rollout, 1e-9)),
-    }
-
-
-def skipped_step_metrics(step: int, collected) -> dict:
-    """A step whose every group scored all-equal in every sampling round: nothing to learn from, but
-    it is still logged (over every sampled completion), evaluated and checkpointed on schedule."""
-    return {
-        "step": step,
-        "update/skipped": 1,
-        "reward/mean": float(np.mean(collected.seen_totals)),
-        **{f"reward/{n}/errors": c for n, c in collected.errors.items()},
-        "response_length/mean": float(np.mean(collected.seen_lengths)),
-        "groups/zero_variance_frac": collected.zero_var_frac,
-        "groups/sampling_rounds": collected.rounds,
-        "time/rollout": collected.t_rollout,
-        "time/reward": collected.t_reward,
-    }
 
 
 def console_line(metrics: dict, total_steps: int) -> str:
