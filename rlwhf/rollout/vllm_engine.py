@@ -44,7 +44,7 @@ from rlwhf.rollout.base import (
     as_buckets,
     prompt_seeds,
 )
-from rlwhf.rollout.cpu_repack import repack_cpu_weights
+from rlwhf.sync.cpu_repack import repack_cpu_weights
 from rlwhf.train.routing import ROUTING_BIAS_FILE
 
 

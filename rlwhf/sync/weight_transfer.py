@@ -19,7 +19,7 @@ tensor by tensor while vLLM's layerwise reload loads them:
   with vLLM's engine factory) and ``GlooTrainerWeightTransferEngine`` (trainer side, a subclass of
   vLLM's NCCL trainer engine that changes only how the group is opened and how a tensor is sent).
   After vLLM's layerwise reload the CPU backend's packed copies of the experts and the LM head are
-  rebuilt (``cpu_repack.repack_cpu_weights``), as after the object-store path's ``reload_weights``.
+  rebuilt (``rlwhf.sync.cpu_repack``), as after the object-store path's ``reload_weights``.
 
 A restarted engine cannot rejoin a group in place: the driver reconnects every engine and the
 trainer in a new group (``rlwhf.sync.CollectiveSync``).
@@ -50,7 +50,7 @@ from vllm.distributed.weight_transfer.nccl_engine import (
     NCCLWeightTransferUpdateInfo,
 )
 
-from rlwhf.rollout.cpu_repack import repack_cpu_weights
+from rlwhf.sync.cpu_repack import repack_cpu_weights
 
 GLOO_BACKEND = "rlwhf_gloo"
 TIMEOUT = datetime.timedelta(minutes=10)
