@@ -112,9 +112,10 @@ def get(name: str) -> RewardFn:
     if fn is not None:
         return fn
     raise UnknownRewardError(
-        f"unknown reward {name!r}; known rewards: {', '.join(available())}. "
-        f"Register one with @rewards.reward({name!r}), an entry point in group "
-        f"{ENTRY_POINT_GROUP!r}, or name it as 'package.module:function'."
+        f"unknown reward {name!r}; known rewards: {', '.join(available())}. A function of your own is "
+        f"found by naming it as 'module:function' (the module importable by the workers, e.g. with "
+        f"PYTHONPATH=.), or by an entry point in group {ENTRY_POINT_GROUP!r}; a @rewards.reward({name!r}) "
+        "in your own module registers it only once that module is imported, so name it 'module:function'."
     )
 
 

@@ -28,6 +28,11 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
     run_dir = recipe.run.dir
     if run_dir.exists() and not resume:
         if not recipe.run.overwrite:
+            if newest_checkpoint(run_dir) is None:  # a start that failed, or a run stopped before its first save
+                raise FileExistsError(
+                    f"run directory {run_dir} exists but holds no checkpoint to resume; set run.overwrite=true "
+                    "to start it again, or pick another run.name"
+                )
             raise FileExistsError(
                 f"run directory {run_dir} exists; resume it with `rlwhf train --resume "
                 f"{run_dir}`, pick another run.name, or set run.overwrite=true"

@@ -20,6 +20,23 @@ app = typer.Typer(
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"rlwhf {version('rlwhf')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print rlwhf's version and exit."
+    ),
+) -> None:
+    """GRPO post-training of MoE reasoning models, paid by automated verifiers."""
+
+
 def _fail(message: str, code: int = 2) -> None:
     """Print ``error: message`` to stderr and exit: 2 for bad input (the default), 1 for a failed run."""
     typer.secho(f"error: {message}", fg="red", err=True)
@@ -73,9 +90,21 @@ def train(
         overrides.insert(0, str(recipe))  # `rlwhf train train.steps=3` with the default recipe
         recipe = None
     if resume is not None:
+        from rlwhf.checkpoints import latest_checkpoint
+
         config = resume / "config.yaml"
+        if recipe is not None:
+            _fail(
+                f"{recipe} and --resume {resume}: a resumed run keeps its own recipe ({config}); change it with "
+                "dotted overrides after --resume, or leave out --resume to start a new run"
+            )
         if not config.is_file():
             _fail(f"--resume {resume}: no config.yaml there; expected a run directory made by `rlwhf train`")
+        if latest_checkpoint(resume) is None:
+            _fail(
+                f"--resume {resume}: no checkpoint in {resume / 'checkpoints'} (the run stopped before its first, "
+                "see train.save_every); start it again with the same recipe and run.overwrite=true"
+            )
         recipe = config
         overrides += [f"run.output_dir={resume.parent}", f"run.name={resume.name}"]
     else:
@@ -122,14 +151,18 @@ def validate(
 def plan(
     recipe: Path = typer.Argument(..., help="Recipe YAML."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides."),
-    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU, in GiB."),
+    gpu_memory: float = typer.Option(80.0, "--gpu-memory", min=1.0, help="Memory of one GPU, in GiB."),
 ) -> None:
-    """Before anything starts: the policy's size, each device's memory (trainer, rollout engine), whether it fits."""
+    """Before anything starts: the policy's size, each device's memory (trainer, rollout engine), whether it
+    fits. Exit 1 when a device cannot hold its part."""
     cfg = _load(recipe, overrides)
-    from rlwhf.commands.plan import plan_text
+    from rlwhf.commands.plan import NOT_FIT, plan_text
 
     with _errors(f"{recipe}: "):
-        typer.echo(plan_text(cfg, gpu_memory))
+        text = plan_text(cfg, gpu_memory)
+    typer.echo(text)
+    if NOT_FIT in text:
+        raise typer.Exit(1)
 
 
 @app.command("eval")
@@ -226,7 +259,12 @@ def data_show(
     cfg = _load(_or_default(recipe), [])
     from rlwhf.data.source import load_task
 
-    task = load_task(cfg.data, cfg.run.seed)
+    if cfg.data.task == "dataset":
+        import datasets
+
+        datasets.disable_progress_bars()  # reading a file is quick; its bars would bury the rows shown
+    with _errors():
+        task = load_task(cfg.data, cfg.run.seed)
     typer.echo(f"{len(task.train)} training rows, {len(task.test)} held-out rows")
     for row in task.train[:n]:
         typer.echo(json.dumps(row))

@@ -563,9 +563,12 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in chain:
         raise ConfigError(f"recipe {path}: 'base' chain loops back on itself")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with path.open(encoding="utf-8") as f:  # read from the file, so that YAML's messages name it
+            data = yaml.safe_load(f) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"recipe {path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {path}: not UTF-8 text ({exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path}: expected a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
@@ -636,17 +639,96 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
+def model_folder_problems(path: str) -> list[str]:
+    """A ``model.path`` that names a local folder (it exists, or reads as a path rather than a Hub id
+    such as ``org/name``) must be a Hugging Face model folder; a Hub id is left to the download."""
+    folder = Path(path).expanduser()
+    local = folder.exists() or path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
+    if not local:
+        return []
+    if not folder.is_dir():
+        return [
+            f"model.path = {path!r}: no such folder (relative paths start from {Path.cwd()}); expected a Hugging "
+            "Face model folder, a .gguf file, package:PKG/file.gguf, 'tiny', or a Hub id such as "
+            "HuggingFaceTB/SmolLM2-135M-Instruct"
+        ]
+    if not (folder / "config.json").is_file():
+        return [
+            f"model.path = {path!r}: the folder has no config.json; expected a Hugging Face model folder "
+            "(what save_pretrained writes: config.json, the weights, the tokenizer)"
+        ]
+    return []
+
+
+def _unknown_kwargs(where: str, fn, kwargs: dict) -> list[str]:
+    """The recipe's constant keyword arguments that the reward function cannot take."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C function: nothing to read
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    unknown = sorted(set(kwargs) - set(params))
+    if not unknown:
+        return []
+    takes = ", ".join(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+    return [f"{where}: kwargs {', '.join(unknown)} are not parameters of the function (it takes: {takes})"]
+
+
+def _output_dir_problems(output_dir: str) -> list[str]:
+    """``run.output_dir`` must be creatable: its nearest existing folder writable."""
+    import os
+
+    folder = Path(output_dir).expanduser().absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return [
+            f"run.output_dir = {output_dir!r}: {existing} is not a folder, so the run's folder cannot be made there"
+        ]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [
+            f"run.output_dir = {output_dir!r}: {existing} is not writable, so the run's folder cannot be made there"
+        ]
+    return []
+
+
+def _count_rows(path: Path) -> int | None:
+    """Rows of a local data file, counted cheaply (JSON lines and CSV by line, Parquet from its footer);
+    None where that is not cheap (a JSON array)."""
+    suffix = path.suffix.lstrip(".")
+    try:
+        if suffix == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        with path.open("rb") as f:
+            if suffix == "json" and f.read(4096).lstrip()[:1] == b"[":
+                return None
+            f.seek(0)
+            lines = sum(1 for line in f if line.strip())
+        return lines - 1 if suffix == "csv" else lines
+    except OSError:
+        return None
+
+
 def check_references(recipe: Recipe) -> None:
     """What a recipe names outside itself, checked before anything starts: every reward resolves
-    (registered, entry point, or an importable ``module:function``) and a local data file exists."""
+    (registered, entry point, or an importable ``module:function``) and takes the recipe's kwargs,
+    the model's file or folder is there, the output folder can be made, and a local data file exists
+    with more rows than the held-out set takes."""
     import rewards
 
     problems = []
     for i, spec in enumerate(recipe.rewards.funcs):
         try:
-            rewards.get(spec.name)
+            fn = rewards.get(spec.name)
         except KeyError as exc:
             problems.append(f"rewards.funcs[{i}] = {spec.name!r}: {exc}")
+            continue
+        problems += _unknown_kwargs(f"rewards.funcs[{i}] = {spec.name!r}", fn, spec.kwargs)
+    problems += _output_dir_problems(recipe.run.output_dir)
     from rlwhf.models.gguf import PACKAGE_PREFIX, is_gguf, locate
 
     if is_gguf(recipe.model.path) or recipe.model.path.startswith(PACKAGE_PREFIX):
@@ -654,6 +736,8 @@ def check_references(recipe: Recipe) -> None:
             locate(recipe.model.path)
         except (OSError, ValueError) as exc:
             problems.append(str(exc))
+    elif recipe.model.path != "tiny":
+        problems += model_folder_problems(recipe.model.path)
     if recipe.data.task == "reasoning_gym":
         try:
             check_gym_names(recipe.data.gym)
@@ -663,6 +747,14 @@ def check_references(recipe: Recipe) -> None:
     if recipe.data.task == "dataset" and dataset and dataset.rsplit(".", 1)[-1] in DATA_FILE_SUFFIXES:
         if not Path(dataset).is_file():
             problems.append(f"data.dataset = {dataset!r}: no such file (relative paths start from {Path.cwd()})")
+        elif recipe.data.test_split is None:
+            rows = _count_rows(Path(dataset))
+            if rows is not None and rows <= recipe.data.num_test:
+                problems.append(
+                    f"data.dataset = {dataset!r} has {rows} rows and data.num_test={recipe.data.num_test} holds "
+                    "them all out for evaluation, leaving none to train on: lower data.num_test or give "
+                    "data.test_split"
+                )
     if problems:
         raise ConfigError("\n".join(problems))
 

@@ -1,6 +1,10 @@
+from pathlib import Path
+
 import pytest
 
 from rlwhf.config import ConfigError, load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_validate_and_overrides_apply_with_yaml_types():
@@ -96,3 +100,96 @@ def test_validate_resolves_rewards_and_data_files_before_anything_starts(tmp_pat
     assert proc.returncode == 2
     assert "rewards.funcs[1] = 'no_such_module_xyz:fn': reward 'no_such_module_xyz:fn': cannot import" in proc.stderr
     assert "data.dataset = 'missing.jsonl': no such file" in proc.stderr
+
+
+def test_the_cli_says_its_version_and_lists_its_commands():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from rlwhf.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"rlwhf {version('rlwhf')}"
+    listed = CliRunner().invoke(app, ["--help"])
+    assert listed.exit_code == 0
+    for command in ("train", "validate", "plan", "eval", "distill", "rewards", "data", "inspect", "export"):
+        assert command in listed.output
+
+
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        ("./no/such/model", "model.path = './no/such/model': no such folder"),
+        ("EMPTY", "the folder has no config.json"),
+    ],
+)
+def test_validate_refuses_a_model_folder_that_is_not_there_before_anything_starts(tmp_path, model, expected):
+    import subprocess
+    import sys
+
+    (tmp_path / "empty").mkdir()
+    model = str(tmp_path / "empty") if model == "EMPTY" else model
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "validate", str(ROOT / "recipes" / "tiny.yaml"), f"model.path={model}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+    # A Hub id is left to the download (it is not a local path)
+    from rlwhf.config import model_folder_problems
+
+    assert model_folder_problems("HuggingFaceTB/SmolLM2-135M-Instruct") == model_folder_problems("gpt2") == []
+
+
+def test_validate_catches_what_would_fail_later_before_anything_starts(tmp_path):
+    """Each of these used to pass `validate` and fail minutes into a run, or never."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "four.jsonl"
+    data.write_text("".join(f'{{"prompt": "{i}+1?", "answer": "{i + 1}"}}\n' for i in range(4)))
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "strict_reward.py").write_text(  # a reward that takes no keyword arguments but its own
+        "def short(completions, *, prompts, limit=5):\n    return [float(len(c) < limit) for c in completions]\n"
+    )
+    cases = [
+        (["data.task=dataset", f"data.dataset={data}"], "has 4 rows and data.num_test=200 holds them all out"),
+        (
+            ["rewards.funcs=[{name: math_accuracy}, {name: 'strict_reward:short', kwargs: {limit: 10, nope: 1}}]"],
+            "kwargs nope are not",
+        ),
+        ([f"run.output_dir={tmp_path / 'a-file' / 'runs'}"], "is not a folder, so the run's folder cannot be made"),
+    ]
+    for overrides, expected in cases:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rlwhf.cli", "validate", str(ROOT / "recipes" / "tiny.yaml"), *overrides],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, (overrides, proc)
+    fine = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "validate", str(ROOT / "recipes" / "tiny.yaml"), "data.num_test=2"]
+        + ["data.task=dataset", f"data.dataset={data}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert fine.returncode == 0, fine.stderr
+
+
+def test_a_recipe_that_is_not_yaml_is_named_with_the_place_of_the_mistake(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("train:\n  steps: [1,\n")
+    with pytest.raises(ConfigError) as error:
+        load_recipe(recipe)
+    message = str(error.value)
+    assert message.startswith(f"recipe {recipe}: not valid YAML") and f'"{recipe}", line 3' in message
+    assert "<unicode string>" not in message and "\n" not in message

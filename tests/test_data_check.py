@@ -144,3 +144,31 @@ def test_the_loader_drops_and_counts_bad_rows_or_refuses_them(bad_file):
     recipe.data.bad_rows = "error"
     with pytest.raises(ValueError, match=r"row 1: empty_prompt.*rlwhf data check"):
         load_task(recipe.data, 0)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"question": "1+1?", "answer": "2"}\n', "has no column 'prompt'"),
+        ("", "cannot be read as a jsonl file"),
+        (b'{"prompt": "\xff\xfe caf\xe9", "answer": "2"}\n', "is not UTF-8 text"),
+    ],
+    ids=["missing-column", "empty", "not-utf8"],
+)
+def test_data_show_names_a_file_it_cannot_use_in_one_line(tmp_path, content, expected):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(content if isinstance(content, bytes) else content.encode())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: {{task: dataset, dataset: {data}, num_test: 1}}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "data", "show", str(recipe)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and expected in proc.stderr and str(data) in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

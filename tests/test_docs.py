@@ -136,3 +136,9 @@ def test_the_code_names_only_docs_that_exist():
                 if not (ROOT / name).exists():
                     missing.append(f"{path.relative_to(ROOT)} mentions {name}, which does not exist")
     assert not missing, "\n".join(missing)
+
+
+def test_every_shipped_recipe_is_in_the_recipes_table():
+    table = (ROOT / "docs" / "recipes.md").read_text().split("## The recipes in", 1)[1].split("\n## ", 1)[0]
+    missing = [p.name for p in sorted((ROOT / "recipes").glob("*.yaml")) if f"`{p.name}`" not in table]
+    assert not missing, f"recipes not in docs/recipes.md's table: {missing}"

@@ -13,14 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))
 
 
-def plan(recipe: str, *args: str) -> str:
+def plan(recipe: str, *args: str, fits: bool = True) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "rlwhf.cli", "plan", str(ROOT / "recipes" / recipe), *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == (0 if fits else 1), proc.stderr  # exit 1: a device cannot hold its part
     return proc.stdout
 
 
@@ -33,14 +33,29 @@ def test_every_shipped_recipe_has_a_plan(recipe):
 def test_the_30b_recipes_say_plainly_that_one_gpu_cannot_hold_them():
     text = plan("qwen3-30b-a3b-dapo.yaml", "--gpu-memory", "80")
     assert "Qwen/Qwen3-30B-A3B-Base: 30.53B parameters, 3.35B active per token (8 of 128 experts)" in text
-    one_gpu = plan("qwen3-30b-a3b-dapo.yaml", "resources.policy_workers=1", "--gpu-memory", "141")
+    one_gpu = plan("qwen3-30b-a3b-dapo.yaml", "resources.policy_workers=1", "--gpu-memory", "141", fits=False)
     assert "does NOT fit" in one_gpu and "shard the policy over at least 4 such GPUs" in one_gpu
     # As shipped: 2 nodes x 8 GPUs, the policy over 12, one 4-GPU engine.
     assert "trainer: " in text and "available: fits" in text and "16 GPUs in all" in text
     eight = plan(
-        "qwen3-30b-a3b-dapo.yaml", "resources.policy_workers=8", "resources.rollout_engines=2", "--gpu-memory", "80"
+        "qwen3-30b-a3b-dapo.yaml",
+        "resources.policy_workers=8",
+        "resources.rollout_engines=2",
+        "--gpu-memory",
+        "80",
+        fits=False,
     )
     assert "16 GPUs in all" in eight and "does NOT fit" in eight
+
+
+def test_plan_refuses_a_gpu_memory_that_is_no_size():
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "plan", str(ROOT / "recipes" / "tiny.yaml"), "--gpu-memory", "-5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "--gpu-memory" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_parameter_counts_are_the_real_models_and_the_estimate_follows_the_settings(tiny_model):

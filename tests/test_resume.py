@@ -204,3 +204,30 @@ def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path):
     (folder / "step_20.old" / "loop_state.json").write_text("{}")
     assert latest_checkpoint(tmp_path).name == "step_20"
     assert sorted(p.name for p in folder.iterdir()) == ["step_10", "step_11", "step_2", "step_20"]
+
+
+def test_resume_refuses_a_run_with_no_checkpoint_and_a_recipe_it_would_ignore(tmp_path):
+    from rlwhf.checkpoints import prepare_run_dir
+    from rlwhf.config import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", [f"run.output_dir={tmp_path}", "run.name=failed"])
+    run = prepare_run_dir(recipe, resume=False)  # a start that failed before its first checkpoint
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "rlwhf.cli", "train", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    no_checkpoint = cli("--resume", str(run))
+    assert no_checkpoint.returncode == 2 and "no checkpoint in" in no_checkpoint.stderr
+    assert "run.overwrite=true" in no_checkpoint.stderr and "Traceback" not in no_checkpoint.stderr
+    both = cli(str(ROOT / "recipes" / "tiny.yaml"), "--resume", str(run))
+    assert both.returncode == 2 and "a resumed run keeps its own recipe" in both.stderr
+    # Starting it again names the way out that works (not --resume)
+    with pytest.raises(FileExistsError, match="holds no checkpoint to resume; set run.overwrite=true"):
+        prepare_run_dir(recipe, resume=False)
+    assert not (run / "checkpoints").exists()

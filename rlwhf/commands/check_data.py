@@ -14,7 +14,7 @@ from rlwhf.commands import output
 from rlwhf.config import DATA_FILE_SUFFIXES
 from rlwhf.data.prompts import PromptRenderer
 from rlwhf.data.rows import KINDS, ROW_NUMBERS, DataReport, Problem, check_rows, math_reward_used, short_repr
-from rlwhf.data.source import load_task, read_table
+from rlwhf.data.source import load_task, read_table, table_rows
 from rlwhf.models.gguf import local_model_path
 from rlwhf.models.tokenizer import build_tokenizer
 
@@ -48,7 +48,7 @@ def check_dataset(
     row. Returns the report and the ``datasets.Dataset`` read (for a cleaned copy)."""
     split = split or recipe.data.split
     table = read_table(source, subset, split)
-    rows = table.to_list()
+    rows = table_rows(table, source)
     cfg = recipe.data
     report = DataReport(source, split, len(rows), list(table.column_names))
     missing = [c for c in dict.fromkeys((cfg.prompt_column, cfg.answer_column)) if c not in table.column_names]
@@ -218,6 +218,8 @@ def check_data(
         report, table = check_dataset(
             source, recipe, split=split, subset=subset, code=code, solution_column=solution_column
         )
+    except ValueError:  # read_table's, naming the data set
+        raise
     except Exception as exc:  # datasets: no such data set or split, a file it cannot read
         raise ValueError(f"{source}: cannot be read: {type(exc).__name__}: {exc}") from None
     console = _print_report(report, json_path, show)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # plan's estimates read a recipe's attributes only (benchmark
     from rlwhf.config import Recipe
 
 GIB = 2**30
+NOT_FIT = "does NOT fit"  # in the plan's text wherever a device cannot hold its part: `rlwhf plan` exits 1
 
 
 def load_model_config(recipe: Recipe):
@@ -277,7 +278,7 @@ def plan_text(recipe: Recipe, gpu_memory_gib: float = 80.0) -> str:
     budget = gpu_memory_gib * GIB
     shared = res.gpus_per_policy_worker + res.gpus_per_rollout_engine <= 1 and res.gpus_per_rollout_engine > 0
     policy_budget = budget * (1 - recipe.rollout.gpu_memory_utilization) if shared else budget
-    verdict = "fits" if mem.total <= policy_budget else "does NOT fit"
+    verdict = "fits" if mem.total <= policy_budget else NOT_FIT
     lines.append(
         f"placement: {n} policy worker(s) on {res.gpus_per_policy_worker:g} GPU each, {m} rollout "
         f"engine(s) on {res.gpus_per_rollout_engine:g} GPU each"
@@ -299,7 +300,7 @@ def plan_text(recipe: Recipe, gpu_memory_gib: float = 80.0) -> str:
     if cache <= 0:
         lines.append(
             f"rollout engine: the weights ({_gib(roll.weights)}) exceed rollout.gpu_memory_utilization x "
-            f"GPU = {_gib(engine_budget)}: does NOT fit; it needs tensor parallelism over several GPUs"
+            f"GPU = {_gib(engine_budget)}: {NOT_FIT}; it needs tensor parallelism over several GPUs"
         )
     else:
         at_once = int(cache // (roll.kv_per_token * (recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens)))

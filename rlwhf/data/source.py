@@ -45,10 +45,23 @@ def read_table(dataset: str, subset: str | None, split: str):
     import datasets
 
     suffix = dataset.rsplit(".", 1)[-1]
-    if suffix in DATA_FILE_SUFFIXES:
-        builder = "json" if suffix in {"json", "jsonl"} else suffix
-        return datasets.load_dataset(builder, data_files={split: dataset}, split=split)
-    return datasets.load_dataset(dataset, subset, split=split)
+    try:
+        if suffix in DATA_FILE_SUFFIXES:
+            builder = "json" if suffix in {"json", "jsonl"} else suffix
+            return datasets.load_dataset(builder, data_files={split: dataset}, split=split)
+        return datasets.load_dataset(dataset, subset, split=split)
+    except Exception as exc:  # an empty, malformed or non-UTF-8 file; no such data set or split
+        what = f"a {suffix} file" if suffix in DATA_FILE_SUFFIXES else "a Hugging Face data set"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"data.dataset {dataset!r} cannot be read as {what}: {type(exc).__name__}: {first}") from exc
+
+
+def table_rows(table, dataset: str) -> list[dict]:
+    """The rows of a table ``read_table`` gave, as dicts; a file whose text is not UTF-8 is refused by name."""
+    try:
+        return table.to_list()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"data.dataset {dataset!r} is not UTF-8 text ({exc}); save it as UTF-8") from None
 
 
 def read_split(cfg: DataConfig, split: str, *, needs_answer: bool = True, dropped: Counter | None = None) -> list[dict]:
@@ -60,7 +73,7 @@ def read_split(cfg: DataConfig, split: str, *, needs_answer: bool = True, droppe
     for column in (cfg.prompt_column, cfg.answer_column):
         if column not in table.column_names:
             raise ValueError(f"data.dataset {cfg.dataset!r} has no column {column!r}; columns: {table.column_names}")
-    rows = table.to_list()
+    rows = table_rows(table, cfg.dataset)
     bad: dict[int, str] = {}
     for problem in check_rows(
         rows, prompt_column=cfg.prompt_column, answer_column=cfg.answer_column, needs_answer=needs_answer
