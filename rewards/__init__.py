@@ -14,14 +14,19 @@ Three ways to make a reward known by name:
 
 * ``@rewards.reward("name")`` on a function in an imported module;
 * an entry point in the group ``rlwhf.rewards`` (``name = "package.module:function"``);
-* naming it in a recipe as ``package.module:function``.
+* naming it in a recipe as ``my_rewards.py:function`` (a file; a relative path in a recipe file starts
+  from the recipe's folder) or ``package.module:function`` (an importable module).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 
 RewardFn = Callable[..., list]
 
@@ -82,15 +87,47 @@ def _load_builtins() -> None:
 
 
 def _import_path(spec: str) -> RewardFn:
-    module_name, _, attr = spec.partition(":")
+    """``module:function`` imported by name, or ``path/to/file.py:function`` loaded from the file (under a
+    name of its own, so a file called ``rewards.py`` or ``math.py`` collides with nothing)."""
+    module_name, _, attr = spec.rpartition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UnknownRewardError(f"reward {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+        module = _load_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
+    except Exception as exc:  # a missing module, a syntax error, or the module's own code raising at import
+        raise UnknownRewardError(f"cannot import {module_name!r}: {_one_line(exc)}") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UnknownRewardError(f"reward {spec!r}: module {module_name!r} has no callable {attr!r}")
+        raise UnknownRewardError(f"{module_name!r} has no function {attr!r}")
     return fn
+
+
+def _load_file(path: str):
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"no such file (looked for beside the recipe, then in {Path.cwd()})")
+    name = f"rlwhf_plugin_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it, as import does: its functions pickle by this name
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
+def _one_line(exc: BaseException) -> str:
+    """An import error as one line: its type, message, and for a syntax error the file and line."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    if isinstance(exc, ModuleNotFoundError | FileNotFoundError):
+        return str(exc)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" ({tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno})" if tb is not None else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def _entry_point(name: str) -> RewardFn | None:
@@ -113,9 +150,10 @@ def get(name: str) -> RewardFn:
         return fn
     raise UnknownRewardError(
         f"unknown reward {name!r}; known rewards: {', '.join(available())}. A function of your own is "
-        f"found by naming it as 'module:function' (the module importable by the workers, e.g. with "
-        f"PYTHONPATH=.), or by an entry point in group {ENTRY_POINT_GROUP!r}; a @rewards.reward({name!r}) "
-        "in your own module registers it only once that module is imported, so name it 'module:function'."
+        "named by its file, 'my_rewards.py:function' (a relative path in a recipe starts from the recipe's "
+        "folder), or as 'package.module:function' when it is importable, or by an entry point in group "
+        f"{ENTRY_POINT_GROUP!r}; a @rewards.reward({name!r}) in your own file registers the name only once "
+        "that file is imported, so name it by its file."
     )
 
 

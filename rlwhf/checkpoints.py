@@ -27,10 +27,12 @@ _CHECKPOINT = re.compile(r"step_(\d+)")
 def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
     run_dir = recipe.run.dir
     if run_dir.exists() and not resume:
-        if not recipe.run.overwrite:
-            if newest_checkpoint(run_dir) is None:  # a start that failed, or a run stopped before its first save
+        if failed_start(run_dir):
+            print(f"[rlwhf] replacing {run_dir}: a start that failed before its first step left it", flush=True)
+        elif not recipe.run.overwrite:
+            if newest_checkpoint(run_dir) is None:  # a run stopped after some steps but before its first save
                 raise FileExistsError(
-                    f"run directory {run_dir} exists but holds no checkpoint to resume; set run.overwrite=true "
+                    f"run directory {run_dir} holds steps but no checkpoint to resume; set run.overwrite=true "
                     "to start it again, or pick another run.name"
                 )
             raise FileExistsError(
@@ -41,6 +43,14 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(recipe.to_yaml())
     return run_dir
+
+
+def failed_start(run_dir: Path) -> bool:
+    """A run directory that records no step and holds no checkpoint: what a start that failed leaves
+    (its config and logs). A new start replaces it without asking."""
+    metrics = run_dir / "metrics.jsonl"
+    stepped = metrics.is_file() and metrics.stat().st_size > 0
+    return (run_dir / "config.yaml").is_file() and not stepped and newest_checkpoint(run_dir) is None
 
 
 def _fsync(path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``rlwhf``: train, validate, plan, rewards, data (show, check, filter), inspect, eval, export, distill."""
+"""``rlwhf``: train, validate, plan, rewards (list, try), data (show, check, filter), inspect, eval, export, distill."""
 
 from __future__ import annotations
 
@@ -28,13 +28,19 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+_debug = False  # --debug: tracebacks shown, not only logged
+
+
 @app.callback()
 def _options(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print rlwhf's version and exit."
     ),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of any error."),
 ) -> None:
     """GRPO post-training of MoE reasoning models, paid by automated verifiers."""
+    global _debug
+    _debug = debug
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -58,21 +64,47 @@ def _load(recipe: Optional[Path], overrides: Optional[list[str]]):
 
 
 @contextmanager
-def _errors(prefix: str = "") -> Iterator[None]:
+def _errors(prefix: str = "", log_dir: Optional[Path] = None) -> Iterator[None]:
     """The one place an error becomes an exit code: bad input 2 (the message after ``prefix``), a run
-    that failed 1, a preemption that checkpointed 0 (see ``rlwhf.errors``)."""
+    that failed 1, a preemption that checkpointed 0 (see ``rlwhf.errors``); anything else is a failure
+    of ours: exit 1, the error in one line, its traceback in ``log_dir`` (the run's logs) or rlwhf's
+    cache folder, and on the screen with ``--debug``."""
     from rlwhf.config import ConfigError
     from rlwhf.errors import Preempted, RewardFailed
 
     try:
         yield
+    except typer.Exit:
+        raise
     except Preempted as exc:
         typer.echo(f"[rlwhf] {exc}")
         raise typer.Exit(0) from None
     except RewardFailed as exc:
         _fail(str(exc), code=1)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as exc:
+        if _debug:
+            raise
         _fail(prefix + str(exc))
+    except Exception as exc:
+        if _debug:
+            raise
+        log = _log_traceback(exc, log_dir)
+        first = str(exc).strip().splitlines()
+        _fail(f"{type(exc).__name__}: {first[0] if first else ''} (the traceback is in {log}; --debug shows it)", 1)
+
+
+def _log_traceback(exc: BaseException, log_dir: Optional[Path]) -> Path:
+    """Append the traceback to ``log_dir/driver.log`` (else rlwhf's cache folder's last-error.log)."""
+    import os
+    import traceback
+
+    if log_dir is None or not log_dir.parent.is_dir():
+        log_dir = Path(os.environ.get("RLWHF_CACHE", Path.home() / ".cache" / "rlwhf")).expanduser()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / ("driver.log" if log_dir.name == "logs" else "last-error.log")
+    with log.open("a") as f:
+        traceback.print_exception(exc, file=f)
+    return log
 
 
 @app.command()
@@ -117,17 +149,15 @@ def train(
     from rlwhf.loop import train as run_training
     from rlwhf.workers import describe_failure
 
-    try:
-        with _errors():
+    log_dir = cfg.run.dir / "logs"
+    with _errors(log_dir=log_dir):
+        try:
             summary = run_training(cfg, resume=resume is not None)
-    except ray.exceptions.RayError as exc:
-        import traceback
-
-        log_dir = cfg.run.dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with (log_dir / "driver.log").open("a") as f:
-            traceback.print_exception(exc, file=f)
-        _fail(describe_failure(exc, log_dir), code=1)
+        except ray.exceptions.RayError as exc:  # a worker's failure: say which, and where its log is
+            if _debug:
+                raise
+            _log_traceback(exc, log_dir)
+            _fail(describe_failure(exc, log_dir), code=1)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -144,7 +174,13 @@ def validate(
         check_references(cfg)
     except ConfigError as exc:  # one line per problem, each naming the recipe
         _fail("\n".join(f"{recipe}: {line}" for line in str(exc).splitlines()))
-    typer.echo(f"{recipe}: ok ({cfg.model.path}, {cfg.rollout.engine} rollouts, {cfg.train.steps} steps)")
+    from rlwhf.commands.try_rewards import reward_problems
+
+    with _errors(f"{recipe}: "):
+        problems, tried = reward_problems(cfg, recipe)
+    if problems:
+        _fail("\n".join(f"{recipe}: {line}" for line in problems))
+    typer.echo(f"{recipe}: ok ({cfg.model.path}, {cfg.rollout.engine} rollouts, {cfg.train.steps} steps; {tried})")
 
 
 @app.command()
@@ -235,15 +271,58 @@ def distill(
     print_summary(summary, cfg.eval.k)
 
 
-@app.command("rewards")
-def list_rewards() -> None:
+rewards_app = typer.Typer(
+    help="The rewards a recipe can name (listed when no command is given); try one on real rows.",
+    invoke_without_command=True,
+)
+app.add_typer(rewards_app, name="rewards")
+
+
+@rewards_app.callback()
+def list_rewards(ctx: typer.Context) -> None:
     """List the rewards a recipe can name."""
+    if ctx.invoked_subcommand is not None:
+        return
     import rewards
 
     for name in rewards.available():
         fn = rewards.get(name)
         doc = (fn.__doc__ or "").strip().splitlines()
         typer.echo(f"{name:20s} {doc[0] if doc else ''}")
+
+
+@rewards_app.command("try")
+def try_rewards(
+    names: Optional[list[str]] = typer.Argument(
+        None, help="Rewards to call: names or 'my_rewards.py:function' (default: every reward of the recipe)."
+    ),
+    recipe: Optional[Path] = typer.Option(
+        None, "--recipe", help="Recipe whose data, columns, prompt format and reward kwargs apply (default: tiny demo)."
+    ),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="A local data file to take rows from (the recipe's columns)."
+    ),
+    rows: int = typer.Option(3, "--rows", min=1, help="Rows to call each reward on."),
+    completion: Optional[list[str]] = typer.Option(
+        None,
+        "--completion",
+        help="A completion to score (repeat for several; default: the gold answer in the prompt's "
+        "format, in the other format, and an empty one).",
+    ),
+) -> None:
+    """Call rewards on real rows, as a run calls them, and print each score: a plugin checked in seconds.
+    Exit 1 when a call fails."""
+    cfg = _load(_or_default(recipe), [])
+    from rlwhf.commands.try_rewards import print_trials, sample_rows
+
+    with _errors():
+        found = sample_rows(cfg, rows, data)
+        if found is None:
+            raise ValueError(f"data.dataset = {cfg.data.dataset!r} is not a local file: give rows with --data FILE")
+        failed = print_trials(cfg, list(names or []), found, list(completion or []) or None)
+    for line in failed:
+        typer.secho(f"error: {line}", fg="red", err=True)
+    raise typer.Exit(1 if failed else 0)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="A recipe's prompts: show, check before a run, filter by difficulty.")
@@ -301,6 +380,11 @@ def data_check(
     gold answers the math verifier cannot read, reference solutions failing their tests. Exit 1 if any."""
     cfg = _load(_or_default(recipe), overrides)
     from rlwhf.commands.check_data import check_data
+    from rlwhf.config import model_path_problems
+
+    missing = model_path_problems(cfg.model.path)  # its tokenizer measures the prompts: not a check to skip
+    if missing:
+        _fail(f"{recipe}: {missing[0]}")
 
     with _errors():
         ok = check_data(
@@ -408,8 +492,30 @@ def export(
             typer.echo(line)
 
 
+def _refuse_a_shadowed_rewards_package() -> None:
+    """A user's own ``rewards.py`` on ``sys.path`` would be imported in place of rlwhf's ``rewards``
+    package, and every reward lookup would then fail far from the cause: say so first."""
+    import importlib.util
+
+    ours = Path(__file__).resolve().parent.parent / "rewards"
+    spec = importlib.util.find_spec("rewards")
+    found = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+    if found is None or found.parent != ours:
+        _fail(
+            f"{found or 'nothing'} is what `import rewards` finds, in place of rlwhf's own rewards package "
+            f"({ours}), because its folder is on PYTHONPATH or is the working directory of `python -m`: name "
+            "your reward in the recipe by its file, e.g. 'rewards.py:my_reward', and leave its folder off "
+            "PYTHONPATH"
+        )
+
+
 def main() -> None:
-    app(prog_name="rlwhf")
+    try:
+        _refuse_a_shadowed_rewards_package()
+        with _errors():  # what a command let through
+            app(prog_name="rlwhf")
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -196,7 +196,11 @@ class RolloutConfig(Section):
 
 
 class RewardSpec(Section):
-    name: str = Field(..., description="Registered name, entry-point name or 'package.module:function'.")
+    name: str = Field(
+        ...,
+        description="Registered name, entry-point name, 'my_rewards.py:function' (a file) or "
+        "'package.module:function'.",
+    )
     weight: float = Field(1.0, description="Weight in the total reward.")
     on_error: float = Field(0.0, description="Score given when the reward raises or times out.")
     kwargs: dict[str, Any] = Field(
@@ -238,7 +242,36 @@ class RewardsConfig(Section):
         return self
 
 
+# ``algo.preset``: each method's published settings, a starting point that the recipe's own algo keys override.
+ALGO_PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": {"advantage": "grpo", "loss_agg": "seq_mean_token_mean", "clip_low": 0.2, "clip_high": 0.2},
+    "dr_grpo": {"advantage": "dr_grpo", "loss_agg": "seq_mean_token_sum_norm", "clip_low": 0.2, "clip_high": 0.2},
+    "dapo": {
+        "advantage": "grpo",
+        "loss_agg": "token_mean",
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "dynamic_sampling": True,
+        "overlong_penalty": True,
+    },
+    "gspo": {"ratio_level": "sequence", "loss_agg": "seq_mean_token_mean", "clip_low": 3e-4, "clip_high": 4e-4},
+    "rloo": {"advantage": "rloo", "loss_agg": "token_mean"},
+}
+
+
 class AlgoConfig(Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        if isinstance(data, dict) and data.get("preset") in ALGO_PRESETS:
+            return {**ALGO_PRESETS[data["preset"]], **data}
+        return data
+
+    preset: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo"] | None = Field(
+        None,
+        description="Start from a method's published settings (docs/algorithms.md lists them); the recipe's "
+        "own algo keys override them.",
+    )
     advantage: Literal["grpo", "dr_grpo", "rloo"] = Field("grpo", description="Group baseline (GRPO, Dr. GRPO, RLOO).")
     eps: float = Field(1e-6, gt=0, description="Added to the group std before dividing.")
     negative_scale: float = Field(
@@ -277,7 +310,12 @@ class TrainConfig(Section):
     prompts_per_step: int = Field(32, ge=1, description="Prompts per step (B); B * group_size completions.")
     off_policy_steps: int = Field(0, ge=0, le=1, description="1: sample step t+1 while training on step t (async).")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
-    minibatch_size: int = Field(256, ge=1, description="Completions per optimizer step.")
+    minibatch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Completions per optimizer step (null: all of a step's, prompts_per_step * group_size: "
+        "one update per step).",
+    )
     single_pass: bool = Field(
         True,
         description="When a step is one update on all its completions (ppo_epochs 1, "
@@ -522,11 +560,15 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _check(self) -> Recipe:
         completions = self.train.prompts_per_step * self.rollout.group_size
+        if self.train.minibatch_size is None:
+            self.train.minibatch_size = completions
         if self.train.minibatch_size > completions:
             raise ValueError(
                 f"train.minibatch_size ({self.train.minibatch_size}) is larger than the completions per "
-                f"step (train.prompts_per_step * rollout.group_size = {completions})"
+                f"step (train.prompts_per_step * rollout.group_size = {completions}): lower it too, or set "
+                "it to null for one update per step"
             )
+        self._match_format_reward_to_prompt()
         if self.moe.routing_replay == "rollout" and (self.rollout.engine != "vllm" or not self.moe.rollout_routing):
             raise ValueError(
                 "moe.routing_replay 'rollout' replays the experts the vLLM engine chose: it needs "
@@ -538,6 +580,14 @@ class Recipe(Section):
                 f"vllm, not {self.rollout.engine!r}"
             )
         return self
+
+    def _match_format_reward_to_prompt(self) -> None:
+        """The ``format`` reward pays for the answer format the prompt asks for: ``\\boxed{}`` when the
+        prompt template or system prompt asks for it, else think/answer tags (unless its kwargs say)."""
+        asks_boxed = "\\boxed" in self.data.prompt_template + (self.data.system_prompt or "")
+        for spec in self.rewards.funcs:
+            if spec.name == "format" and asks_boxed and "style" not in spec.kwargs:
+                spec.kwargs["style"] = "boxed"
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -571,10 +621,72 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"recipe {path}: not UTF-8 text ({exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path}: expected a mapping of sections, got {type(data).__name__}")
+    _anchor_paths(data, path.parent)
+    _expand_preset(data.get("algo"))
     base = data.pop("base", None)
     if base is not None:
-        data = _merge(_read_yaml(path.parent / base, chain + (path.resolve(),)), data)
+        data = _merge(_read_yaml(_base_path(path, base), chain + (path.resolve(),)), data)
     return data
+
+
+SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _base_path(recipe: Path, base: str) -> Path:
+    """``base:`` starts from the recipe's folder; a shipped recipe's name (``base: tiny.yaml``) also
+    resolves when the recipe was copied elsewhere."""
+    beside = recipe.parent / base
+    shipped = SHIPPED_RECIPES / base
+    return shipped if not beside.is_file() and shipped.is_file() else beside
+
+
+def _anchored(value, folder: Path):
+    """A relative path a recipe file names, made to start from the recipe's folder when it is there: as
+    a path from the working directory (as a Ray job's working_dir needs) when it lies below it, else
+    absolute. Anything else (a Hub id, a registered name, a path that is not there) is left as written."""
+    if not isinstance(value, str) or not value or value == "tiny" or Path(value).expanduser().is_absolute():
+        return value
+    target = folder / value
+    if not target.exists():
+        return value
+    target = target.resolve()
+    cwd = Path.cwd().resolve()
+    return str(target.relative_to(cwd)) if target.is_relative_to(cwd) else str(target)
+
+
+def _anchored_reward(name, folder: Path):
+    """``file.py:function`` anchored like a path; other reward names as written."""
+    if not isinstance(name, str) or ".py:" not in name:
+        return name
+    file, _, function = name.rpartition(":")
+    return f"{_anchored(file, folder)}:{function}"
+
+
+def _expand_preset(algo) -> None:
+    """``algo.preset`` filled in where it is written, so that it overrides what a base recipe set, and
+    the keys written beside it (or after it on the command line) override it."""
+    if isinstance(algo, dict) and algo.get("preset") in ALGO_PRESETS:
+        for key, value in ALGO_PRESETS[algo["preset"]].items():
+            algo.setdefault(key, value)
+
+
+def _anchor_paths(data: dict, folder: Path) -> None:
+    """Relative paths in one recipe file start from that file's folder (``rlwhf.config._anchored``):
+    the model folder or .gguf file, the data file, reward files, the distillation teacher and student."""
+    for section, keys in (("model", ("path",)), ("data", ("dataset",)), ("distill", ("teacher", "student_path"))):
+        node = data.get(section)
+        if isinstance(node, dict):
+            for key in keys:
+                if key in node:
+                    node[key] = _anchored(node[key], folder)
+    rewards = data.get("rewards")
+    if isinstance(rewards, dict):
+        if isinstance(rewards.get("funcs"), list):
+            for spec in rewards["funcs"]:
+                if isinstance(spec, dict) and "name" in spec:
+                    spec["name"] = _anchored_reward(spec["name"], folder)
+        if "accuracy" in rewards:
+            rewards["accuracy"] = _anchored_reward(rewards["accuracy"], folder)
 
 
 def apply_override(data: dict, override: str) -> dict:
@@ -631,6 +743,11 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read a recipe (or the defaults when ``path`` is None), apply overrides, validate."""
     data = _read_yaml(Path(path)) if path is not None else {}
     for override in overrides:
+        if override.partition("=")[0].strip() == "algo.preset":  # a preset replaces the algo keys before it
+            data = apply_override(data, override)
+            preset = ALGO_PRESETS.get(data["algo"]["preset"], {})
+            data["algo"] = {**data["algo"], **preset}
+            continue
         data = apply_override(data, override)
     source = str(path) if path is not None else "defaults"
     try:
@@ -648,7 +765,7 @@ def model_folder_problems(path: str) -> list[str]:
         return []
     if not folder.is_dir():
         return [
-            f"model.path = {path!r}: no such folder (relative paths start from {Path.cwd()}); expected a Hugging "
+            f"model.path = {path!r}: no such folder (looked for beside the recipe, then in {Path.cwd()}); expected a Hugging "
             "Face model folder, a .gguf file, package:PKG/file.gguf, 'tiny', or a Hub id such as "
             "HuggingFaceTB/SmolLM2-135M-Instruct"
         ]
@@ -658,6 +775,20 @@ def model_folder_problems(path: str) -> list[str]:
             "(what save_pretrained writes: config.json, the weights, the tokenizer)"
         ]
     return []
+
+
+def model_path_problems(path: str) -> list[str]:
+    """``model.path`` checked without loading anything: a .gguf file or ``package:`` file is there, a
+    local model folder has its config.json; 'tiny' and a Hub id pass."""
+    from rlwhf.models.gguf import PACKAGE_PREFIX, is_gguf, locate
+
+    if is_gguf(path) or path.startswith(PACKAGE_PREFIX):
+        try:
+            locate(path)
+        except (OSError, ValueError) as exc:
+            return [str(exc)]
+        return []
+    return [] if path == "tiny" else model_folder_problems(path)
 
 
 def _unknown_kwargs(where: str, fn, kwargs: dict) -> list[str]:
@@ -729,15 +860,7 @@ def check_references(recipe: Recipe) -> None:
             continue
         problems += _unknown_kwargs(f"rewards.funcs[{i}] = {spec.name!r}", fn, spec.kwargs)
     problems += _output_dir_problems(recipe.run.output_dir)
-    from rlwhf.models.gguf import PACKAGE_PREFIX, is_gguf, locate
-
-    if is_gguf(recipe.model.path) or recipe.model.path.startswith(PACKAGE_PREFIX):
-        try:
-            locate(recipe.model.path)
-        except (OSError, ValueError) as exc:
-            problems.append(str(exc))
-    elif recipe.model.path != "tiny":
-        problems += model_folder_problems(recipe.model.path)
+    problems += model_path_problems(recipe.model.path)
     if recipe.data.task == "reasoning_gym":
         try:
             check_gym_names(recipe.data.gym)
@@ -746,7 +869,9 @@ def check_references(recipe: Recipe) -> None:
     dataset = recipe.data.dataset
     if recipe.data.task == "dataset" and dataset and dataset.rsplit(".", 1)[-1] in DATA_FILE_SUFFIXES:
         if not Path(dataset).is_file():
-            problems.append(f"data.dataset = {dataset!r}: no such file (relative paths start from {Path.cwd()})")
+            problems.append(
+                f"data.dataset = {dataset!r}: no such file (looked for beside the recipe, then in {Path.cwd()})"
+            )
         elif recipe.data.test_split is None:
             rows = _count_rows(Path(dataset))
             if rows is not None and rows <= recipe.data.num_test:

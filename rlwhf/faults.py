@@ -13,12 +13,14 @@ from pathlib import Path
 def fault_point(phase: str, step: int) -> None:
     """Fault injection for the crash tests: with ``RLWHF_FAULT=phase@step`` the run dies here by SIGKILL,
     the driver first, then this process (a worker's, for ``save``), as when a machine goes down.
-    Phases: ``rollout`` (after sampling), ``update`` (while the policy trains), ``save`` (in the
+    Phases: ``start`` (raises an error in the driver once the run directory is made), ``rollout`` (after sampling), ``update`` (while the policy trains), ``save`` (in the
     policy worker, the checkpoint's files written but not yet renamed into place); and, for a worker
     that dies alone, ``engine`` and ``reward`` (its ``step``-th call; with ``RLWHF_FAULT_MARK`` naming a
     file, only once: the restarted worker finds the file and lives)."""
     if os.environ.get("RLWHF_FAULT") != f"{phase}@{step}":
         return
+    if phase == "start":  # a failure of rlwhf's own, not a crash: the error path's test
+        raise RuntimeError(f"injected by RLWHF_FAULT={phase}@{step}")
     if phase in ("engine", "reward"):
         mark = os.environ.get("RLWHF_FAULT_MARK")
         if mark and os.path.exists(mark):

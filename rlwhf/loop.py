@@ -177,6 +177,7 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
     """The run directory, Ray, the data, the starting policy, the three workers and the accuracy before RL."""
     check_references(recipe)  # before anything starts: a reward that cannot be found, a missing file
     run_dir = checkpoints.prepare_run_dir(recipe, resume)
+    faults.fault_point("start", 0)
     if os.environ.get("RLWHF_FAULT"):  # crash tests: the workers (started by Ray below) learn who to kill
         os.environ["RLWHF_DRIVER_PID"] = str(os.getpid())
     init_ray(recipe.ray.address, recipe.ray.num_cpus)

@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from rlwhf.traces import reward_of
+
 
 def say(msg: str) -> None:
     """One line on the console, above any live progress bar."""
@@ -30,14 +32,14 @@ def console_line(metrics: dict, total_steps: int) -> str:
     parts.append(f"reward {metrics['reward/mean']:.3f}")
     for key, value in metrics.items():
         if key.startswith("reward/") and key.endswith("/mean") and key != "reward/mean":
-            parts.append(f"{key.split('/')[1]} {value:.3f}")
+            parts.append(f"{reward_of(key)} {value:.3f}")
     if "response_length/mean" in metrics:
         parts.append(f"length {metrics['response_length/mean']:.1f}")
     if metrics.get("groups/sampling_rounds", 1) > 1:
         parts.append(f"{metrics['groups/sampling_rounds']} sampling rounds")
     for key, value in metrics.items():
         if key.startswith("reward/") and key.endswith("/errors") and value:
-            parts.append(f"{key.split('/')[1]} errors {value}")
+            parts.append(f"{reward_of(key)} errors {value}")
     if "accuracy" in metrics:
         held_out = f"held-out {metrics['accuracy']:.1%} greedy"
         if "accuracy/sampled" in metrics:

@@ -58,6 +58,14 @@ _SORT = ["step", "prompt_index", "sample_index"]
 # Loading
 
 
+def reward_of(key: str) -> str | None:
+    """The reward a per-reward metric is about: ``reward/<name>/mean`` gives ``name`` (a name naming a
+    file, ``dir/my_rewards.py:fn``, keeps its slashes); None for any other key."""
+    if not key.startswith("reward/") or key.count("/") < 2:
+        return None
+    return key[len("reward/") : key.rindex("/")]
+
+
 def load(run_dir: str | Path, tag: str = "train") -> pd.DataFrame:
     """All traces of a run (one row per completion), sorted by step, prompt and sample.
 
@@ -381,8 +389,8 @@ def plot_curves(metrics: pd.DataFrame, weights: Mapping[str, float] | None = Non
     weights = dict(weights or {})
     if len(rows):
         a_reward.plot(rows["step"], rows["reward/mean"], color="black", lw=2, label="total reward")
-        for key in [c for c in rows.columns if re.fullmatch(r"reward/[^/]+/mean", c)]:
-            name = key.split("/")[1]
+        for key in [c for c in rows.columns if c.startswith("reward/") and c.endswith("/mean") and reward_of(c)]:
+            name = reward_of(key)
             w = weights.get(name, 1.0)
             label = f"{name}" if w == 1.0 else f"{w:g} × {name}"
             a_reward.plot(rows["step"], w * rows[key], lw=1.2, ls="--", label=label)

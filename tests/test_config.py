@@ -98,7 +98,7 @@ def test_validate_resolves_rewards_and_data_files_before_anything_starts(tmp_pat
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "rewards.funcs[1] = 'no_such_module_xyz:fn': reward 'no_such_module_xyz:fn': cannot import" in proc.stderr
+    assert "rewards.funcs[1] = 'no_such_module_xyz:fn': cannot import 'no_such_module_xyz'" in proc.stderr
     assert "data.dataset = 'missing.jsonl': no such file" in proc.stderr
 
 

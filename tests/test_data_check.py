@@ -150,7 +150,7 @@ def test_the_loader_drops_and_counts_bad_rows_or_refuses_them(bad_file):
     "content, expected",
     [
         ('{"question": "1+1?", "answer": "2"}\n', "has no column 'prompt'"),
-        ("", "cannot be read as a jsonl file"),
+        ("", "is empty: expected rows with the recipe's columns"),
         (b'{"prompt": "\xff\xfe caf\xe9", "answer": "2"}\n', "is not UTF-8 text"),
     ],
     ids=["missing-column", "empty", "not-utf8"],

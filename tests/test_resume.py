@@ -227,7 +227,12 @@ def test_resume_refuses_a_run_with_no_checkpoint_and_a_recipe_it_would_ignore(tm
     assert "run.overwrite=true" in no_checkpoint.stderr and "Traceback" not in no_checkpoint.stderr
     both = cli(str(ROOT / "recipes" / "tiny.yaml"), "--resume", str(run))
     assert both.returncode == 2 and "a resumed run keeps its own recipe" in both.stderr
-    # Starting it again names the way out that works (not --resume)
-    with pytest.raises(FileExistsError, match="holds no checkpoint to resume; set run.overwrite=true"):
+    # Starting it again replaces what the failed start left (its config and logs), without asking
+    (run / "logs").mkdir()
+    (run / "logs" / "driver.log").write_text("Traceback ...")
+    assert prepare_run_dir(recipe, resume=False) == run and not (run / "logs").exists()
+    # A run that recorded steps but stopped before its first checkpoint is not replaced silently
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(FileExistsError, match="holds steps but no checkpoint to resume; set run.overwrite=true"):
         prepare_run_dir(recipe, resume=False)
     assert not (run / "checkpoints").exists()

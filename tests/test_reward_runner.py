@@ -12,8 +12,23 @@ def test_registry_finds_builtins_module_paths_and_rejects_unknown_names():
     assert rewards.get("misbehaving_rewards:length")(["abc"], prompts=["p"]) == [3.0]
     with pytest.raises(KeyError, match="unknown reward 'nope'.*known rewards:"):
         rewards.get("nope")
-    with pytest.raises(KeyError, match="cannot import module"):
+    with pytest.raises(KeyError, match="cannot import 'no_such_module_xyz': No module named 'no_such_module_xyz'"):
         rewards.get("no_such_module_xyz:fn")
+
+
+def test_a_reward_named_by_its_file_collides_with_no_module_of_the_same_name(tmp_path):
+    """A user's rewards.py, loaded from its file, is not rlwhf's rewards package, nor imported as one."""
+    (tmp_path / "rewards.py").write_text(
+        "def short(completions, **_):\n    return [float(len(c) < 4) for c in completions]\n"
+    )
+    fn = rewards.get(f"{tmp_path / 'rewards.py'}:short")
+    assert fn(["abc", "abcdef"], prompts=["p", "p"]) == [1.0, 0.0]
+    assert fn.__module__.startswith("rlwhf_plugin_rewards_") and rewards.get("format") is not None
+    (tmp_path / "broken.py").write_text("x = 1\nraise RuntimeError('no config found')\n")
+    with pytest.raises(
+        KeyError, match=r"cannot import .*broken.py': RuntimeError: no config found \(.*broken.py, line 2\)"
+    ):
+        rewards.get(f"{tmp_path / 'broken.py'}:short")
 
 
 def test_decorator_refuses_a_second_function_under_the_same_name():

@@ -125,7 +125,7 @@ def summarise_run(console, run_dir: Path, every: int) -> None:
     table.add_row("steps", f"{len(rows)} (steps {steps_text(rows['step'])})")
     table.add_row("reward (first → last step)", pair("reward/mean"))
     for key in [c for c in rows.columns if c.startswith("reward/") and c.endswith("/mean") and c != "reward/mean"]:
-        table.add_row(f"  {key.split('/')[1]}", pair(key))
+        table.add_row(f"  {T.reward_of(key)}", pair(key))
     before = summary.get("accuracy_before_rl", acc.get(0))
     after = summary.get("accuracy_after_rl", acc.iloc[-1] if len(acc) else None)
     table.add_row("accuracy, greedy (before → after RL)", f"{fmt(before)} → {fmt(after)}")
@@ -163,7 +163,7 @@ def summarise_run(console, run_dir: Path, every: int) -> None:
     shown = rows[(rows["step"] % every == 0) | (rows["step"] == first["step"]) | (rows["step"] == last["step"])]
     columns = [("reward/mean", "reward", ".3f")]
     columns += [
-        (c, c.split("/")[1], ".3f")
+        (c, T.reward_of(c), ".3f")
         for c in rows.columns
         if c.startswith("reward/") and c.endswith("/mean") and c != "reward/mean"
     ]

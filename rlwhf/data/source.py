@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rlwhf.config import DATA_FILE_SUFFIXES, DataConfig
 from rlwhf.data.rows import CHEAP_KINDS, check_rows, math_reward_used
@@ -45,6 +46,14 @@ def read_table(dataset: str, subset: str | None, split: str):
     import datasets
 
     suffix = dataset.rsplit(".", 1)[-1]
+    local = Path(dataset).expanduser()
+    if local.is_file() and suffix not in DATA_FILE_SUFFIXES:  # not a Hub name: do not ask the Hub for it
+        raise ValueError(
+            f"data.dataset {dataset!r} is a file of a kind rlwhf does not read: expected "
+            + ", ".join(f".{s}" for s in DATA_FILE_SUFFIXES)
+        )
+    if suffix in DATA_FILE_SUFFIXES and local.is_file() and not local.read_bytes()[:65536].strip():
+        raise ValueError(f"data.dataset {dataset!r} is empty: expected rows with the recipe's columns")
     try:
         if suffix in DATA_FILE_SUFFIXES:
             builder = "json" if suffix in {"json", "jsonl"} else suffix

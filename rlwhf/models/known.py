@@ -1,4 +1,4 @@
-"""Architectures of Hub models that shipped recipes name, for ``rlwhf plan`` where the Hub is out of
+"""Architectures of Hub models that shipped recipes and the docs' examples name, for ``rlwhf plan`` where the Hub is out of
 reach: the numbers of each model's published ``config.json`` that determine its size, nothing else.
 A local directory or a copy in the Hugging Face cache is always preferred to this table."""
 
@@ -22,5 +22,17 @@ KNOWN_CONFIGS: dict[str, dict] = {
         max_position_embeddings=32768,
         rope_theta=1000000.0,
         tie_word_embeddings=False,
+    ),
+    "Qwen/Qwen2.5-1.5B-Instruct": dict(  # docs/real-models.md's one-GPU example
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
     ),
 }

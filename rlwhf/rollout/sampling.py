@@ -34,11 +34,16 @@ def columns_of(row: dict) -> dict:
 
 
 def reward_completions(prompt, group) -> list:
-    """A group's completions as rewards receive them: text, or for a conversational prompt TRL's
-    shape, one assistant message each."""
+    """A group's completions as rewards receive them (``as_reward_completions``)."""
+    return as_reward_completions(prompt, [c.text for c in group.completions])
+
+
+def as_reward_completions(prompt, texts: list[str]) -> list:
+    """Completions as rewards receive them: text, or for a conversational prompt TRL's shape, one
+    assistant message each."""
     if is_conversation(prompt):
-        return [[{"role": "assistant", "content": c.text}] for c in group.completions]
-    return [c.text for c in group.completions]
+        return [[{"role": "assistant", "content": text}] for text in texts]
+    return list(texts)
 
 
 def sample(rollout, rows: list[dict], sampling: SamplingSettings) -> tuple[list, float]:
