@@ -163,7 +163,7 @@ def trainer_memory(
     checkpointing = train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     budget = train.micro_batch_tokens if micro_batch_tokens is None else micro_batch_tokens
     longest = recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens
-    tokens = max(budget, longest) if budget else train.minibatch_size * longest
+    tokens = max(budget, longest) if budget else (train.minibatch_size or 1) * longest
     compute = 2 if recipe.model.dtype == "bfloat16" else 4
     per_layer = activation_elements(size) * compute
     if checkpointing:  # each layer's input kept; one layer's activations alive while it is recomputed

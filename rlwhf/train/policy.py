@@ -174,7 +174,8 @@ class PolicyTrainer:
             betas=(0.9, 0.99),
             eps=train.adam_eps,
         )
-        per_step = math.ceil((completions_per_step or train.minibatch_size) / train.minibatch_size)
+        minibatch = train.minibatch_size or completions_per_step or 1  # null: all of a step's completions
+        per_step = math.ceil((completions_per_step or minibatch) / minibatch)
         total = train.steps * train.ppo_epochs * per_step  # with dynamic sampling, at most this many
         warmup = max(1, train.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -339,7 +340,7 @@ class PolicyTrainer:
         batch = dataclasses.replace(
             batch, old_logp=old_logp, ref_logp=ref_logp, is_weights=is_weights, loss_mask=mask, replay=replay
         )
-        size = self.train_cfg.minibatch_size
+        size = self.train_cfg.minibatch_size or len(batch)  # null: one update on the whole batch
         seen = _SinglePass(batch.mask.shape, len(self.routing), self.routing.top_k) if single_pass else None
         # aux_free's rate is per RL step, spread over its optimizer steps: how fast the load evens out must
         # not hang on how many minibatches dynamic sampling left (an easy task keeps few groups).
@@ -390,7 +391,7 @@ class PolicyTrainer:
         return (
             cfg.single_pass
             and cfg.ppo_epochs == 1
-            and rows <= cfg.minibatch_size
+            and (cfg.minibatch_size is None or rows <= cfg.minibatch_size)
             and not dropout
             and self.moe.routing_replay != "trainer"
         )
