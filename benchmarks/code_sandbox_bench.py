@@ -1,10 +1,10 @@
-"""Executions per second: rewards.code.run against a naive subprocess.run([python, "-c", code]).
+"""Executions per second: rewards.sandbox.run against a naive subprocess.run([python, "-c", code]).
 
     python benchmarks/code_sandbox_bench.py [--n 200] [--threads 1 2]
 
 Both run the same small programs with the same stdin, in the same process, one after the other
 in alternating rounds (so machine noise hits both alike). The naive baseline isolates nothing;
-``run`` holds every isolation property in rewards/code.py's docstring. Prints a table and the
+``run`` holds every isolation property in rewards/sandbox.py's docstring. Prints a table and the
 per-execution overhead of ``run`` (latency of a program that does nothing).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewards import code  # noqa: E402
+from rewards import sandbox  # noqa: E402
 
 PROGRAMS = [
     ("print(1)", ""),
@@ -45,7 +45,7 @@ def naive_bare(program: str, stdin: str) -> str:
 
 
 def sandboxed(program: str, stdin: str) -> str:
-    res = code.run(program, stdin=stdin, timeout_s=5)
+    res = sandbox.run(program, stdin=stdin, timeout_s=5)
     assert res.status == "ok", res
     return res.stdout
 
@@ -70,7 +70,7 @@ def main() -> None:
     args = ap.parse_args()
 
     start = time.perf_counter()
-    level = code.isolation_level()
+    level = sandbox.isolation_level()
     print(
         f"isolation level: {level}; pool start + probe: {(time.perf_counter() - start) * 1000:.0f} ms; "
         f"{os.cpu_count()} cores; python {sys.version.split()[0]}"
@@ -93,7 +93,7 @@ def main() -> None:
     latencies = []
     for _ in range(args.n):
         t = time.perf_counter()
-        code.run("pass")
+        sandbox.run("pass")
         latencies.append(time.perf_counter() - t)
     latencies.sort()
     naive_lat, bare_lat = [], []

@@ -56,8 +56,7 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
             return statistics.median(times)
 
-        whole = policy.workers[0].state_dict.remote
-        seconds = timed(lambda: ray.get([e.update_weights.remote(whole()) for e in rollout.engines]))
+        seconds = timed(lambda: rollout.each("update_weights", policy.weight_buckets(float("inf"))[0]))
         _, size = policy.weight_buckets(1e9)
         print(
             f"{args.size} model, {size / 2**20:.1f} MiB of weights, {args.engines} engine(s), median of {args.repeats}"

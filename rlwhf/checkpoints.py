@@ -18,6 +18,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlwhf.models.gguf import PACKAGE_PREFIX, converted_dir, is_gguf
+
 if TYPE_CHECKING:
     from rlwhf.config import Recipe
 
@@ -110,7 +112,6 @@ def resolve_model(source: str | Path) -> Path:
     data filter): a model folder in Hugging Face format (``config.json`` and weights) such as a
     checkpoint, a run directory, meaning its newest complete checkpoint (``newest_checkpoint``), or a
     GGUF file (a path or ``package:PKG/file.gguf``), meaning its converted folder (``rlwhf.models.gguf``)."""
-    from rlwhf.models.gguf import PACKAGE_PREFIX, converted_dir, is_gguf
 
     if is_gguf(source) or str(source).startswith(PACKAGE_PREFIX):
         return converted_dir(source)

@@ -11,12 +11,17 @@ Errors name the key, the value and what was expected::
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+import rewards
+from rlwhf.models.gguf import PACKAGE_PREFIX, is_gguf, locate
 from rlwhf.models.tiny import TinyMoEConfig
 
 # A data.dataset ending in one of these is a local file; anything else is a Hugging Face data set name.
@@ -65,7 +70,6 @@ class GymDatasetSpec(Section):
 
 def check_gym_names(specs: list[GymDatasetSpec]) -> None:
     """Refuse a dataset name reasoning-gym does not have, naming the close ones."""
-    import difflib
 
     from reasoning_gym.factory import DATASETS
 
@@ -780,7 +784,6 @@ def model_folder_problems(path: str) -> list[str]:
 def model_path_problems(path: str) -> list[str]:
     """``model.path`` checked without loading anything: a .gguf file or ``package:`` file is there, a
     local model folder has its config.json; 'tiny' and a Hub id pass."""
-    from rlwhf.models.gguf import PACKAGE_PREFIX, is_gguf, locate
 
     if is_gguf(path) or path.startswith(PACKAGE_PREFIX):
         try:
@@ -793,7 +796,6 @@ def model_path_problems(path: str) -> list[str]:
 
 def _unknown_kwargs(where: str, fn, kwargs: dict) -> list[str]:
     """The recipe's constant keyword arguments that the reward function cannot take."""
-    import inspect
 
     try:
         params = inspect.signature(fn).parameters
@@ -810,7 +812,6 @@ def _unknown_kwargs(where: str, fn, kwargs: dict) -> list[str]:
 
 def _output_dir_problems(output_dir: str) -> list[str]:
     """``run.output_dir`` must be creatable: its nearest existing folder writable."""
-    import os
 
     folder = Path(output_dir).expanduser().absolute()
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
@@ -849,7 +850,6 @@ def check_references(recipe: Recipe) -> None:
     (registered, entry point, or an importable ``module:function``) and takes the recipe's kwargs,
     the model's file or folder is there, the output folder can be made, and a local data file exists
     with more rows than the held-out set takes."""
-    import rewards
 
     problems = []
     for i, spec in enumerate(recipe.rewards.funcs):

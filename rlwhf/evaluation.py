@@ -3,12 +3,13 @@ maj@k, lengths, format errors), the same way in a run's evaluations and in ``rlw
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from rewards.code import extract_code
+from rewards.code_harness import extract_code
 from rewards.gym import extract_answer as gym_answer
 from rewards.math import extract_answer, verify_batch
 from rlwhf.algo import pass_at_k
@@ -196,7 +197,6 @@ def local_workers(model_path: str, recipe):
     """A rollout engine (``rollout.engine``) for ``model_path`` and a reward runner for the recipe's
     rewards, both in this process (no Ray), for commands that sample and score outside a run;
     closed on leaving."""
-    import os
 
     # In this process vLLM's start-up warnings (eager mode, no tcmalloc, ...) would bury the results.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")

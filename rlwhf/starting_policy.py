@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from rlwhf.models.gguf import local_model_path
 from rlwhf.models.tiny import build_tiny_moe
 from rlwhf.workers import ProgressBoard, cold_start_sft_task, remote
@@ -75,7 +77,6 @@ def prepare_policy(recipe, run_dir: Path, train_rows: list[dict], say: Callable[
 def _sft_with_progress(recipe, model_path: str, rows: list[dict], sft_dir: Path, log_path: Path) -> int:
     """Run the SFT task and draw its progress bar here, from the (step, loss) pairs it sends."""
     import ray
-    from tqdm.auto import tqdm
 
     progress = remote(ProgressBoard).remote()
     task = cold_start_sft_task.remote(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 __all__ = [
     "load",
@@ -104,7 +105,6 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
 
 def load_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's resolved recipe (config.yaml) as plain data; ``{}`` when absent."""
-    import yaml
 
     path = Path(run_dir) / "config.yaml"
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}

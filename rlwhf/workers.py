@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
+from pathlib import Path
 
 import ray
 
 from rlwhf.faults import fault_point
+from rlwhf.reward_runner import RewardRunner
 from rlwhf.sync.object_store import put_in_buckets, take_buckets
 from rlwhf.train.sft import cold_start_sft
 
@@ -31,8 +34,6 @@ LOG_FILES = {
 
 def describe_failure(exc: BaseException, log_dir) -> str:
     """A worker's error in one line, the error itself first, then where that worker's full log is."""
-    import re
-    from pathlib import Path
 
     cause = getattr(exc, "cause", None)
     text = str(exc)
@@ -240,9 +241,6 @@ class PolicyWorker:
     def sequence_kl(self, batch):
         return self.trainer.sequence_kl(batch)
 
-    def state_dict(self):
-        return self.trainer.state_dict()
-
     def weight_buckets(self, bucket_mb: float) -> tuple[list, int]:
         """The weights in the compute dtype, in buckets of about ``bucket_mb`` MiB each put in Ray's
         object store, and their bytes: rank 0's; the other ranks take part in gathering them and
@@ -296,7 +294,6 @@ class RewardWorker:
         log_path: str | None = None,
     ):
         log_to(log_path)
-        from rlwhf.reward_runner import RewardRunner
 
         self.runner = RewardRunner(
             specs, timeout_s=timeout_s, num_workers=num_workers, warm_up_timeout_s=warm_up_timeout_s

@@ -99,7 +99,7 @@ def short_run_dir(tmp_path_factory):
     return out / "short"
 
 
-# Tests that run programs in rewards.code's sandbox take one of these fixtures. Where the sandbox
+# Tests that run programs in the sandbox (rewards.sandbox) take one of these fixtures. Where the sandbox
 # cannot run programs they fail with the reason: a row of skips would pass a suite that never ran
 # them. RLWHF_SANDBOX_TESTS=skip says that this machine cannot isolate; they then skip, naming it.
 NAMESPACE_LEVELS = ("namespaces-root", "namespaces-user")
@@ -117,26 +117,26 @@ def sandbox_unavailable(why: str) -> NoReturn:
 
 
 def _sandbox_level(allowed: tuple[str, ...], needs: str) -> str:
-    from rewards import code
+    from rewards import sandbox
 
-    level = code.isolation_level()
+    level = sandbox.isolation_level()
     if level not in allowed:
         sandbox_unavailable(
             f"{needs}, but the sandbox's level here is {level!r} "
-            f"({code._get_pool()[2] or 'RLWHF_SANDBOX=' + os.environ.get('RLWHF_SANDBOX', 'auto')})"
+            f"({sandbox.unavailable_reason() or 'RLWHF_SANDBOX=' + os.environ.get('RLWHF_SANDBOX', 'auto')})"
         )
     return level
 
 
 @pytest.fixture(scope="session")
 def sandbox() -> str:
-    """The level at which rewards.code runs programs here (any level but ``none``)."""
+    """The level at which rewards.sandbox runs programs here (any level but ``none``)."""
     return _sandbox_level((*NAMESPACE_LEVELS, "rlimits-unsafe"), "this test runs programs in the sandbox")
 
 
 @pytest.fixture(scope="session")
 def isolated_sandbox() -> str:
-    """The namespace level at which rewards.code isolates programs here."""
+    """The namespace level at which rewards.sandbox isolates programs here."""
     return _sandbox_level(NAMESPACE_LEVELS, "this test checks the sandbox's namespace isolation")
 
 

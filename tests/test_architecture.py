@@ -144,3 +144,83 @@ def test_the_trainer_and_the_data_know_nothing_of_ray_or_of_what_drives_them():
                 and any((getattr(n, "module", None) or a.name).split(".")[0] == "ray" for a in n.names)
             ]
             assert not ray, f"{name} imports ray"
+
+
+# Imports inside a function are kept for what is heavy to import (these libraries, and the project's
+# modules that import one of them at their top), so that a command which does not need them starts
+# fast; every other import stands at the top of its module. The files below are the exceptions, each
+# for its reason.
+HEAVY_LIBRARIES = {
+    "torch", "vllm", "transformers", "trl", "ray", "datasets", "sympy", "matplotlib", "pandas", "pyarrow",
+    "reasoning_gym", "gguf", "safetensors", "wandb", "tokenizers", "numpy", "peft", "accelerate",
+}  # fmt: skip
+LAZY_BY_DESIGN = {
+    "rlwhf/cli.py": "each command imports what it runs: `rlwhf --version` and `rlwhf validate` load no trainer",
+    "rlwhf/commands/plan.py": "benchmarks/gpu_trainer.py imports it on a GPU machine that has torch and transformers only",
+    "rewards/_sandbox/pool.py": "python_paths() imports the C module _json to find the interpreter's own library folder",
+}
+
+
+def module_level_imports(tree: ast.Module) -> list[str]:
+    """Dotted names a module imports when it is imported (not inside functions, not for type checking)."""
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for inner in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            if isinstance(inner, ast.Import):
+                found += [a.name for a in inner.names]
+            elif isinstance(inner, ast.ImportFrom) and inner.level == 0 and inner.module:
+                found += [inner.module] + [f"{inner.module}.{a.name}" for a in inner.names]
+    return found
+
+
+def heavy_modules() -> set[str]:
+    """The project's modules that import a heavy library when imported, directly or through another."""
+    known = modules()
+    direct = {name: module_level_imports(ast.parse(path.read_text())) for name, path in known.items()}
+    heavy = {name for name, names in direct.items() if any(n.split(".")[0] in HEAVY_LIBRARIES for n in names)}
+    changed = True
+    while changed:
+        changed = False
+        for name, names in direct.items():
+            if name not in heavy and any(n in heavy or n.rpartition(".")[0] in heavy for n in names):
+                heavy.add(name)
+                changed = True
+    return heavy
+
+
+def test_imports_inside_functions_are_only_of_what_is_heavy_to_import():
+    heavy = heavy_modules()
+    assert "rlwhf.train.policy" in heavy and "rlwhf.config" not in heavy and "rewards" not in heavy
+    needless = []
+    for path in modules().values():
+        relative = str(path.relative_to(ROOT))
+        if relative in LAZY_BY_DESIGN:
+            continue
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    names = [node.module or ""]
+                else:
+                    continue
+                for imported in names:
+                    if imported.split(".")[0] not in HEAVY_LIBRARIES and imported not in heavy:
+                        needless.append(f"{relative}:{node.lineno} {ast.unparse(node)}")
+    assert not needless, "imports inside functions of what is cheap to import (move them to the top): " + "; ".join(
+        needless
+    )
+
+
+def test_the_recipe_and_the_cli_import_no_heavy_library():
+    """Every command reads a recipe first: rlwhf.config, rlwhf.cli and rlwhf.errors stay light."""
+    import subprocess
+    import sys
+
+    code = "import sys, rlwhf.cli, rlwhf.config, rlwhf.errors, rewards; print(sorted(m for m in {m.split('.')[0] for m in sys.modules} & %r))"
+    proc = subprocess.run([sys.executable, "-c", code % HEAVY_LIBRARIES], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

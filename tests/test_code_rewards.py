@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 import rewards
-from rewards import code
-from rewards.code import code_tests, extract_code, parse_function_tests, score_code
+from rewards import sandbox as sandbox_module
+from rewards.code import code_tests
+from rewards.code_harness import TEST_TIMEOUT_S, extract_code, parse_function_tests, score_code
 
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-5, 7) == 2", "assert add(10, 32) == 42"]
 
@@ -62,24 +63,24 @@ def test_stdio_hanging_case_fails_alone(sandbox):
 
 
 def test_per_sample_timeout_column_bounds_a_hanging_batch(sandbox, monkeypatch):
-    real_run, runs = code.run, []
+    real_run, runs = sandbox_module.run, []
 
     def recorded(*args, **kw):  # the real run, remembering each call's limit and outcome
         res = real_run(*args, **kw)
         runs.append((kw["timeout_s"], res.status))
         return res
 
-    monkeypatch.setattr(code, "run", recorded)
+    monkeypatch.setattr(sandbox_module, "run", recorded)
     hang = block("while True: pass")
     scores = code_tests([hang] * 4, prompts=[""] * 4, tests=[STDIO] * 4, test_timeout_s=[0.2, None, 0.2, 0.2])
     assert scores == [0.0] * 4
     # each of the 12 runs stopped at its completion's limit (None: the default), not at a fixed one
-    assert sorted(runs) == sorted([(0.2, "timeout")] * 9 + [(code.TEST_TIMEOUT_S, "timeout")] * 3)
+    assert sorted(runs) == sorted([(0.2, "timeout")] * 9 + [(TEST_TIMEOUT_S, "timeout")] * 3)
 
 
 def test_stdio_program_sees_only_its_input_not_the_expected_output(sandbox):
     sol = "import os, sys\ndata = sys.stdin.read()\nprint(repr(data), os.listdir('.'), os.listdir('/tmp'))"
-    res = code.run(extract_code(block(sol)), stdin="1 2\n")
+    res = sandbox_module.run(extract_code(block(sol)), stdin="1 2\n")
     assert res.stdout == "'1 2\\n' [] []\n"
 
 

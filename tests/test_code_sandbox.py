@@ -1,4 +1,4 @@
-"""Hostile programs against rewards.code.run.
+"""Hostile programs against rewards.sandbox.run.
 
 Every attack is bounded so that it cannot harm this machine even if the sandbox failed: small
 time and memory limits, fork loops capped by RLIMIT_NPROC, signals sent only as signal 0 (a probe
@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 import pytest
 from conftest import NAMESPACE_LEVELS, sandbox_unavailable
 
-from rewards import code
+from rewards import sandbox as sandbox_module
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACES = NAMESPACE_LEVELS
@@ -33,8 +33,8 @@ def level(isolated_sandbox) -> str:
     return isolated_sandbox
 
 
-def run(src: str, **kw) -> code.ExecResult:
-    return code.run(textwrap.dedent(src), **kw)
+def run(src: str, **kw) -> sandbox_module.ExecResult:
+    return sandbox_module.run(textwrap.dedent(src), **kw)
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -238,8 +238,8 @@ def test_no_child_grandchild_or_daemon_survives_run(level):
 
 
 def test_program_cannot_see_or_signal_the_host_or_the_workers(level):
-    code.run("pass")
-    workers = [w.proc.pid for w in code._state["pool"]._all]
+    sandbox_module.run("pass")
+    workers = [w.proc.pid for w in sandbox_module._state["pool"]._all]
     targets = [os.getpid(), os.getppid(), *workers]  # pid 1 would be the program itself
     src = f"""
         import os
@@ -334,8 +334,8 @@ def test_no_other_runs_input_or_output_is_left_in_a_programs_memory(level):
     """Programs are forked from the workers: if a worker held a run's stdin or stdout, a later
     program could read it from its own memory (say, another completion's correct answer)."""
     token = "RLWHF-CANARY-" + os.urandom(8).hex()
-    for _ in range(2 * len(code._state["pool"]._all or [0]) + 2):
-        assert code.run("print(input())", stdin=token).stdout.strip() == token
+    for _ in range(2 * len(sandbox_module._state["pool"]._all or [0]) + 2):
+        assert sandbox_module.run("print(input())", stdin=token).stdout.strip() == token
     scanner = r"""
 import ctypes, os, re
 libc = ctypes.CDLL(None, use_errno=True)
@@ -360,7 +360,7 @@ print(len(pages), sorted(f.decode() for f in found))
     planted = "RLWHF-CANARY-" + os.urandom(8).hex()  # the scanner does find what is in its memory
     control = run("import sys\nkeep = sys.stdin.read()\n" + scanner, stdin=planted, timeout_s=20, memory_mb=512)
     assert planted in control.stdout, control
-    for _ in range(len(code._state["pool"]._all)):
+    for _ in range(len(sandbox_module._state["pool"]._all)):
         res = run(scanner, timeout_s=20, memory_mb=512)
         assert res.status == "ok", res
         n_pages, found = res.stdout.split(" ", 1)
@@ -467,10 +467,10 @@ def test_invalid_utf8_output_does_not_break_the_host(level):
 
 
 def test_run_is_thread_safe_under_concurrent_calls(level):
-    results: dict[int, code.ExecResult] = {}
+    results: dict[int, sandbox_module.ExecResult] = {}
 
     def work(i):
-        results[i] = code.run(f"print({i} * 2)")
+        results[i] = sandbox_module.run(f"print({i} * 2)")
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
     for t in threads:
@@ -495,9 +495,9 @@ def _in_subprocess(src: str, env: dict | None = None, python: str = sys.executab
 def test_workers_end_with_their_host_at_exit_and_when_killed(level):
     src = """
         import os, signal
-        from rewards import code
-        from rewards.code import _state
-        assert code.run("print(1)").stdout == "1\\n"
+        from rewards import sandbox as sandbox_module
+        from rewards.sandbox import _state
+        assert sandbox_module.run("print(1)").stdout == "1\\n"
         print(" ".join(str(w.proc.pid) for w in _state["pool"]._all), flush=True)
         if os.environ.get("DIE"):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -513,12 +513,12 @@ def test_workers_end_with_their_host_at_exit_and_when_killed(level):
 
 
 def test_a_forked_host_gets_its_own_workers(level):
-    assert code.run("print('parent')").stdout == "parent\n"
+    assert sandbox_module.run("print('parent')").stdout == "parent\n"
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child must never return into pytest
         try:
-            out = code.run("print('child')").stdout
+            out = sandbox_module.run("print('child')").stdout
             os.write(w, out.encode())
         finally:
             os._exit(0)
@@ -526,7 +526,7 @@ def test_a_forked_host_gets_its_own_workers(level):
     os.waitpid(pid, 0)
     assert os.read(r, 100) == b"child\n"
     os.close(r)
-    assert code.run("print('parent again')").stdout == "parent again\n"
+    assert sandbox_module.run("print('parent again')").stdout == "parent again\n"
 
 
 # -------------------------------------------------------------------------------- isolation levels
@@ -557,7 +557,8 @@ def test_the_sandbox_uses_namespaces_exactly_when_this_kernel_allows_them(tmp_pa
         timeout=60,
     )
     chosen = _in_subprocess(
-        "from rewards import code\nprint(code.isolation_level(), code._get_pool()[2])", env={"RLWHF_SANDBOX": "auto"}
+        "from rewards import sandbox as sandbox_module\nprint(sandbox_module.isolation_level(), sandbox_module._get_pool()[2])",
+        env={"RLWHF_SANDBOX": "auto"},
     )
     level = chosen.stdout.split()[0] if chosen.stdout else chosen.stderr
     assert (level in NAMESPACES) == (probe.stdout.strip() == "allowed"), (chosen.stdout, probe.stdout, probe.stderr)
@@ -625,7 +626,7 @@ def test_where_no_program_can_run_sandbox_tests_fail_with_the_reason_and_the_oth
 
 def test_refuses_when_no_isolation_is_allowed():
     proc = _in_subprocess(
-        "from rewards import code\nr = code.run('print(1)')\nprint(r.status, code.isolation_level())",
+        "from rewards import sandbox as sandbox_module\nr = sandbox_module.run('print(1)')\nprint(r.status, sandbox_module.isolation_level())",
         env={"RLWHF_SANDBOX": "none"},
     )
     assert proc.stdout.split() == ["blocked", "none"], proc.stderr
@@ -633,15 +634,15 @@ def test_refuses_when_no_isolation_is_allowed():
 
 def test_rlimits_unsafe_level_still_limits_time_and_memory():
     src = """
-        from rewards import code
-        print(code.run("while True: pass", timeout_s=0.5).status)
-        print(code.run("x = bytearray(512 << 20)", memory_mb=64).status)
-        print(code.run("print(input())", stdin="ok").stdout.strip(), code.isolation_level())
-        print(code.run("import socket\\nsocket.socket()").status)  # seccomp: no inet sockets
-        print(code.run("import os\\nprint(os.getuid() != 0)").stdout.strip())
+        from rewards import sandbox as sandbox_module
+        print(sandbox_module.run("while True: pass", timeout_s=0.5).status)
+        print(sandbox_module.run("x = bytearray(512 << 20)", memory_mb=64).status)
+        print(sandbox_module.run("print(input())", stdin="ok").stdout.strip(), sandbox_module.isolation_level())
+        print(sandbox_module.run("import socket\\nsocket.socket()").status)  # seccomp: no inet sockets
+        print(sandbox_module.run("import os\\nprint(os.getuid() != 0)").stdout.strip())
         daemon = ("import os\\nif os.fork() == 0:\\n    os.setsid()\\n"
                   "    os.execv('/bin/sleep', ['sleep', '4243.5'])")
-        print(code.run(daemon).status)
+        print(sandbox_module.run(daemon).status)
     """
     proc = _in_subprocess(src, env={"RLWHF_SANDBOX": "rlimits-unsafe"})
     assert proc.stdout.split() == ["timeout", "memory", "ok", "rlimits-unsafe", "error", "True", "ok"], proc.stderr
@@ -663,30 +664,30 @@ def test_unprivileged_host_gets_user_namespace_isolation_that_holds(tmp_path):
         pytest.skip(f"NOT RUN: {why}")
     src = """
         import os, time
-        from rewards import code
-        print("level", code.isolation_level())
-        r = code.run("import os\\nn = 0\\nwhile True:\\n    try:\\n        if os.fork() == 0:\\n"
+        from rewards import sandbox as sandbox_module
+        print("level", sandbox_module.isolation_level())
+        r = sandbox_module.run("import os\\nn = 0\\nwhile True:\\n    try:\\n        if os.fork() == 0:\\n"
                      "            while True: pass\\n        n += 1\\n    except OSError:\\n"
                      "        print(n, flush=True)\\n        while True: pass", timeout_s=1, max_procs=8)
         print("forkloop", r.status, int(r.stdout.split()[0]) < 8)
-        r = code.run("import os\\nif os.fork() == 0:\\n    os.setsid()\\n    os.execv('/bin/sleep', ['sleep', '42' + '44.5'])")
+        r = sandbox_module.run("import os\\nif os.fork() == 0:\\n    os.setsid()\\n    os.execv('/bin/sleep', ['sleep', '42' + '44.5'])")
         time.sleep(0.3)
         marker = ("42" + "44.5").encode()  # built at run time: our own command line must not match
         alive = [p for p in os.listdir("/proc") if p.isdigit() and marker in open(f"/proc/{p}/cmdline", "rb").read()]
         print("daemon", r.status, alive == [])
-        print("memory", code.run("x = bytearray(512 << 20)", memory_mb=64).status)
-        r = code.run("import os\\nprint(os.getpid(), os.path.exists(%r), os.path.exists('/etc/passwd'), "
+        print("memory", sandbox_module.run("x = bytearray(512 << 20)", memory_mb=64).status)
+        r = sandbox_module.run("import os\\nprint(os.getpid(), os.path.exists(%r), os.path.exists('/etc/passwd'), "
                      "os.path.exists(%r))" % (os.environ["REPO"], os.environ["SECRET_DIR"]))
         print("files", r.stdout.strip())
-        r = code.run("import os\\ntry:\\n    os.kill(%d, 0)\\n    print('visible')\\n"
+        r = sandbox_module.run("import os\\ntry:\\n    os.kill(%d, 0)\\n    print('visible')\\n"
                      "except ProcessLookupError:\\n    print('hidden')" % os.getpid())
         print("signal", r.stdout.strip())
-        r = code.run("import socket\\nsocket.create_connection(('127.0.0.1', 22), timeout=1)")
+        r = sandbox_module.run("import socket\\nsocket.create_connection(('127.0.0.1', 22), timeout=1)")
         print("network", r.status, "ConnectionRefused" not in r.stderr)
-        r = code.run("import ctypes\\nprint(ctypes.CDLL(None, use_errno=True).unshare(0x10000000))")
+        r = sandbox_module.run("import ctypes\\nprint(ctypes.CDLL(None, use_errno=True).unshare(0x10000000))")
         print("userns", r.stdout.strip())
-        print("output", code.run("while True: print('x' * 1000)", output_bytes=10000).truncated)
-        print("env", "RLWHF_SECRET" in code.run("import os\\nprint(dict(os.environ))").stdout)
+        print("output", sandbox_module.run("while True: print('x' * 1000)", output_bytes=10000).truncated)
+        print("env", "RLWHF_SECRET" in sandbox_module.run("import os\\nprint(dict(os.environ))").stdout)
     """
     secret_dir = tmp_path / "secret"
     secret_dir.mkdir()

@@ -1,1 +1,1 @@
-"""Internals of rewards.code: the worker interpreter and its pool."""
+"""Internals of rewards.sandbox: the worker interpreter and its pool."""

@@ -5,8 +5,11 @@ and a helper that overruns is killed and replaced."""
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import queue
+import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -14,21 +17,17 @@ import time
 from multiprocessing.connection import Connection, wait
 
 from rewards.math.options import DEFAULTS, HELPER_MEMORY_BYTES, STARTUP_TIMEOUT_S, Options
+from rewards.math.parsing import parse
 from rewards.math.symbolic import _decide_sympy
 
 
 def _helper_main(read_fd: int, write_fd: int, memory_bytes: int) -> None:
     """Entry point of a helper process: serve jobs until the pipe closes."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
         pass
     try:
-        import resource
-
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     except Exception:
         pass
@@ -37,8 +36,6 @@ def _helper_main(read_fd: int, write_fd: int, memory_bytes: int) -> None:
     import sympy  # noqa: F401  (imported before "ready": start-up is not charged to a call)
 
     try:  # sympy imports much of itself lazily on first use; do that before "ready" too
-        from rewards.math.parsing import parse
-
         _decide_sympy(parse("[0, 1)"), parse("0 \\le x < 1"), DEFAULTS, {"budget_s": 0.0})
         _decide_sympy(parse("\\sin^2 x"), parse("1 - \\cos^2 x"), DEFAULTS, {"budget_s": 0.0})
     except Exception:

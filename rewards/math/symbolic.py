@@ -3,6 +3,8 @@ difference, random numeric probes, then ``simplify``."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from fractions import Fraction
 
 from rewards.math.compare import Undecided, _approx_equal, _Comparer, _has_symbols, _is_label
@@ -194,8 +196,6 @@ def _simplify_real(d):
 def _proved_zero(d, sp, budget_s: float) -> bool:
     """``d`` is 0 by a symbolic rewrite (cancel, trig expansion, then ``simplify`` over the reals) within
     ``budget_s`` seconds (a SIGALRM timer, in a helper's main thread only)."""
-    import signal
-    import threading
 
     armed = [budget_s > 0 and threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")]
 

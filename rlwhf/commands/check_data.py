@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.table import Table
+from rich.text import Text
+
 from rewards.gym import score_entry
 from rlwhf.commands import output
 from rlwhf.config import DATA_FILE_SUFFIXES
@@ -140,8 +143,6 @@ def write_clean(table, report: DataReport, out: Path) -> int:
 
 def print_report(report: DataReport, console, show: int = 5) -> None:
     """A table of counts per kind, then the first ``show`` rows of each kind with the reason."""
-    from rich.table import Table
-    from rich.text import Text
 
     console.print(Text(f"{report.source} ({report.split} split): {report.rows} rows; {ROW_NUMBERS}", style="bold"))
     counts = report.counts()

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
 from tqdm.auto import tqdm
 
 from rlwhf.checkpoints import prepare_run_dir, resolve_model
@@ -216,8 +218,6 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
 
 def print_summary(summary: dict, k: int) -> None:
     """Teacher and student side by side on the held-out prompts, then what was kept and where."""
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=f"held-out, {summary['held_out_prompts']} prompts")
     for col in ("model", "parameters", "accuracy (greedy)", "pass@1", f"pass@{k}", f"maj@{k}", "mean tokens"):

@@ -21,6 +21,8 @@ import shutil
 import warnings
 from pathlib import Path
 
+from rich.console import Console
+
 from rlwhf.checkpoints import commit_directory, resolve_model
 from rlwhf.train.routing import ROUTING_BIAS_FILE
 
@@ -125,7 +127,6 @@ def export(
 ) -> list[str]:
     """``rlwhf export``: ``export_model``, its routing-bias warning on stderr; returns what to print (the
     folder's files and how to load it)."""
-    from rich.console import Console
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -11,9 +11,11 @@ import copy
 import traceback
 from dataclasses import dataclass
 
+from rich.table import Table
+
 import rewards
 from rlwhf.commands import output
-from rlwhf.config import DATA_FILE_SUFFIXES, Recipe
+from rlwhf.config import DATA_FILE_SUFFIXES, Recipe, RewardSpec
 from rlwhf.data.source import load_task
 from rlwhf.reward_runner import checked_scores
 from rlwhf.rollout.sampling import as_reward_completions, columns_of
@@ -96,7 +98,6 @@ def reward_problems(recipe: Recipe, recipe_path="RECIPE") -> tuple[list[str], st
 def print_trials(recipe: Recipe, names: list[str], rows: list[dict], texts: list[str] | None) -> list[str]:
     """``rlwhf rewards try``: a table of each reward's score of each completion of each row; the
     failed calls, one line each."""
-    from rich.table import Table
 
     specs = {s.name: s for s in recipe.rewards.funcs}
     chosen = [specs.get(name) or _spec(name) for name in names] or list(recipe.rewards.funcs)
@@ -115,7 +116,6 @@ def print_trials(recipe: Recipe, names: list[str], rows: list[dict], texts: list
 
 
 def _spec(name: str):
-    from rlwhf.config import RewardSpec
 
     return RewardSpec(name=name)
 

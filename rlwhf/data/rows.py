@@ -12,7 +12,7 @@ record). The kinds of problem, in the order a row is checked:
     duplicate_prompt    the prompt repeats an earlier row's (that row is kept, this one is not)
     overlong_prompt     the prompt, rendered for the recipe's tokenizer, is over rollout.max_prompt_tokens
     unparseable_answer  the math verifier cannot read the gold answer, so no completion could match it
-    failing_reference   the row's reference solution fails its own tests in rewards.code's sandbox
+    failing_reference   the row's reference solution fails its own tests in the sandbox (rewards.sandbox)
     gold_not_accepted   data.task reasoning_gym: the task's own verifier does not give its gold answer full marks
 
 The answer checks (missing, unparseable) apply to rows without tests: a row with tests is a coding
@@ -24,8 +24,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from rewards import sandbox
+from rewards.code_harness import extract_code, score_code
+from rewards.math import gold_is_readable, verify_batch
 
 KINDS = {
     "missing_column": "a column the recipe names is not in the file",
@@ -204,7 +209,6 @@ def check_rows(
 def _unreadable_golds(golds: list[str], indices: list[int]) -> Iterable[int]:
     """The rows whose gold the verifier cannot use: it does not parse as an answer (nor as an
     option letter), or a completion answering exactly ``\\boxed{gold}`` would not verify."""
-    from rewards.math import gold_is_readable, verify_batch
 
     selfcheck = verify_batch(golds, ["\\boxed{" + g + "}" for g in golds])
     for i, gold, ok in zip(indices, golds, selfcheck):
@@ -213,7 +217,6 @@ def _unreadable_golds(golds: list[str], indices: list[int]) -> Iterable[int]:
 
 
 def _reference_score(solution: str, tests) -> tuple[float | None, str]:
-    from rewards.code import extract_code, score_code
 
     if extract_code(solution) is None:  # a bare program, as in MBPP's `code` column
         solution = f"```python\n{solution}\n```"
@@ -238,18 +241,15 @@ def _failing_references(rows: list[dict], tests_column: str, solution_column: st
         notes.append(
             f"failing_reference: {len(coding) - len(checked)} rows with tests have no reference solution; not checked"
         )
-    from concurrent.futures import ThreadPoolExecutor
 
-    from rewards import code as code_module
-
-    level = code_module.isolation_level()
+    level = sandbox.isolation_level()
     if level == "none":
         notes.append(
             f"failing_reference: not checked, the sandbox cannot run programs here "
-            f"({code_module._get_pool()[2]}); see rewards/code.py"
+            f"({sandbox.unavailable_reason()}); see rewards/sandbox.py"
         )
         return []
-    with ThreadPoolExecutor(max_workers=code_module._max_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=sandbox.max_workers()) as pool:
         results = list(
             pool.map(lambda i: _reference_score(str(rows[i][solution_column]), rows[i][tests_column]), checked)
         )

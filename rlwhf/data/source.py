@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlwhf.config import DATA_FILE_SUFFIXES, DataConfig
+from rlwhf.data.arithmetic import make_arithmetic
+from rlwhf.data.coding_tasks import make_coding_tasks
+from rlwhf.data.gym import make_gym_rows
 from rlwhf.data.rows import CHEAP_KINDS, check_rows, math_reward_used
 
 
@@ -25,18 +28,12 @@ def load_task(cfg: DataConfig, seed: int, *, needs_answer: bool = True) -> TaskD
     ``needs_answer``, i.e. a math reward scores it) are dropped and counted in ``dropped``, or
     refused, as ``data.bad_rows`` says."""
     if cfg.task == "arithmetic":
-        from rlwhf.data.arithmetic import make_arithmetic
-
         rows = make_arithmetic(cfg.num_train + cfg.num_test, seed, cfg.min_digits, cfg.max_digits, cfg.direct_fraction)
         return TaskData(rows[cfg.num_test :], rows[: cfg.num_test])
     if cfg.task == "coding":
-        from rlwhf.data.coding_tasks import make_coding_tasks
-
         rows = make_coding_tasks(cfg.num_train + cfg.num_test, seed)
         return TaskData(rows[cfg.num_test :], rows[: cfg.num_test])
     if cfg.task == "reasoning_gym":
-        from rlwhf.data.gym import make_gym_rows
-
         return TaskData(*make_gym_rows(cfg.gym, cfg.num_train, cfg.num_test, seed))
     return _load_dataset(cfg, seed, needs_answer)
 

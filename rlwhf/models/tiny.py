@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, Field
 
 from rlwhf.models.tokenizer import build_tokenizer
@@ -126,6 +125,7 @@ def hf_config(config: TinyMoEConfig, vocab_size: int, tokenizer=None):
 
 def build_model(config: TinyMoEConfig, vocab_size: int, tokenizer=None, seed: int = 0):
     """A randomly initialised model of the given architecture and shape."""
+    import torch  # the recipe's config (rlwhf.config) imports this module: keep it light
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)

@@ -18,6 +18,8 @@ import socket
 import torch
 import torch.distributed as dist
 
+from rlwhf.train.batch import micro_batches
+
 
 def free_address() -> tuple[str, int]:
     """This host's address and a free port, for the group's rendezvous (rank 0 calls it)."""
@@ -100,7 +102,6 @@ def rank_micro_batches(lengths: list[int], budget: int, world: int, rank: int) -
     so that every rank runs as many as the busiest), with the most padded tokens any rank has in
     that pass (what sizes the pass's logit chunks alike on every rank). Every rank computes the same
     plan from the same batch; one rank's micro-batches are exactly ``micro_batches(lengths, budget)``."""
-    from rlwhf.train.batch import micro_batches
 
     plans = [
         [[rows[j] for j in mb] for mb in micro_batches([lengths[i] for i in rows], budget)]

@@ -33,6 +33,8 @@ from rlwhf.algo import (
     policy_loss,
     truncated_is_weights,
 )
+from rlwhf.checkpoints import commit_directory
+from rlwhf.faults import fault_point
 from rlwhf.train import distributed
 from rlwhf.train.batch import RolloutBatch
 from rlwhf.train.logprobs import token_logprobs
@@ -213,14 +215,6 @@ class PolicyTrainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights for the rollout engine: on the CPU, in the compute dtype (rank 0's; see
-        ``full_state_dict``)."""
-        return {
-            k: v.detach().to("cpu", self.compute_dtype if v.is_floating_point() else v.dtype, copy=True)
-            for k, v in self.full_state_dict().items()
-        }
 
     def bias_for_engines(self) -> torch.Tensor | None:
         """What the engines need besides the weights: the selection bias when it is rlwhf's own (not a
@@ -502,9 +496,6 @@ class PolicyTrainer:
         optimizer state are saved whole (gathered onto rank 0 when sharded: every rank calls this),
         so a run resumes onto any number of ranks."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        from rlwhf.checkpoints import commit_directory
-        from rlwhf.faults import fault_point
 
         whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = self.full_state_dict()

@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from rlwhf.data.rows import is_conversation
+
 
 def cold_start_sft(
     model_path: str | Path,
@@ -40,7 +42,6 @@ def cold_start_sft(
     os.environ.setdefault("WANDB_DISABLED", "true")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype="float32")
-    from rlwhf.data.rows import is_conversation
 
     # A conversational prompt takes its solution as the assistant's message (TRL renders both with the
     # tokenizer's chat template); a text prompt, as text.
