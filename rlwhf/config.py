@@ -317,8 +317,14 @@ class TrainConfig(Section):
     minibatch_size: int | None = Field(
         None,
         ge=1,
-        description="Completions per optimizer step (null: all of a step's, prompts_per_step * group_size: "
-        "one update per step).",
+        description="Completions per optimizer step (null: the step's completions, prompts_per_step * "
+        "group_size, split into updates_per_step); when set, it wins over updates_per_step.",
+    )
+    updates_per_step: int = Field(
+        1,
+        ge=1,
+        description="Optimizer steps per RL step when minibatch_size is null: the step's completions "
+        "split into this many minibatches, whatever prompts_per_step is.",
     )
     single_pass: bool = Field(
         True,
@@ -565,12 +571,12 @@ class Recipe(Section):
     def _check(self) -> Recipe:
         completions = self.train.prompts_per_step * self.rollout.group_size
         if self.train.minibatch_size is None:
-            self.train.minibatch_size = completions
+            self.train.minibatch_size = max(1, completions // self.train.updates_per_step)
         if self.train.minibatch_size > completions:
             raise ValueError(
                 f"train.minibatch_size ({self.train.minibatch_size}) is larger than the completions per "
                 f"step (train.prompts_per_step * rollout.group_size = {completions}): lower it too, or set "
-                "it to null for one update per step"
+                "it to null and say train.updates_per_step instead"
             )
         self._match_format_reward_to_prompt()
         if self.moe.routing_replay == "rollout" and (self.rollout.engine != "vllm" or not self.moe.rollout_routing):
@@ -778,6 +784,24 @@ def model_folder_problems(path: str) -> list[str]:
             f"model.path = {path!r}: the folder has no config.json; expected a Hugging Face model folder "
             "(what save_pretrained writes: config.json, the weights, the tokenizer)"
         ]
+    return _unloadable(path, folder)
+
+
+def _unloadable(path: str, folder: Path) -> list[str]:
+    """A local model folder's config and tokenizer, loaded as a run will load them (no weights)."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    for what, load in (("config.json", AutoConfig.from_pretrained), ("tokenizer", AutoTokenizer.from_pretrained)):
+        try:
+            load(str(folder))
+        except Exception as exc:
+            first = str(exc).strip().splitlines()
+            return [
+                f"model.path = {path!r}: its {what} cannot be loaded ({type(exc).__name__}: "
+                f"{first[0] if first else ''}); expected a Hugging Face model folder"
+            ]
     return []
 
 

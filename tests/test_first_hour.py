@@ -68,6 +68,8 @@ CASES = [
      "model.path = './no/such/model': no such folder"),
     ("train: model folder without config.json", None, ["train", str(TINY), "model.path=FOLDER"], 2,
      "the folder has no config.json"),
+    ("validate: model folder whose config cannot be loaded", None, ["validate", str(TINY), "model.path=BROKEN"], 2,
+     "its config.json cannot be loaded"),
     ("train: output folder cannot be made", None, ["train", str(TINY), "run.output_dir=a-file/runs"], 2,
      "is not a folder, so the run's folder cannot be made there"),
     ("data check: a file of a kind not read, not sent to the Hub", None, ["data", "check", "notes.txt"], 2,
@@ -91,6 +93,8 @@ def workdir(tmp_path):
     for name, text in FILES.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "folder").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"hidden_size": 8}')  # no model_type
     return tmp_path
 
 
@@ -98,7 +102,7 @@ def workdir(tmp_path):
 def test_each_mistake_ends_in_one_line_naming_it(workdir, case, recipe, args, code, expected):
     if recipe is not None:
         (workdir / "r.yaml").write_text(recipe)
-    args = [a.replace("FOLDER", str(workdir / "folder")) for a in args]
+    args = [a.replace("FOLDER", str(workdir / "folder")).replace("BROKEN", str(workdir / "broken")) for a in args]
     proc = rlwhf(workdir, *args, env={"RLWHF_FAULT": "start@0"} if code == 1 else None)
     assert proc.returncode == code, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -166,6 +170,10 @@ def test_derived_keys_and_presets_fill_only_what_the_recipe_leaves_unset():
     base = ROOT / "recipes" / "tiny-base.yaml"
     assert load_recipe(base).train.minibatch_size == 32 * 8  # unset: one update on the whole step
     assert load_recipe(base, ["train.prompts_per_step=4"]).train.minibatch_size == 4 * 8
+    # the demo's four updates a step hold when its step is made smaller; a minibatch_size given wins
+    assert load_recipe(TINY).train.minibatch_size == 32 * 8 // 4
+    assert load_recipe(TINY, ["train.prompts_per_step=4"]).train.minibatch_size == 4 * 8 // 4
+    assert load_recipe(TINY, ["train.prompts_per_step=4", "train.minibatch_size=32"]).train.minibatch_size == 32
     dapo = load_recipe(base, ["algo.preset=dapo", "algo.clip_high=0.3"]).algo
     assert dapo.dynamic_sampling and dapo.overlong_penalty and dapo.clip_high == 0.3  # a later key wins
     assert load_recipe(base, ["algo.clip_high=0.3", "algo.preset=dapo"]).algo.clip_high == 0.28
