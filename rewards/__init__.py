@@ -23,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -93,7 +95,7 @@ def _import_path(spec: str) -> RewardFn:
     try:
         module = _load_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
     except Exception as exc:  # a missing module, a syntax error, or the module's own code raising at import
-        raise UnknownRewardError(f"cannot import {module_name!r}: {_one_line(exc)}") from exc
+        raise UnknownRewardError(f"cannot import {module_name!r}: {error_line(exc)}") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UnknownRewardError(f"{module_name!r} has no function {attr!r}")
@@ -117,17 +119,17 @@ def _load_file(path: str):
     return sys.modules[name]
 
 
-def _one_line(exc: BaseException) -> str:
-    """An import error as one line: its type, message, and for a syntax error the file and line."""
+def error_line(exc: BaseException) -> str:
+    """A reward's error in one line: its type and first line, and where: a syntax error's file and
+    line, else the innermost frame outside rlwhf's own package (the reward's code, not its caller)."""
     if isinstance(exc, SyntaxError):
         return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
     if isinstance(exc, ModuleNotFoundError | FileNotFoundError):
         return str(exc)
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    where = f" ({tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno})" if tb is not None else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f"{os.sep}rlwhf{os.sep}" not in f.filename]
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0] if message else ''}{where}"
 
 
 def _entry_point(name: str) -> RewardFn | None:

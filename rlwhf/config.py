@@ -152,6 +152,11 @@ class DataConfig(Section):
             raise ValueError(f"prompt_template {self.prompt_template!r} has no {{prompt}} to put the prompt in")
         return self
 
+    @property
+    def asks_for_boxed(self) -> bool:
+        """Whether the prompt template or system prompt asks for the answer in ``\\boxed{}``."""
+        return "\\boxed" in self.prompt_template + (self.system_prompt or "")
+
 
 class SFTConfig(Section):
     enabled: bool = Field(True, description="Run a cold-start SFT on solver traces before RL.")
@@ -594,9 +599,8 @@ class Recipe(Section):
     def _match_format_reward_to_prompt(self) -> None:
         """The ``format`` reward pays for the answer format the prompt asks for: ``\\boxed{}`` when the
         prompt template or system prompt asks for it, else think/answer tags (unless its kwargs say)."""
-        asks_boxed = "\\boxed" in self.data.prompt_template + (self.data.system_prompt or "")
         for spec in self.rewards.funcs:
-            if spec.name == "format" and asks_boxed and "style" not in spec.kwargs:
+            if spec.name == "format" and self.data.asks_for_boxed and "style" not in spec.kwargs:
                 spec.kwargs["style"] = "boxed"
 
     def to_yaml(self) -> str:

@@ -8,7 +8,6 @@ of failing every group of a run's first step.
 from __future__ import annotations
 
 import copy
-import traceback
 from dataclasses import dataclass
 
 from rich.table import Table
@@ -52,8 +51,7 @@ def sample_completions(recipe: Recipe, row: dict) -> list[str]:
     answer = str(row.get("answer", "")).strip() or "42"
     boxed = f"The answer is \\boxed{{{answer}}}."
     tagged = f"<think>Working it out.</think><answer>{answer}</answer>"
-    asks_boxed = "\\boxed" in recipe.data.prompt_template + (recipe.data.system_prompt or "")
-    return [boxed, tagged, ""] if asks_boxed else [tagged, boxed, ""]
+    return [boxed, tagged, ""] if recipe.data.asks_for_boxed else [tagged, boxed, ""]
 
 
 def try_reward(spec, row: dict, texts: list[str], index: int) -> Trial:
@@ -65,16 +63,7 @@ def try_reward(spec, row: dict, texts: list[str], index: int) -> Trial:
         scores = checked_scores(fn(completions, prompts=[row["prompt"]] * len(texts), **columns), len(texts))
         return Trial(spec.name, index, texts, scores, None)
     except Exception as exc:
-        return Trial(spec.name, index, texts, None, _where(exc))
-
-
-def _where(exc: Exception) -> str:
-    """An exception in one line: its type and message, and the last place in the reward's own code."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    own = [f for f in frames if "/rlwhf/" not in f.filename]
-    place = f" ({own[-1].filename}, line {own[-1].lineno})" if own else ""
-    message = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {message[0] if message else ''}{place}"
+        return Trial(spec.name, index, texts, None, rewards.error_line(exc))
 
 
 def reward_problems(recipe: Recipe, recipe_path="RECIPE") -> tuple[list[str], str]:
