@@ -64,11 +64,12 @@ def _load(recipe: Optional[Path], overrides: Optional[list[str]]):
 
 
 @contextmanager
-def _errors(prefix: str = "", log_dir: Optional[Path] = None) -> Iterator[None]:
+def _errors(prefix: str = "", log_dir: Optional[Path] = None, describe=None) -> Iterator[None]:
     """The one place an error becomes an exit code: bad input 2 (the message after ``prefix``), a run
     that failed 1, a preemption that checkpointed 0 (see ``rlwhf.errors``); anything else is a failure
-    of ours: exit 1, the error in one line, its traceback in ``log_dir`` (the run's logs) or rlwhf's
-    cache folder, and on the screen with ``--debug``."""
+    of ours: exit 1, the error in one line (``describe(exc)`` where it gives one), its traceback in
+    ``log_dir`` (the run's logs) or rlwhf's cache folder, and on the screen with ``--debug``. Each line of
+    a bad input's message starts with ``prefix``."""
     from rlwhf.config import ConfigError
     from rlwhf.errors import Preempted, RewardFailed
 
@@ -84,13 +85,17 @@ def _errors(prefix: str = "", log_dir: Optional[Path] = None) -> Iterator[None]:
     except (ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as exc:
         if _debug:
             raise
-        _fail(prefix + str(exc))
+        _fail("\n".join(prefix + line for line in str(exc).splitlines() or [""]))
     except Exception as exc:
         if _debug:
             raise
         log = _log_traceback(exc, log_dir)
         first = str(exc).strip().splitlines()
-        _fail(f"{type(exc).__name__}: {first[0] if first else ''} (the traceback is in {log}; --debug shows it)", 1)
+        said = describe(exc) if describe is not None else None
+        _fail(
+            said or f"{type(exc).__name__}: {first[0] if first else ''} (the traceback is in {log}; --debug shows it)",
+            1,
+        )
 
 
 def _log_traceback(exc: BaseException, log_dir: Optional[Path]) -> Path:
@@ -150,14 +155,12 @@ def train(
     from rlwhf.workers import describe_failure
 
     log_dir = cfg.run.dir / "logs"
-    with _errors(log_dir=log_dir):
-        try:
-            summary = run_training(cfg, resume=resume is not None)
-        except ray.exceptions.RayError as exc:  # a worker's failure: say which, and where its log is
-            if _debug:
-                raise
-            _log_traceback(exc, log_dir)
-            _fail(describe_failure(exc, log_dir), code=1)
+
+    def worker_failure(exc: Exception) -> Optional[str]:  # which worker failed, and where its log is
+        return describe_failure(exc, log_dir) if isinstance(exc, ray.exceptions.RayError) else None
+
+    with _errors(log_dir=log_dir, describe=worker_failure):
+        summary = run_training(cfg, resume=resume is not None)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -168,18 +171,14 @@ def validate(
 ) -> None:
     """Check a recipe without running it (real-model recipes are validated here, run on GPU clusters)."""
     cfg = _load(recipe, overrides)
+    from rlwhf.commands.try_rewards import reward_problems
     from rlwhf.config import ConfigError, check_references
 
-    try:
+    with _errors(f"{recipe}: "):  # one line per problem, each naming the recipe
         check_references(cfg)
-    except ConfigError as exc:  # one line per problem, each naming the recipe
-        _fail("\n".join(f"{recipe}: {line}" for line in str(exc).splitlines()))
-    from rlwhf.commands.try_rewards import reward_problems
-
-    with _errors(f"{recipe}: "):
         problems, tried = reward_problems(cfg, recipe)
-    if problems:
-        _fail("\n".join(f"{recipe}: {line}" for line in problems))
+        if problems:
+            raise ConfigError("\n".join(problems))
     typer.echo(f"{recipe}: ok ({cfg.model.path}, {cfg.rollout.engine} rollouts, {cfg.train.steps} steps; {tried})")
 
 
@@ -506,6 +505,13 @@ def _refuse_a_shadowed_rewards_package() -> None:
             f"({ours}), because its folder is on PYTHONPATH or is the working directory of `python -m`: name "
             "your reward in the recipe by its file, e.g. 'rewards.py:my_reward', and leave its folder off "
             "PYTHONPATH"
+        )
+    here = next((p for p in (Path.cwd() / "rewards.py", Path.cwd() / "rewards") if p.exists()), None)
+    if here is not None and here.resolve() != ours:  # Ray's workers put the working directory on sys.path
+        _fail(
+            f"{here} is in the working directory, where rlwhf's Ray workers would import it in place of "
+            f"rlwhf's own rewards package ({ours}): run rlwhf from another folder (a recipe's paths start "
+            "from the recipe's folder), or rename the file"
         )
 
 

@@ -20,7 +20,6 @@ TINY = ROOT / "recipes" / "tiny.yaml"
 FILES = {
     "raises_at_import.py": "import os\nraise RuntimeError('REWARD_CONFIG is not set')\n",
     "syntax_error.py": "def score(completions:\n    return []\n",
-    "rewards.py": "def short(completions, **_):\n    return [float(len(c) < 200) for c in completions]\n",
     "decorated.py": "import rewards\n\n\n@rewards.reward('mine')\ndef mine(completions, **_):\n    return [1.0] * len(completions)\n",
     "one_number.py": "def total(completions, **_):\n    return 1.0\n",
     "needs_a_column.py": "def steps(completions, *, prompts, solution_steps, **_):\n    return [0.0] * len(completions)\n",
@@ -30,6 +29,9 @@ FILES = {
     "notes.txt": "some notes\n",
     "a-file": "",
 }
+
+# A user's own rewards.py (written into a project folder, never the working directory of a command)
+OWN_REWARDS_PY = "def short(completions, **_):\n    return [float(len(c) < 200) for c in completions]\n"
 
 
 def recipe_with(rewards_: str = "", data: str = "", model: str = "") -> str:
@@ -124,7 +126,7 @@ def test_a_failure_of_ours_is_logged_shown_with_debug_and_its_start_replaced(wor
 def test_a_users_own_rewards_py_beside_the_recipe_works_and_a_shadowing_one_is_named(workdir):
     recipes = workdir / "my-project"
     recipes.mkdir()
-    (recipes / "rewards.py").write_text(FILES["rewards.py"])
+    (recipes / "rewards.py").write_text(OWN_REWARDS_PY)
     (recipes / "questions.jsonl").write_text(FILES["four.jsonl"] * 3)
     (recipes / "r.yaml").write_text(  # every path relative to the recipe, run from elsewhere
         "base: tiny.yaml\nrewards: {funcs: [{name: math_accuracy}, {name: 'rewards.py:short'}]}\n"
@@ -137,6 +139,9 @@ def test_a_users_own_rewards_py_beside_the_recipe_works_and_a_shadowing_one_is_n
     shadowed = rlwhf(workdir, "validate", "my-project/r.yaml", env={"PYTHONPATH": str(recipes)})
     assert shadowed.returncode == 2 and "in place of rlwhf's own rewards package" in shadowed.stderr
     assert "Traceback" not in shadowed.stderr
+    # run from its own folder, the file would be what Ray's workers import as `rewards`: said first
+    inside = rlwhf(recipes, "validate", "r.yaml")
+    assert inside.returncode == 2 and "is in the working directory, where rlwhf's Ray workers" in inside.stderr
 
 
 def test_rewards_try_exits_1_naming_the_line_that_failed(workdir):
