@@ -88,7 +88,7 @@ def _load_builtins() -> None:
         _builtins_loaded = True
 
 
-def _import_path(spec: str) -> RewardFn:
+def import_function(spec: str) -> RewardFn:
     """``module:function`` imported by name, or ``path/to/file.py:function`` loaded from the file (under a
     name of its own, so a file called ``rewards.py`` or ``math.py`` collides with nothing)."""
     module_name, _, attr = spec.rpartition(":")
@@ -142,7 +142,7 @@ def _entry_point(name: str) -> RewardFn | None:
 def get(name: str) -> RewardFn:
     """Look a reward up by registered name, entry-point name, or ``package.module:function``."""
     if ":" in name:
-        return _import_path(name)
+        return import_function(name)
     if name not in _registry:
         _load_builtins()
     if name in _registry:

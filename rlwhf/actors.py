@@ -180,7 +180,10 @@ class RolloutEngines:
         parts = [(i, bounds[i], bounds[i + 1]) for i in range(m) if bounds[i + 1] > bounds[i]]
 
         def call(i, a, b):
-            return self.engines[i].generate.remote(prompts[a:b], dataclasses.replace(sampling, prompt_seeds=seeds[a:b]))
+            part = dataclasses.replace(
+                sampling, prompt_seeds=seeds[a:b], rows=sampling.rows[a:b] if sampling.rows else None
+            )
+            return self.engines[i].generate.remote(prompts[a:b], part)
 
         refs = {i: call(i, a, b) for i, a, b in parts}
         groups = []

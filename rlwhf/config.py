@@ -202,6 +202,45 @@ class RolloutConfig(Section):
         "faster decoding for some seconds more start-up (docs/performance.md). On a GPU vLLM "
         "always compiles.",
     )
+    tools: list[str] = Field(
+        default_factory=list,
+        description="Tools the model may call between turns (docs/tools.md): 'python' (runs in the "
+        "sandbox), 'my_tools.py:function' or 'package.module:function'. Empty: one turn, as without tools.",
+    )
+    environment: str | None = Field(
+        None,
+        description="An environment class that answers every turn ('my_env.py:Class', or an OpenEnv "
+        "environment class), instead of tools.",
+    )
+    environment_kwargs: dict[str, Any] = Field(default_factory=dict, description="Given to the environment class.")
+    max_turns: int = Field(4, ge=1, description="Multi-turn: the model's turns per episode, at most.")
+    max_total_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Multi-turn: tokens per episode, the model's and the observations' (null: "
+        "max_new_tokens x max_turns).",
+    )
+    tool_timeout_s: float = Field(5.0, gt=0, description="Multi-turn: time limit of one tool call.")
+    max_observation_chars: int = Field(
+        1000, ge=1, description="Multi-turn: a tool's answer is cut to this many characters."
+    )
+
+    @property
+    def multi_turn(self) -> bool:
+        return bool(self.tools or self.environment)
+
+    @model_validator(mode="after")
+    def _check_turns(self) -> RolloutConfig:
+        if self.tools and self.environment:
+            raise ValueError("tools and environment: name one (an environment can call tools of its own)")
+        if self.multi_turn and self.engine != "vllm":
+            raise ValueError(f"tools and environments run on rollout.engine 'vllm'; this recipe has {self.engine!r}")
+        return self
+
+    @property
+    def episode_tokens(self) -> int:
+        """Multi-turn: an episode's token budget (``max_total_tokens``, or ``max_new_tokens`` per turn)."""
+        return self.max_total_tokens or self.max_new_tokens * self.max_turns
 
 
 class RewardSpec(Section):
@@ -701,6 +740,12 @@ def _anchor_paths(data: dict, folder: Path) -> None:
                     spec["name"] = _anchored_reward(spec["name"], folder)
         if "accuracy" in rewards:
             rewards["accuracy"] = _anchored_reward(rewards["accuracy"], folder)
+    rollout = data.get("rollout")
+    if isinstance(rollout, dict):
+        if isinstance(rollout.get("tools"), list):
+            rollout["tools"] = [_anchored_reward(name, folder) for name in rollout["tools"]]
+        if "environment" in rollout:
+            rollout["environment"] = _anchored_reward(rollout["environment"], folder)
 
 
 def apply_override(data: dict, override: str) -> dict:
@@ -877,9 +922,20 @@ def check_references(recipe: Recipe) -> None:
     """What a recipe names outside itself, checked before anything starts: every reward resolves
     (registered, entry point, or an importable ``module:function``) and takes the recipe's kwargs,
     the model's file or folder is there, the output folder can be made, and a local data file exists
-    with more rows than the held-out set takes."""
+    with more rows than the held-out set takes; every tool and the environment resolve."""
+    from rlwhf import tools
 
     problems = []
+    for i, name in enumerate(recipe.rollout.tools):
+        try:
+            tools.get_tool(name)
+        except ValueError as exc:
+            problems.append(f"rollout.tools[{i}] = {name!r}: {exc}")
+    if recipe.rollout.environment:
+        try:
+            tools.load_environment(recipe.rollout.environment, recipe.rollout.environment_kwargs)
+        except ValueError as exc:
+            problems.append(f"rollout.environment = {recipe.rollout.environment!r}: {exc}")
     for i, spec in enumerate(recipe.rewards.funcs):
         try:
             fn = rewards.get(spec.name)

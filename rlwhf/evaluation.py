@@ -15,6 +15,7 @@ from rewards.math import extract_answer, verify_batch
 from rlwhf.algo import pass_at_k
 from rlwhf.reward_runner import RewardRunner
 from rlwhf.rollout import SamplingSettings, engine_options, make_engine
+from rlwhf.rollout.episodes import answer_text, episode_metrics
 from rlwhf.rollout.sampling import Scored, sample_and_score, trace_rows
 
 
@@ -75,7 +76,7 @@ def completion_metrics(groups: list, scored: Scored, accuracy: str, k: int | Non
     (``format_error_frac``), and each reward's mean."""
     completions = [c for g in groups for c in g.completions]
     kind = answer_kind(accuracy)
-    answers = [final_answer(c.text, kind) for c in completions]
+    answers = [final_answer(answer_text(c), kind) for c in completions]
     scores = [s or 0.0 for s in scored.per_reward[accuracy]]
     right = [s >= 1.0 for s in scores]
     out = {
@@ -84,6 +85,7 @@ def completion_metrics(groups: list, scored: Scored, accuracy: str, k: int | Non
         "length/mean": float(np.mean([len(c.token_ids) for c in completions])),
         "truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
         "format_error_frac": float(np.mean([a is None for a in answers])),
+        **episode_metrics(completions, prefix=""),
     }
     for name, values in scored.per_reward.items():
         present = [v for v in values if v is not None]

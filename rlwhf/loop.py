@@ -39,6 +39,7 @@ from rlwhf.data.source import PromptSource, TaskData, load_task
 from rlwhf.errors import Preempted
 from rlwhf.evaluation import describe_accuracy, evaluate
 from rlwhf.rollout import SamplingSettings, engine_options
+from rlwhf.rollout.episodes import episode_metrics, tool_call_summary, tool_calls
 from rlwhf.rollout.sampling import sample, score, trace_rows
 from rlwhf.run_log import Tracker, say
 from rlwhf.starting_policy import prepare_policy
@@ -64,6 +65,7 @@ class Run:
     start_step: int
     before: dict  # held-out accuracy before RL: accuracy (greedy) and accuracy/sampled
     pending: Future | None = None  # one-step off-policy mode: the next step's rollouts, sampled already
+    tool_calls: list = dataclasses.field(default_factory=list)  # (seconds, status) of every training tool call
 
     def evaluate(self, step: int, tag: str) -> dict:
         return evaluate(self.recipe, self.rollout, self.reward, self.data.test, self.tracker, step, tag)
@@ -105,6 +107,7 @@ class Collected:
             "time/rollout": self.t_rollout,
             "time/reward": self.t_reward,
             "tokens_per_s/rollout": float(lengths.sum() / max(self.t_rollout, 1e-9)),
+            **episode_metrics(completions),
         }
 
     def skipped_metrics(self, step: int) -> dict:
@@ -274,6 +277,7 @@ def collect(run: Run, step: int) -> Collected:
         rows = next_prompts(run, out)  # 1
         groups, seconds = sample(run.rollout, rows, sampling_settings(run, step, out.rounds))  # 2
         faults.fault_point("rollout", step + 1)
+        run.tool_calls += tool_calls([c for grp in groups for c in grp.completions])
         scored = score(run.reward, rows, groups, run.recipe.rewards.stop_on_total_failure)  # 3
         out.t_rollout, out.t_reward, out.rounds = out.t_rollout + seconds, out.t_reward + scored.seconds, out.rounds + 1
         for name, count in scored.errors.items():
@@ -328,7 +332,9 @@ def total_rewards(run: Run, groups: list, totals: list[float]) -> torch.Tensor:
     total = torch.tensor(totals)
     if run.recipe.algo.overlong_penalty:
         lengths = torch.tensor([len(c.token_ids) for grp in groups for c in grp.completions], dtype=torch.float)
-        total = total + overlong_penalty(lengths, run.recipe.rollout.max_new_tokens, run.recipe.algo.overlong_cache)
+        rc = run.recipe.rollout
+        budget = rc.episode_tokens if rc.multi_turn else rc.max_new_tokens
+        total = total + overlong_penalty(lengths, budget, run.recipe.algo.overlong_cache)
     return total
 
 
@@ -345,6 +351,7 @@ def compute_advantages(run: Run, collected: Collected) -> tuple[RolloutBatch, to
         [c.finish_reason == "length" for c in completions],
         pad_id=0,
         routes=[c.routes for c in completions],
+        masks=[c.mask for c in completions],
     )
     rewards = torch.tensor(collected.totals)
     if algo.kl_in_reward and algo.kl_coef > 0:
@@ -445,6 +452,7 @@ def finish(run: Run, started: float) -> dict:
         "steps": recipe.train.steps,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "rollout_engine": recipe.rollout.engine,
+        **({"tool_calls": tool_call_summary(run.tool_calls)} if recipe.rollout.multi_turn else {}),
     }
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
     start = "after SFT" if recipe.sft.enabled else "before RL"

@@ -150,6 +150,7 @@ class GroupToScore:
     prompt: object  # the data set's prompt: text, or a conversation (TRL's list of messages)
     completions: list  # text, or for a conversational prompt one [{"role": "assistant", ...}] each
     columns: dict = field(default_factory=dict)  # one value per group (e.g. the gold answer)
+    per_completion: dict = field(default_factory=dict)  # one list per column, a value per completion
 
 
 @dataclass
@@ -222,7 +223,7 @@ class RewardRunner:
         for spec in self.specs:
             for gi, g in enumerate(groups):
                 n = len(g.completions)
-                columns = {**{k: [v] * n for k, v in g.columns.items()}, **spec.kwargs}
+                columns = {**{k: [v] * n for k, v in g.columns.items()}, **g.per_completion, **spec.kwargs}
                 tasks.append((spec.name, g.completions, [g.prompt] * n, columns))
                 keys.append((spec, gi))
         results = list(self._pool.map(self._run, tasks))

@@ -6,6 +6,7 @@ and ``sampling``, where prompts become scored completions.
 """
 
 from rlwhf.rollout.base import Completion, Group, RolloutEngine, SamplingSettings
+from rlwhf.rollout.episodes import EpisodeOptions, EpisodeRunner
 
 
 def make_engine(
@@ -22,33 +23,43 @@ def make_engine(
     prefix_caching: bool = True,
     compile: bool = False,
     weight_transfer: bool = False,
+    episodes=None,
 ) -> RolloutEngine:
     """Build the engine the recipe names: ``vllm`` or ``hf`` (which runs on one device). ``record_routes``
     (vLLM): return each position's MoE experts with the completions; ``compile`` (vLLM on CPU): run
     the model compiled rather than eagerly; ``weight_transfer`` (vLLM): take weights through vLLM's
-    weight-transfer API (``rlwhf.sync.weight_transfer``)."""
+    weight-transfer API (``rlwhf.sync.weight_transfer``). ``episodes`` (``rlwhf.rollout.episodes.EpisodeOptions``):
+    completions are multi-turn episodes with tools or an environment."""
+    engine = _make_engine(
+        kind,
+        model_path,
+        dtype=dtype,
+        seed=seed,
+        max_model_len=max_model_len,
+        kv_cache_gib=kv_cache_gib,
+        gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
+        record_routes=record_routes,
+        prefix_caching=prefix_caching,
+        compile=compile,
+        weight_transfer=weight_transfer,
+    )
+    if episodes is None:
+        return engine
+    return EpisodeRunner(engine, episodes)
+
+
+def _make_engine(kind: str, model_path: str, *, weight_transfer: bool, **options) -> RolloutEngine:
     if kind == "vllm":
         from rlwhf.rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(
-            model_path,
-            dtype=dtype,
-            seed=seed,
-            max_model_len=max_model_len,
-            kv_cache_gib=kv_cache_gib,
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            record_routes=record_routes,
-            prefix_caching=prefix_caching,
-            compile=compile,
-            weight_transfer=weight_transfer,
-        )
+        return VLLMEngine(model_path, weight_transfer=weight_transfer, **options)
     if kind == "hf":
         if weight_transfer:
             raise ValueError("weight_transfer is vLLM's API: the hf engine takes weights by update_weights")
         from rlwhf.rollout.hf_engine import HFEngine
 
-        return HFEngine(model_path, dtype=dtype, seed=seed)
+        return HFEngine(model_path, dtype=options["dtype"], seed=options["seed"])
     raise ValueError(f"rollout.engine {kind!r}: expected 'vllm' or 'hf'")
 
 
@@ -63,11 +74,22 @@ def engine_options(recipe, *, in_run: bool = True) -> dict:
         "dtype": recipe.model.dtype,
         "seed": recipe.run.seed,
         "kv_cache_gib": rc.kv_cache_gib,
-        "max_model_len": rc.max_prompt_tokens + max(rc.max_new_tokens, recipe.eval.max_new_tokens),
+        "max_model_len": rc.max_prompt_tokens
+        + max(rc.max_new_tokens, recipe.eval.max_new_tokens, rc.episode_tokens if rc.multi_turn else 0),
         "gpu_memory_utilization": rc.gpu_memory_utilization,
         "tensor_parallel_size": rc.tensor_parallel_size,
         "compile": rc.compile,
     }
+    if rc.multi_turn:
+        options["episodes"] = EpisodeOptions(
+            tools=list(rc.tools),
+            environment=rc.environment,
+            environment_kwargs=dict(rc.environment_kwargs),
+            max_turns=rc.max_turns,
+            max_total_tokens=rc.episode_tokens,
+            tool_timeout_s=rc.tool_timeout_s,
+            max_observation_chars=rc.max_observation_chars,
+        )
     if in_run and rc.engine == "vllm":
         options.update(
             record_routes=recipe.moe.rollout_routing,

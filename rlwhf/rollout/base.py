@@ -26,6 +26,12 @@ class SamplingSettings:
     # Each prompt's own seed, when the caller splits a batch across engines and keeps every prompt's
     # seed what the whole batch would give it (``prompt_seeds``); else derived from ``seed``.
     prompt_seeds: list[int | None] | None = None
+    # Multi-turn episodes (``rlwhf.rollout.episodes``): strings that end a turn (kept in its text), each
+    # prompt's own token budget (else ``max_new_tokens``), and each prompt's dataset row, which an
+    # environment's ``reset`` receives.
+    stop: list[str] | None = None
+    max_new_tokens_each: list[int] | None = None
+    rows: list[dict] | None = None
 
 
 def prompt_seeds(seed: int | None, count: int) -> list[int | None]:
@@ -51,6 +57,12 @@ class Completion:
     # [prompt + completion - 1, layers, k] int16: the experts each input position was routed to in each
     # MoE layer while sampling (-1 where unknown); None when the engine does not record them.
     routes: np.ndarray | None = None
+    # A multi-turn episode (``rlwhf.rollout.episodes``): 1 on the model's tokens, 0 on the tool or
+    # environment tokens between its turns (log-prob 0.0 there); None when every token is the model's.
+    mask: list[int] | None = None
+    turns: list | None = None  # the episode's ``Turn``s, in order
+    cut: str | None = None  # the limit that ended it: max_new_tokens, max_turns or max_total_tokens
+    env_reward: float = 0.0  # the environment's rewards over the episode
 
 
 @dataclass

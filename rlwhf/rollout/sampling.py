@@ -15,6 +15,7 @@ from rlwhf.data.rows import is_conversation
 from rlwhf.errors import RewardFailed
 from rlwhf.reward_runner import GroupToScore
 from rlwhf.rollout.base import SamplingSettings, prompt_seeds
+from rlwhf.rollout.episodes import episode_stats
 
 
 @dataclass
@@ -34,8 +35,21 @@ def columns_of(row: dict) -> dict:
 
 
 def reward_completions(prompt, group) -> list:
-    """A group's completions as rewards receive them (``as_reward_completions``)."""
+    """A group's completions as rewards receive them (``as_reward_completions``); a multi-turn episode
+    as its whole transcript in TRL's conversational shape, one message per turn (the model's as
+    ``assistant``, a tool's as ``tool``, an environment's as ``user``), whatever the prompt's shape."""
+    if any(c.turns is not None for c in group.completions):
+        return [[{"role": t.role, "content": t.text} for t in c.turns] for c in group.completions]
     return as_reward_completions(prompt, [c.text for c in group.completions])
+
+
+def per_completion_columns(group) -> dict:
+    """What rewards receive per completion besides the dataset's columns: for multi-turn episodes,
+    ``episode`` (``rlwhf.rollout.episodes.episode_stats``: turns, tool calls and errors, observation
+    tokens, the limit that cut it, the environment's reward)."""
+    if all(c.turns is None for c in group.completions):
+        return {}
+    return {"episode": [episode_stats(c) for c in group.completions]}
 
 
 def as_reward_completions(prompt, texts: list[str]) -> list:
@@ -51,7 +65,7 @@ def sample(rollout, rows: list[dict], sampling: SamplingSettings) -> tuple[list,
     and the seconds it took. Rows prepared by ``rlwhf.data.prompts`` are sampled from their rendered
     token ids."""
     t0 = time.perf_counter()
-    groups = rollout.generate([r.get("prompt_ids", r["prompt"]) for r in rows], sampling)
+    groups = rollout.generate([r.get("prompt_ids", r["prompt"]) for r in rows], dataclasses.replace(sampling, rows=rows))
     for group, row in zip(groups, rows):
         group.prompt = row.get("prompt_text", group.prompt)
     return groups, time.perf_counter() - t0
@@ -114,7 +128,10 @@ def score(reward, rows: list[dict], groups: list, stop_on_total_failure: bool = 
     ``stop_on_total_failure`` is off (``rewards.stop_on_total_failure``)."""
     t0 = time.perf_counter()
     scores = reward.score(
-        [GroupToScore(r["prompt"], reward_completions(r["prompt"], g), columns_of(r)) for g, r in zip(groups, rows)]
+        [
+            GroupToScore(r["prompt"], reward_completions(r["prompt"], g), columns_of(r), per_completion_columns(g))
+            for g, r in zip(groups, rows)
+        ]
     )
     errors = {name: scores.errors[name] + scores.timeouts[name] for name in scores.errors}
     if stop_on_total_failure and groups:
@@ -129,7 +146,9 @@ def score(reward, rows: list[dict], groups: list, stop_on_total_failure: bool = 
 
 
 def trace_rows(step: int, rows: list[dict], groups: list, per_reward: dict, total: list, advantages=None) -> list[dict]:
-    """One trace row per completion: the run-directory contract (``traces/*.parquet``)."""
+    """One trace row per completion: the run-directory contract (``traces/*.parquet``). A multi-turn
+    episode's row also holds ``turns`` (each with its role, text, token ids, tool, status and
+    seconds; the model's turns are the ones trained on), ``num_turns``, ``tool_calls`` and ``cut``."""
     out, i = [], 0
     for p, (row, g) in enumerate(zip(rows, groups)):
         for k, c in enumerate(g.completions):
@@ -145,6 +164,11 @@ def trace_rows(step: int, rows: list[dict], groups: list, per_reward: dict, tota
                 "num_tokens": len(c.token_ids),
                 "finish_reason": c.finish_reason,
             }
+            if c.turns is not None:  # a multi-turn episode: each turn with its tokens and tool result
+                rec["turns"] = [t.as_dict() for t in c.turns]
+                rec["num_turns"] = sum(t.role == "assistant" for t in c.turns)
+                rec["tool_calls"] = sum(t.tool is not None for t in c.turns)
+                rec["cut"] = c.cut or ""
             for name, values in per_reward.items():
                 rec[f"reward_{name}"] = values[i]
             out.append(rec)

@@ -146,16 +146,20 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        seeds = sampling.prompt_seeds or prompt_seeds(sampling.seed, len(prompts))
+        budgets = sampling.max_new_tokens_each or [sampling.max_new_tokens] * len(prompts)
+        stops = {"stop": list(sampling.stop), "include_stop_str_in_output": True} if sampling.stop else {}
         params = [
             SamplingParams(
                 n=sampling.n,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
-                max_tokens=sampling.max_new_tokens,
+                max_tokens=budget,
                 seed=seed,
                 logprobs=0,
+                **stops,
             )
-            for seed in (sampling.prompt_seeds or prompt_seeds(sampling.seed, len(prompts)))
+            for seed, budget in zip(seeds, budgets)
         ]
         inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         if self.recorder is not None:

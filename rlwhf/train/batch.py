@@ -97,9 +97,12 @@ def pack(
     truncated: list[bool],
     pad_id: int,
     routes: list | None = None,
+    masks: list | None = None,
 ) -> RolloutBatch:
     """``routes``: per sequence, the engine's ``[positions, layers, k]`` experts for its first positions
-    (``Completion.routes``), or None for every sequence when the engine recorded none."""
+    (``Completion.routes``), or None for every sequence when the engine recorded none. ``masks``: per
+    sequence, 1 on the completion tokens the model sampled and 0 on those appended between its turns
+    (``Completion.mask``), or None where every completion token is the model's."""
     n = len(prompt_ids)
     length = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids))
     input_ids = torch.full((n, length), pad_id, dtype=torch.long)
@@ -111,7 +114,8 @@ def pack(
         input_ids[i, : len(seq)] = torch.tensor(seq)
         attention[i, : len(seq)] = 1
         start = len(p) - 1  # logits at position len(p)-1 predict the first completion token
-        mask[i, start : start + len(c)] = 1.0
+        own = masks[i] if masks is not None and masks[i] is not None else None
+        mask[i, start : start + len(c)] = 1.0 if own is None else torch.tensor(own, dtype=torch.float32)
         rollout_logp[i, start : start + len(c)] = torch.tensor(lp, dtype=torch.float32)
     routed = None
     if routes is not None and all(r is not None for r in routes):
