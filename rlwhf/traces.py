@@ -257,6 +257,9 @@ _CSS = """<style>
 .rlwhf-ans{font-weight:bold;padding:0 2px;border-radius:3px}
 .rlwhf-ans.ok{background:#d4f5dc;color:#145a2a}.rlwhf-ans.bad{background:#fbd9d3;color:#8a1f11}
 .rlwhf-meta{color:#555;font-size:11px;margin-top:4px}
+.rlwhf-obs{display:block;background:#eef3fb;color:#1d3b6e;border-left:3px solid #5b84c4;padding:0 4px;margin:2px 0}
+.rlwhf-obs.err{background:#fbeeee;color:#6e1d1d;border-left-color:#c45b5b}
+.rlwhf-obs i{color:#667;font-size:11px}
 .rlwhf-prompt{font-family:ui-monospace,monospace;white-space:pre-wrap;background:#f4f4f4;padding:4px 6px;border-radius:4px}
 </style>"""
 
@@ -290,6 +293,45 @@ def _completion_html(text: str, correct: bool | None) -> str:
     )
 
 
+def turns_of(row: Mapping[str, Any]) -> list[dict]:
+    """A multi-turn episode's turns (``rlwhf.rollout.episodes.Turn`` as dicts: role, text, token_ids,
+    tool, status, seconds), in order; [] for a single-turn completion."""
+    turns = row.get("turns")
+    if turns is None or (isinstance(turns, float) and math.isnan(turns)):
+        return []
+    return [dict(t) for t in turns]
+
+
+def describe_turn(turn: Mapping[str, Any]) -> str:
+    """An observation's label: who answered, how, how fast (``python · ok · 0.031 s``)."""
+    parts = [str(turn.get("tool") or turn.get("role"))]
+    if turn.get("status"):
+        parts.append(str(turn["status"]))
+    if turn.get("tool"):
+        parts.append(f"{float(turn.get('seconds') or 0.0):.3f} s")
+    return " · ".join(parts)
+
+
+def _episode_html(turns: list[dict], correct: bool | None) -> str:
+    """An episode's turns: the model's as text (its last with the answer highlighted), each tool's or
+    environment's answer in a box labelled with the tool, status and time (not trained on)."""
+    last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=-1)
+    out = []
+    for i, t in enumerate(turns):
+        if t["role"] == "assistant":
+            out.append(
+                _completion_html(str(t["text"]), correct)
+                if i == last
+                else f'<span class="rlwhf-think">{html.escape(str(t["text"]))}</span>'
+            )
+        else:
+            err = " err" if t.get("status") not in (None, "ok") else ""
+            out.append(
+                f'<span class="rlwhf-obs{err}"><i>{html.escape(describe_turn(t))}</i>\n{html.escape(str(t["text"]))}</span>'
+            )
+    return "".join(out)
+
+
 def _card(row: Mapping[str, Any], accuracy: str | None) -> str:
     correct = _correct(row, accuracy)
     rewards = " · ".join(
@@ -301,14 +343,17 @@ def _card(row: Mapping[str, Any], accuracy: str | None) -> str:
         f"<b>{tag}step {row.get('step', '?')} · sample {row.get('sample_index', '?')}{failure}</b>"
         f"<span>reward <b>{_num(row.get('reward'))}</b> · advantage <b>{_num(row.get('advantage'))}</b></span>"
     )
+    turns = turns_of(row)
+    episode = f" · {sum(t['role'] == 'assistant' for t in turns)} turns" if turns else ""
     meta = (
         f"gold {html.escape(str(row.get('answer', '')))} · {html.escape(str(row.get('num_tokens', '?')))} tokens"
-        f" · {html.escape(str(row.get('finish_reason', '')))}<br>{rewards}"
+        f" · {html.escape(str(row.get('finish_reason', '')))}{episode}<br>{rewards}"
     )
     cls = {True: " ok", False: " bad", None: ""}[correct]
+    body = _episode_html(turns, correct) if turns else _completion_html(str(row.get("completion", "")), correct)
     return (
         f'<div class="rlwhf-card{cls}"><div class="rlwhf-head">{head}</div>'
-        f'<pre class="rlwhf-text">{_completion_html(str(row.get("completion", "")), correct)}</pre>'
+        f'<pre class="rlwhf-text">{body}</pre>'
         f'<div class="rlwhf-meta">{meta}</div></div>'
     )
 

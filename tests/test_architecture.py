@@ -10,7 +10,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("rlwhf", "rewards")
 # docs/architecture.md's floors, ground first: a module imports from its own floor or below, never up.
 FLOORS = (
-    ("rewards", "rlwhf.errors", "rlwhf.faults", "rlwhf.models", "rlwhf.algo", "rlwhf.run_log", "rlwhf.traces"),
+    (
+        "rewards",
+        "rlwhf.errors",
+        "rlwhf.faults",
+        "rlwhf.models",
+        "rlwhf.algo",
+        "rlwhf.run_log",
+        "rlwhf.traces",
+        "rlwhf.tools",
+    ),
     ("rlwhf.config",),
     ("rlwhf.data", "rlwhf.checkpoints", "rlwhf.reward_runner"),
     ("rlwhf.train",),

@@ -46,7 +46,7 @@ def test_a_tool_that_raises_hangs_or_floods_answers_with_an_error_and_the_episod
     def call(name, **arguments):
         import json
 
-        return env.step(f'<tool_call>{json.dumps({"name": name, "arguments": arguments})}</tool_call>')
+        return env.step(f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>")
 
     raised = call("_raises", x="7")
     assert raised.status == "error" and "RuntimeError: bad input 7" in raised.observation and not raised.done
@@ -55,7 +55,11 @@ def test_a_tool_that_raises_hangs_or_floods_answers_with_an_error_and_the_episod
     assert hung.status == "timeout" and "did not answer within 1.5 s" in hung.observation
     assert time.perf_counter() - t0 < 5
     flooded = call("_floods", x="1")
-    assert flooded.status == "flood" and len(flooded.observation) < 300 and "99800 more characters cut" in flooded.observation
+    assert (
+        flooded.status == "flood"
+        and len(flooded.observation) < 300
+        and "99800 more characters cut" in flooded.observation
+    )
     assert call("_echo", x="ab", times=2).observation == "abab"
     unknown = call("nope")
     assert unknown.status == "unknown_tool" and "_echo" in unknown.observation
@@ -73,11 +77,16 @@ def test_a_tool_is_described_by_its_signature_or_by_its_decorator():
         "required": ["x"],
     }
 
-    @tool("shout", description="Upper case.")
+    @tool("shout", description="Upper case.", timeout_s=0.2)
     def shout(text: str) -> str:
+        if text == "slowly":
+            time.sleep(5)
         return text.upper()
 
     assert get_tool("shout").fn("hi") == "HI" and get_tool("shout").schema()["function"]["name"] == "shout"
+    env = ToolEnvironment([get_tool("shout")], timeout_s=30)  # the tool's own limit wins over the recipe's
+    slow = env.step('<tool_call>{"name": "shout", "arguments": {"text": "slowly"}}</tool_call>')
+    assert slow.status == "timeout" and slow.seconds < 3
     with pytest.raises(ValueError, match="unknown tool 'calculator'; built in: .*python"):
         get_tool("calculator")
 
@@ -106,7 +115,10 @@ def test_the_python_tool_reports_a_sandbox_refusal_to_the_model(tmp_path):
         "print(s.status, '|', s.observation)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], env={"RLWHF_SANDBOX": "none", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True
+        [sys.executable, "-c", code],
+        env={"RLWHF_SANDBOX": "none", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
     )
     status, _, observation = out.stdout.partition(" | ")
     assert status == "refused" and "refused" in observation, out.stdout + out.stderr
@@ -163,7 +175,9 @@ def test_episodes_append_observations_as_ids_and_mask_them(episodes):
             if t.role == "assistant":
                 assert set(c.mask[span]) <= {1}
             else:  # an observation: appended as the tokenizer's ids of the framed text, masked, log-prob 0
-                assert t.token_ids == tok.encode(f"```output\n{t.text.split(chr(10))[1]}\n```\n", add_special_tokens=False)
+                assert t.token_ids == tok.encode(
+                    f"```output\n{t.text.split(chr(10))[1]}\n```\n", add_special_tokens=False
+                )
                 assert set(c.mask[span]) == {0} and set(c.logprobs[span]) == {0.0}
             at += len(t.token_ids)
         assert c.turns[-1].role == "assistant"  # an episode never ends on an observation
@@ -200,9 +214,8 @@ def test_the_trainer_scores_an_episodes_tokens_as_vllm_did_and_no_observation_to
     logp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, temperature=1.0)
     trained = batch.mask.bool()
     observed = batch.attention_mask[:, 1:].bool() & ~trained
-    observed[:, : min(len(g.prompt_ids) for g in groups)] = False  # the prompts' own positions
-    for i, g in enumerate(g for g in groups for _ in g.completions):
-        observed[i, : len(g.prompt_ids) - 1] = False
+    for i, prompt_ids in enumerate(g.prompt_ids for g in groups for _ in g.completions):
+        observed[i, : len(prompt_ids) - 1] = False  # the prompt's own positions
     assert observed.any() and trained.any()
     # vLLM's log-probs of the model's tokens are the trainer's, turn after turn (the single-turn tolerance)
     assert torch.allclose(logp[trained], batch.rollout_logp[trained], atol=2e-3)
@@ -211,3 +224,65 @@ def test_the_trainer_scores_an_episodes_tokens_as_vllm_did_and_no_observation_to
     loss.backward()
     assert logp.grad[observed].abs().max() == 0
     assert logp.grad[trained].abs().max() > 0
+
+
+def test_the_tool_and_the_environment_of_docs_tools_md_work_as_written(tmp_path):
+    import json
+    import re
+    from pathlib import Path
+
+    from rlwhf.tools import load_environment
+
+    page = (Path(__file__).parent.parent / "docs" / "tools.md").read_text()
+    for block in re.findall(r"```python\n(# (\S+\.py)\n.*?)```", page, re.DOTALL):
+        (tmp_path / block[1]).write_text(block[0])
+    lookup = get_tool(f"{tmp_path / 'my_tools.py'}:lookup")
+    assert lookup.name == "lookup" and lookup.parameters["required"] == ["country"]
+    env = ToolEnvironment([lookup])
+    call = '<tool_call>{"name": "lookup", "arguments": {"country": "Japan"}}</tool_call>'
+    assert env.step(call).observation == "Tokyo"
+    failed = env.step(call.replace("Japan", "Atlantis"))
+    assert failed.status == "error" and "no capital known for 'Atlantis'" in failed.observation
+    countdown = load_environment(f"{tmp_path / 'my_env.py'}:Countdown")()
+    assert countdown.reset({"answer": "2"}) == "Count down from 2."
+    assert countdown.step("1") == Step("Good.", done=False, reward=1.0, role="user")
+    assert countdown.step("then 0").done
+    assert json.dumps(lookup.schema())  # a chat template's tools= entry is plain JSON
+
+
+def test_a_recipe_naming_a_missing_tool_or_tools_on_the_hf_engine_is_refused_before_anything_starts(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rlwhf.config import ConfigError, load_recipe
+
+    recipe = Path(__file__).parent.parent / "recipes" / "tiny-tools.yaml"
+    with pytest.raises(ConfigError, match="tools and environments run on rollout.engine 'vllm'"):
+        load_recipe(recipe, ["rollout.engine=hf"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlwhf.cli", "validate", str(recipe), "rollout.tools=[python, calculator]"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "rollout.tools[1] = 'calculator': unknown tool 'calculator'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_observation_is_framed_as_the_chat_templates_tool_turn_or_an_output_fence():
+    from rlwhf.models.tokenizer import build_tokenizer
+    from rlwhf.rollout.episodes import observation_ids
+
+    chat = build_tokenizer("chatml")
+    ids = observation_ids(chat, "42\n", "tool", conversational=True, after_eos=False)
+    assert chat.decode(ids) == "<|im_end|>\n<|im_start|>tool\n42\n<|im_end|>\n<|im_start|>assistant\n"
+    chat.eos_token = "<|im_end|>"  # a model whose end of message is its end of turn (SmolLM2, Qwen)
+    ids = observation_ids(chat, "Lower.", "user", conversational=True, after_eos=True)
+    assert chat.decode(ids) == "\n<|im_start|>user\nLower.<|im_end|>\n<|im_start|>assistant\n"
+    plain = build_tokenizer("plain")
+    assert plain.decode(observation_ids(plain, "42\n", "tool", conversational=False, after_eos=False)) == (
+        "```output\n42\n```\n"
+    )
+    assert plain.decode(observation_ids(plain, "Lower.", "user", conversational=False, after_eos=False)) == "Lower.\n"

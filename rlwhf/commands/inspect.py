@@ -74,18 +74,23 @@ def inspect_run(
     table.add_column("per reward", no_wrap=True)
     table.add_column("tokens\nfinish", justify="right", no_wrap=True)
     for row in rows.to_dict("records"):
-        text = str(row["completion"])
-        span = T.answer_span(text)
         value = row.get(accuracy) if accuracy else None
         right = None if value is None or value != value else float(value) >= 1.0
         cell = Text()
-        if span is None:
-            cell.append(text, style="dim")
-        else:
-            a, b = span
-            cell.append(text[:a], style="dim")
-            cell.append(text[a:b], style={True: "bold green", False: "bold red", None: "bold"}[right])
-            cell.append(text[b:], style="dim")
+        turns = T.turns_of(row)
+        if not turns:
+            _append_answer(cell, str(row["completion"]), right)
+        last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=-1)
+        for i, turn in enumerate(turns):
+            if turn["role"] == "assistant":
+                if i == last:
+                    _append_answer(cell, str(turn["text"]), right)
+                else:
+                    cell.append(str(turn["text"]), style="dim")
+            else:  # an observation: not the model's, not trained on
+                failed = turn.get("status") not in (None, "ok")
+                cell.append(f"[{T.describe_turn(turn)}]\n", style="bold red" if failed else "bold blue")
+                cell.append(str(turn["text"]), style="red" if failed else "blue")
         per_reward = Text()
         for c in reward_cols:
             v = row[c]
@@ -98,9 +103,22 @@ def inspect_run(
             cell,
             f"{fmt(row['reward'])}\n{fmt(row['advantage'], '+.3f')}",
             per_reward,
-            f"{row['num_tokens']}\n{row['finish_reason']}",
+            f"{row['num_tokens']}\n{row['finish_reason']}"
+            + (f"\n{sum(t['role'] == 'assistant' for t in turns)} turns" if turns else ""),
         )
     console.print(table)
+
+
+def _append_answer(cell: Text, text: str, right: bool | None) -> None:
+    """``text`` dim, its answer coloured green (right), red (wrong) or bold (not scored)."""
+    span = T.answer_span(text)
+    if span is None:
+        cell.append(text, style="dim")
+        return
+    a, b = span
+    cell.append(text[:a], style="dim")
+    cell.append(text[a:b], style={True: "bold green", False: "bold red", None: "bold"}[right])
+    cell.append(text[b:], style="dim")
 
 
 def summarise_run(console, run_dir: Path, every: int) -> None:
@@ -144,6 +162,16 @@ def summarise_run(console, run_dir: Path, every: int) -> None:
     table.add_row("mean response length (first → last)", pair("response_length/mean", ".1f") + " tokens")
     if "response_length/truncated_frac" in rows:
         table.add_row("truncated fraction (first → last)", pair("response_length/truncated_frac", ".2f"))
+    if "episodes/tool_use_frac" in rows:
+        table.add_row("episodes calling a tool (first → last)", pair("episodes/tool_use_frac", ".2f"))
+        table.add_row("model turns per episode (first → last)", pair("episodes/turns", ".2f"))
+        calls = summary.get("tool_calls") or {}
+        if calls.get("calls"):
+            table.add_row(
+                "tool calls in training",
+                f"{calls['calls']}, {calls['errors']} failed; latency p50 {calls['latency_p50_s'] * 1000:.0f} ms, "
+                f"p99 {calls['latency_p99_s'] * 1000:.0f} ms",
+            )
     if "moe/max_load_ratio" in rows:
         table.add_row("expert load busiest/mean (first → last)", pair("moe/max_load_ratio", ".2f"))
         table.add_row("expert load idlest/mean (first → last)", pair("moe/min_load_ratio", ".2f"))

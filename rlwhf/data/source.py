@@ -28,7 +28,9 @@ def load_task(cfg: DataConfig, seed: int, *, needs_answer: bool = True) -> TaskD
     ``needs_answer``, i.e. a math reward scores it) are dropped and counted in ``dropped``, or
     refused, as ``data.bad_rows`` says."""
     if cfg.task == "arithmetic":
-        rows = make_arithmetic(cfg.num_train + cfg.num_test, seed, cfg.min_digits, cfg.max_digits, cfg.direct_fraction)
+        rows = make_arithmetic(
+            cfg.num_train + cfg.num_test, seed, cfg.min_digits, cfg.max_digits, cfg.direct_fraction, cfg.operation
+        )
         return TaskData(rows[cfg.num_test :], rows[: cfg.num_test])
     if cfg.task == "coding":
         rows = make_coding_tasks(cfg.num_train + cfg.num_test, seed)

@@ -85,6 +85,7 @@ def engine_options(recipe, *, in_run: bool = True) -> dict:
             tools=list(rc.tools),
             environment=rc.environment,
             environment_kwargs=dict(rc.environment_kwargs),
+            turn_stop=list(rc.turn_stop),
             max_turns=rc.max_turns,
             max_total_tokens=rc.episode_tokens,
             tool_timeout_s=rc.tool_timeout_s,

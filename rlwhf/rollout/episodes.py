@@ -17,7 +17,7 @@ How an observation is framed: for a conversational prompt, as the chat template'
 ``user``) turn after the model's (the text the template puts between the model's message and the
 next assistant turn: end of message, the tool's turn, the opening of the next assistant message);
 for a text prompt, a tool's result in an output fence (`` ```output\\n...\\n```\\n``) and an
-environment's reply as it is.
+environment's reply as a line of its own.
 
 Limits: ``max_turns`` model turns (a tool call in the last one is not run: the episode is cut,
 ``cut="max_turns"``); ``max_total_tokens`` over the whole episode, observations included (a turn's
@@ -65,6 +65,7 @@ class EpisodeOptions:
     tools: list[str] = dataclasses.field(default_factory=list)
     environment: str | None = None
     environment_kwargs: dict = dataclasses.field(default_factory=dict)
+    turn_stop: list[str] = dataclasses.field(default_factory=list)
     max_turns: int = 4
     max_total_tokens: int = 256
     tool_timeout_s: float = 5.0
@@ -134,6 +135,26 @@ def turn_seed(seed: int | None, sample: int, turn: int) -> int | None:
     return int.from_bytes(hashlib.blake2b(f"{seed}/{sample}/{turn}".encode(), digest_size=4).digest(), "little")
 
 
+def observation_ids(tokenizer, text: str, role: str, conversational: bool, after_eos: bool) -> list[int]:
+    """The token ids that put ``text`` into an episode as a ``role`` turn (``tool`` or ``user``): for a
+    conversational prompt, what the chat template puts between the model's message and the next
+    assistant turn (less the end of message when the model's turn already ended with it,
+    ``after_eos``); for a text prompt, a tool's answer in an output fence and any other as a line."""
+    if conversational and tokenizer.chat_template:
+        messages = [{"role": "user", "content": "-"}, {"role": "assistant", "content": _MARK}]
+        rendered = tokenizer.apply_chat_template(
+            [*messages, {"role": role, "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        framed = rendered.split(_MARK, 1)[1]
+        if after_eos and tokenizer.eos_token and framed.startswith(tokenizer.eos_token):
+            framed = framed[len(tokenizer.eos_token) :]  # the model's own end of message is in the episode already
+    elif role == "tool":
+        framed = f"```output\n{text.rstrip()}\n```\n"
+    else:
+        framed = text if text.endswith("\n") else text + "\n"
+    return tokenizer.encode(framed, add_special_tokens=False)
+
+
 class EpisodeRunner:
     """A rollout engine whose completions are multi-turn episodes (see the module docstring)."""
 
@@ -150,23 +171,6 @@ class EpisodeRunner:
         self.pool.shutdown(wait=False, cancel_futures=True)
         getattr(self.engine, "close", lambda: None)()
 
-    def observation_ids(self, text: str, role: str, conversational: bool, after_eos: bool) -> list[int]:
-        """The token ids that put ``text`` into the episode as a ``role`` turn (module docstring)."""
-        tok = self.tokenizer
-        if conversational and tok.chat_template:
-            messages = [{"role": "user", "content": "-"}, {"role": "assistant", "content": _MARK}]
-            rendered = tok.apply_chat_template(
-                [*messages, {"role": role, "content": text}], tokenize=False, add_generation_prompt=True
-            )
-            framed = rendered.split(_MARK, 1)[1]
-            if after_eos and tok.eos_token and framed.startswith(tok.eos_token):
-                framed = framed[len(tok.eos_token) :]  # the model's own end of message is in the episode already
-        elif role == "tool":
-            framed = f"```output\n{text.rstrip()}\n```\n"
-        else:
-            framed = text
-        return tok.encode(framed, add_special_tokens=False)
-
     def generate(self, prompts: list[Prompt], sampling: SamplingSettings) -> list[Group]:
         opts, tok = self.options, self.tokenizer
         prompt_ids = [tok.encode(p) if isinstance(p, str) else list(p) for p in prompts]
@@ -178,13 +182,15 @@ class EpisodeRunner:
             for k in range(sampling.n)
         ]
         openings = list(
-            self.pool.map(lambda e: e[0].env.reset(_columns(e[1])), zip(episodes, [r for r in rows for _ in range(sampling.n)]))
+            self.pool.map(
+                lambda e: e[0].env.reset(_columns(e[1])), zip(episodes, [r for r in rows for _ in range(sampling.n)])
+            )
         )
         for ep, opening in zip(episodes, openings):
             if opening:
-                ids = self.observation_ids(opening, "user", ep.conversational, after_eos=False)
+                ids = observation_ids(tok, opening, "user", ep.conversational, after_eos=False)
                 ep.append(Turn("user", tok.decode(ids), ids), None)
-        stop = list(getattr(episodes[0].env, "stop", []) or []) if episodes else []
+        stop = [*(getattr(episodes[0].env, "stop", None) or [] if episodes else []), *opts.turn_stop]
         for turn in range(opts.max_turns):
             active = [ep for ep in episodes if not ep.done]
             if not active:
@@ -229,11 +235,14 @@ class EpisodeRunner:
                 if step.observation is None:
                     continue
                 ended_by_eos = bool(c.token_ids) and c.token_ids[-1] == tok.eos_token_id
-                ids = self.observation_ids(step.observation, step.role, ep.conversational, ended_by_eos)
+                ids = observation_ids(tok, step.observation, step.role, ep.conversational, ended_by_eos)
                 if len(ep.ids) + len(ids) >= opts.max_total_tokens:
                     ep.end("length", "max_total_tokens")
                     continue
-                ep.append(Turn(step.role, tok.decode(ids), ids, step.tool, step.status if step.tool else None, step.seconds), None)
+                ep.append(
+                    Turn(step.role, tok.decode(ids), ids, step.tool, step.status if step.tool else None, step.seconds),
+                    None,
+                )
         groups, i = [], 0
         for ids, prompt in zip(prompt_ids, prompts):
             text = prompt if isinstance(prompt, str) else tok.decode(ids)

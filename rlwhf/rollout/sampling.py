@@ -65,7 +65,9 @@ def sample(rollout, rows: list[dict], sampling: SamplingSettings) -> tuple[list,
     and the seconds it took. Rows prepared by ``rlwhf.data.prompts`` are sampled from their rendered
     token ids."""
     t0 = time.perf_counter()
-    groups = rollout.generate([r.get("prompt_ids", r["prompt"]) for r in rows], dataclasses.replace(sampling, rows=rows))
+    groups = rollout.generate(
+        [r.get("prompt_ids", r["prompt"]) for r in rows], dataclasses.replace(sampling, rows=rows)
+    )
     for group, row in zip(groups, rows):
         group.prompt = row.get("prompt_text", group.prompt)
     return groups, time.perf_counter() - t0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import typing
 
-from rlwhf.tools import Step
+from rlwhf.tools.base import Step
 
 _BASE_FIELDS = {"done", "reward", "metadata"}
 

@@ -4,7 +4,7 @@ files, its own processes), with the sandbox's limits; what the program prints is
 from __future__ import annotations
 
 from rewards import sandbox
-from rlwhf.tools import ToolFailed, tool
+from rlwhf.tools.base import ToolFailed, tool
 
 # Output past this many bytes kills the program (the sandbox's cap); the environment then cuts what
 # the model reads to ``rollout.max_observation_chars``.
