@@ -286,3 +286,7 @@ def test_an_observation_is_framed_as_the_chat_templates_tool_turn_or_an_output_f
         "```output\n42\n```\n"
     )
     assert plain.decode(observation_ids(plain, "Lower.", "user", conversational=False, after_eos=False)) == "Lower.\n"
+    # a chat template that frames turns with nothing (the tiny model's "plain" one): as for a text prompt
+    assert plain.decode(observation_ids(plain, "42\n", "tool", conversational=True, after_eos=False)) == (
+        "```output\n42\n```\n"
+    )

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from rlwhf.checkpoints import prepare_run_dir, resolve_model
 from rlwhf.commands.output import fmt
 from rlwhf.config import Recipe
-from rlwhf.data.prompts import PromptRenderer, render_rows
+from rlwhf.data.prompts import RENDERED_KEYS, PromptRenderer, render_rows
 from rlwhf.data.rows import math_reward_used, write_rows
 from rlwhf.data.source import load_task
 from rlwhf.evaluation import EvalPlan, local_workers, run_evaluation
@@ -72,7 +72,7 @@ def sample_verified(engine, runner, rows: list[dict], recipe: Recipe) -> tuple[l
             for c in right[: d.keep_per_prompt]:
                 kept.append(
                     {
-                        **{k: v for k, v in row.items() if k not in ("prompt_text", "prompt_ids")},
+                        **{k: v for k, v in row.items() if k not in RENDERED_KEYS},
                         "solution": c.text,
                         "teacher_tokens": len(c.token_ids),
                     }
@@ -123,6 +123,12 @@ def distill(recipe: Recipe, say: Callable[[str], None] = print) -> dict:
     """Run a distillation (module docstring); returns its summary, also written to ``summary.json``."""
     started = time.perf_counter()
     d = recipe.distill
+    if recipe.rollout.multi_turn:
+        raise ValueError(
+            "rlwhf distill fine-tunes a student on one-turn completions; this recipe runs multi-turn "
+            "episodes (rollout.tools or rollout.environment), whose tool answers a student would learn to "
+            "write itself. Distill without them (rollout.tools=[])"
+        )
     try:
         teacher = str(resolve_model(d.teacher))
     except FileNotFoundError as exc:

@@ -15,7 +15,7 @@ import numpy as np
 
 from rlwhf.checkpoints import resolve_model
 from rlwhf.config import Recipe
-from rlwhf.data.prompts import PromptRenderer, render_rows
+from rlwhf.data.prompts import RENDERED_KEYS, PromptRenderer, render_rows
 from rlwhf.data.rows import write_rows
 from rlwhf.data.source import rows_to_score
 from rlwhf.evaluation import local_workers
@@ -86,7 +86,7 @@ def filter_by_pass_rate(
     with local_workers(path, recipe) as (engine, runner):
         rates = pass_rates(engine, runner, rendered, recipe, k)
     kept = [
-        {**{key: v for key, v in row.items() if key not in ("prompt_text", "prompt_ids")}, "pass_rate": rate}
+        {**{key: v for key, v in row.items() if key not in RENDERED_KEYS}, "pass_rate": rate}
         for row, rate in zip(rendered, rates)
         if low <= rate <= high
     ]

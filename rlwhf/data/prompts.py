@@ -20,6 +20,10 @@ from rlwhf.config import DataConfig
 from rlwhf.data.rows import is_conversation
 from rlwhf.data.source import TaskData
 
+# What rendering adds to a row (``prepare_prompts``): the text the model is given, its token ids, and
+# whether a chat template framed it (a multi-turn episode frames a tool's answer the same way).
+RENDERED_KEYS = ("prompt_text", "prompt_ids", "prompt_chat")
+
 
 class PromptRenderer:
     def __init__(self, tokenizer, cfg: DataConfig):
@@ -62,7 +66,7 @@ class Prepared:
 def prepare_prompts(
     rows: list[dict], renderer: PromptRenderer, max_tokens: int, on_overlong: str, split: str = "train"
 ) -> Prepared:
-    """Each row with ``prompt_text`` and ``prompt_ids`` added; rows over ``max_tokens`` dropped
+    """Each row with ``prompt_text``, ``prompt_ids`` and ``prompt_chat`` added (``RENDERED_KEYS``); rows over ``max_tokens`` dropped
     (``on_overlong="drop"``) or refused with the first one's row number (``"error"``)."""
     kept, dropped = [], 0
     for i, row in enumerate(rows):
@@ -76,7 +80,7 @@ def prepare_prompts(
                 )
             dropped += 1
             continue
-        kept.append({**row, "prompt_text": text, "prompt_ids": ids})
+        kept.append({**row, "prompt_text": text, "prompt_ids": ids, "prompt_chat": renderer.chat})
     return Prepared(kept, dropped)
 
 

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from rlwhf.data.prompts import RENDERED_KEYS
 from rlwhf.data.rows import is_conversation
 from rlwhf.rollout.base import Completion, Group, Prompt, SamplingSettings, prompt_seeds
 from rlwhf.tools import Environment, Step, ToolEnvironment, get_tool, load_environment
@@ -137,9 +138,11 @@ def turn_seed(seed: int | None, sample: int, turn: int) -> int | None:
 
 def observation_ids(tokenizer, text: str, role: str, conversational: bool, after_eos: bool) -> list[int]:
     """The token ids that put ``text`` into an episode as a ``role`` turn (``tool`` or ``user``): for a
-    conversational prompt, what the chat template puts between the model's message and the next
+    prompt framed by a chat template, what the template puts between the model's message and the next
     assistant turn (less the end of message when the model's turn already ended with it,
-    ``after_eos``); for a text prompt, a tool's answer in an output fence and any other as a line."""
+    ``after_eos``); otherwise, or when the template frames turns with nothing (the tiny model's
+    ``plain`` one), a tool's answer in an output fence and any other as a line of its own."""
+    framed = None
     if conversational and tokenizer.chat_template:
         messages = [{"role": "user", "content": "-"}, {"role": "assistant", "content": _MARK}]
         rendered = tokenizer.apply_chat_template(
@@ -148,10 +151,12 @@ def observation_ids(tokenizer, text: str, role: str, conversational: bool, after
         framed = rendered.split(_MARK, 1)[1]
         if after_eos and tokenizer.eos_token and framed.startswith(tokenizer.eos_token):
             framed = framed[len(tokenizer.eos_token) :]  # the model's own end of message is in the episode already
-    elif role == "tool":
-        framed = f"```output\n{text.rstrip()}\n```\n"
-    else:
-        framed = text if text.endswith("\n") else text + "\n"
+        if framed.strip() == text.strip():
+            framed = None
+    if framed is None:
+        framed = (
+            f"```output\n{text.rstrip()}\n```\n" if role == "tool" else text if text.endswith("\n") else text + "\n"
+        )
     return tokenizer.encode(framed, add_special_tokens=False)
 
 
@@ -177,7 +182,7 @@ class EpisodeRunner:
         rows = sampling.rows or [{} for _ in prompts]
         seeds = sampling.prompt_seeds or prompt_seeds(sampling.seed, len(prompts))
         episodes = [
-            _Episode(ids, turn_seed(seed, k, 0), is_conversation(row.get("prompt")), self.make_environment())
+            _Episode(ids, turn_seed(seed, k, 0), _chat(row), self.make_environment())
             for ids, seed, row in zip(prompt_ids, seeds, rows)
             for k in range(sampling.n)
         ]
@@ -251,8 +256,14 @@ class EpisodeRunner:
         return groups
 
 
+def _chat(row: dict) -> bool:
+    """Whether a prompt was framed by its chat template (``rlwhf.data.prompts``), so its episode frames
+    observations with it too; a row never rendered: whether its prompt is a conversation."""
+    return bool(row.get("prompt_chat", is_conversation(row.get("prompt"))))
+
+
 def _columns(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("prompt_ids", "prompt_text")}
+    return {k: v for k, v in row.items() if k not in RENDERED_KEYS}
 
 
 def answer_text(completion: Completion) -> str:

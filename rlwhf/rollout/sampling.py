@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from rlwhf.data.prompts import RENDERED_KEYS
 from rlwhf.data.rows import is_conversation
 from rlwhf.errors import RewardFailed
 from rlwhf.reward_runner import GroupToScore
@@ -31,7 +32,7 @@ class Scored:
 
 def columns_of(row: dict) -> dict:
     """The dataset columns a reward receives besides the completion and the prompt."""
-    return {k: v for k, v in row.items() if k not in ("prompt", "solution", "prompt_text", "prompt_ids")}
+    return {k: v for k, v in row.items() if k not in ("prompt", "solution", *RENDERED_KEYS)}
 
 
 def reward_completions(prompt, group) -> list:
