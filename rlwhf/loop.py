@@ -44,7 +44,7 @@ from rlwhf.rollout.sampling import sample, score, trace_rows
 from rlwhf.run_log import Tracker, say
 from rlwhf.starting_policy import prepare_policy
 from rlwhf.sync import WeightSync, make_sync
-from rlwhf.train.batch import RolloutBatch, pack
+from rlwhf.train.batch import RolloutBatch, pack_groups
 from rlwhf.train.routing import ROUTING_BIAS_FILE, write_start_skew
 from rlwhf.workers import init_ray
 
@@ -341,18 +341,8 @@ def total_rewards(run: Run, groups: list, totals: list[float]) -> torch.Tensor:
 def compute_advantages(run: Run, collected: Collected) -> tuple[RolloutBatch, torch.Tensor]:
     """4. The trainer's batch with group-relative advantages, and the rewards they came from (with
     the KL penalty folded in when ``algo.kl_in_reward``)."""
-    algo, groups = run.recipe.algo, collected.groups
-    completions = [c for grp in groups for c in grp.completions]
-    batch = pack(
-        [grp.prompt_ids for grp in groups for _ in grp.completions],
-        [c.token_ids for c in completions],
-        [c.logprobs for c in completions],
-        [0.0] * len(completions),
-        [c.finish_reason == "length" for c in completions],
-        pad_id=0,
-        routes=[c.routes for c in completions],
-        masks=[c.mask for c in completions],
-    )
+    algo = run.recipe.algo
+    batch = pack_groups(collected.groups)
     rewards = torch.tensor(collected.totals)
     if algo.kl_in_reward and algo.kl_coef > 0:
         rewards = rewards - algo.kl_coef * torch.tensor(run.policy.sequence_kl(batch))

@@ -10,7 +10,7 @@ import torch
 from rlwhf.config import AlgoConfig, ConfigError, MoEConfig, TrainConfig, load_recipe
 from rlwhf.models.tiny import TinyMoEConfig, build_tiny_moe
 from rlwhf.rollout.base import SamplingSettings
-from rlwhf.train.batch import pack
+from rlwhf.train.batch import pack, pack_groups
 from rlwhf.train.policy import PolicyTrainer
 from rlwhf.train.routing import ROUTING_BIAS_FILE, Routing, agreement, aux_free_update, find_routers
 
@@ -35,16 +35,8 @@ def trainer(path, dtype="float32", **moe):
 
 
 def batch_from(groups):
-    completions = [c for g in groups for c in g.completions]
-    return pack(
-        [g.prompt_ids for g in groups for _ in g.completions],
-        [c.token_ids for c in completions],
-        [c.logprobs for c in completions],
-        [1.0, -1.0] * (len(completions) // 2),
-        [False] * len(completions),
-        pad_id=0,
-        routes=[c.routes for c in completions],
-    )
+    n = sum(len(g.completions) for g in groups)
+    return pack_groups(groups, [1.0, -1.0] * (n // 2))
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])

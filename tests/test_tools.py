@@ -9,7 +9,7 @@ import torch
 from rlwhf.rollout import SamplingSettings, make_engine
 from rlwhf.rollout.episodes import EpisodeOptions, EpisodeRunner, episode_metrics, episode_stats
 from rlwhf.tools import Step, ToolEnvironment, as_tool, get_tool, parse_call, tool
-from rlwhf.train.batch import pack
+from rlwhf.train.batch import pack_groups
 from rlwhf.train.logprobs import token_logprobs
 
 
@@ -200,15 +200,7 @@ def test_the_trainer_scores_an_episodes_tokens_as_vllm_did_and_no_observation_to
 
     groups, _, _ = episodes
     completions = [c for g in groups for c in g.completions]
-    batch = pack(
-        [g.prompt_ids for g in groups for _ in g.completions],
-        [c.token_ids for c in completions],
-        [c.logprobs for c in completions],
-        [1.0, -1.0] * (len(completions) // 2),
-        [False] * len(completions),
-        pad_id=0,
-        masks=[c.mask for c in completions],
-    )
+    batch = pack_groups(groups, [1.0, -1.0] * (len(completions) // 2))
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     model.config.output_router_logits = False
     logp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, temperature=1.0)

@@ -132,3 +132,20 @@ def pack(
         torch.tensor(truncated),
         routed,
     )
+
+
+def pack_groups(groups: list, advantages: list[float] | None = None, pad_id: int = 0) -> RolloutBatch:
+    """``pack`` of rollout groups (``rlwhf.rollout.base.Group``): every completion after its group's
+    prompt, with its log-probs, truncation, MoE routes and (a multi-turn episode's) mask;
+    ``advantages`` one per completion, else zeros."""
+    completions = [c for g in groups for c in g.completions]
+    return pack(
+        [g.prompt_ids for g in groups for _ in g.completions],
+        [c.token_ids for c in completions],
+        [c.logprobs for c in completions],
+        [0.0] * len(completions) if advantages is None else advantages,
+        [c.finish_reason == "length" for c in completions],
+        pad_id=pad_id,
+        routes=[c.routes for c in completions],
+        masks=[c.mask for c in completions],
+    )
