@@ -253,6 +253,11 @@ class RolloutConfig(Section):
         """Multi-turn: an episode's token budget (``max_total_tokens``, or ``max_new_tokens`` per turn)."""
         return self.max_total_tokens or self.max_new_tokens * self.max_turns
 
+    @property
+    def completion_tokens(self) -> int:
+        """The longest completion a rollout makes: ``max_new_tokens``, or a multi-turn episode's budget."""
+        return self.episode_tokens if self.multi_turn else self.max_new_tokens
+
 
 class RewardSpec(Section):
     name: str = Field(

@@ -212,7 +212,7 @@ def start_run(recipe: Recipe, resume: bool) -> Run:
         logs,
         str(ckpt) if ckpt else None,
         temperature=rc.temperature,
-        max_new_tokens=rc.max_new_tokens,
+        max_new_tokens=rc.completion_tokens,  # Dr. GRPO's constant normaliser: the longest completion
         seed=recipe.run.seed,
         dtype=recipe.model.dtype,
         completions_per_step=recipe.train.prompts_per_step * rc.group_size,
@@ -332,8 +332,7 @@ def total_rewards(run: Run, groups: list, totals: list[float]) -> torch.Tensor:
     total = torch.tensor(totals)
     if run.recipe.algo.overlong_penalty:
         lengths = torch.tensor([len(c.token_ids) for grp in groups for c in grp.completions], dtype=torch.float)
-        rc = run.recipe.rollout
-        budget = rc.episode_tokens if rc.multi_turn else rc.max_new_tokens
+        budget = run.recipe.rollout.completion_tokens
         total = total + overlong_penalty(lengths, budget, run.recipe.algo.overlong_cache)
     return total
 

@@ -78,3 +78,15 @@ def test_inspect_and_eval_show_a_tools_run_turn_by_turn(tools_run, tmp_path):
     assert "tool_use_frac" in proc.stdout and metrics["sampled/tool_calls"] > 0
     done = pd.read_parquet(tmp_path / "report-completions.parquet")
     assert done["tool_calls"].sum() > 0 and "turns" in done
+
+
+@pytest.mark.slow
+def test_the_inspect_notebook_shows_a_tools_runs_turns(tools_run):
+    from test_notebooks import execute
+
+    outputs = execute("inspect_traces.ipynb", {"RLWHF_RUN_DIR": str(tools_run)})
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "episodes calling a tool:" in text
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert 'class="rlwhf-obs' in html and "python · ok" in html

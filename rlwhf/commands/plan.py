@@ -162,7 +162,7 @@ def trainer_memory(
     workers = getattr(getattr(recipe, "resources", None), "policy_workers", 1)
     checkpointing = train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     budget = train.micro_batch_tokens if micro_batch_tokens is None else micro_batch_tokens
-    longest = recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens
+    longest = recipe.rollout.max_prompt_tokens + recipe.rollout.completion_tokens
     tokens = max(budget, longest) if budget else (train.minibatch_size or 1) * longest
     compute = 2 if recipe.model.dtype == "bfloat16" else 4
     per_layer = activation_elements(size) * compute
@@ -208,7 +208,7 @@ def rollout_memory(recipe: Recipe, size: ModelSize) -> RolloutMemory:
     return RolloutMemory(
         size.total * compute / tp,
         2 * size.layers * size.kv_width * compute / tp,
-        int(sequences * (rc.max_prompt_tokens + rc.max_new_tokens)),
+        int(sequences * (rc.max_prompt_tokens + rc.completion_tokens)),
     )
 
 
@@ -303,7 +303,7 @@ def plan_text(recipe: Recipe, gpu_memory_gib: float = 80.0) -> str:
             f"GPU = {_gib(engine_budget)}: {NOT_FIT}; it needs tensor parallelism over several GPUs"
         )
     else:
-        at_once = int(cache // (roll.kv_per_token * (recipe.rollout.max_prompt_tokens + recipe.rollout.max_new_tokens)))
+        at_once = int(cache // (roll.kv_per_token * (recipe.rollout.max_prompt_tokens + recipe.rollout.completion_tokens)))
         lines.append(
             f"rollout engine: {_gib(cache)} left for the KV cache, {at_once:,} full-length sequences at "
             f"once (vLLM queues the rest)"

@@ -74,8 +74,7 @@ def engine_options(recipe, *, in_run: bool = True) -> dict:
         "dtype": recipe.model.dtype,
         "seed": recipe.run.seed,
         "kv_cache_gib": rc.kv_cache_gib,
-        "max_model_len": rc.max_prompt_tokens
-        + max(rc.max_new_tokens, recipe.eval.max_new_tokens, rc.episode_tokens if rc.multi_turn else 0),
+        "max_model_len": rc.max_prompt_tokens + max(rc.completion_tokens, recipe.eval.max_new_tokens),
         "gpu_memory_utilization": rc.gpu_memory_utilization,
         "tensor_parallel_size": rc.tensor_parallel_size,
         "compile": rc.compile,
