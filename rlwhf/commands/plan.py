@@ -303,7 +303,9 @@ def plan_text(recipe: Recipe, gpu_memory_gib: float = 80.0) -> str:
             f"GPU = {_gib(engine_budget)}: {NOT_FIT}; it needs tensor parallelism over several GPUs"
         )
     else:
-        at_once = int(cache // (roll.kv_per_token * (recipe.rollout.max_prompt_tokens + recipe.rollout.completion_tokens)))
+        at_once = int(
+            cache // (roll.kv_per_token * (recipe.rollout.max_prompt_tokens + recipe.rollout.completion_tokens))
+        )
         lines.append(
             f"rollout engine: {_gib(cache)} left for the KV cache, {at_once:,} full-length sequences at "
             f"once (vLLM queues the rest)"
