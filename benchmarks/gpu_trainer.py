@@ -89,7 +89,12 @@ def settings(args) -> SimpleNamespace:
     )
     prompt = args.length // 8
     rollout = SimpleNamespace(
-        max_prompt_tokens=prompt, max_new_tokens=args.length - prompt, group_size=1, engine="vllm", kv_cache_gib=1.0
+        max_prompt_tokens=prompt,
+        max_new_tokens=args.length - prompt,
+        completion_tokens=args.length - prompt,  # one turn: the longest completion is max_new_tokens
+        group_size=1,
+        engine="vllm",
+        kv_cache_gib=1.0,
     )
     resources = SimpleNamespace(policy_workers=1, rollout_engines=1, gpus_per_policy_worker=int(args.device == "cuda"))
     return SimpleNamespace(

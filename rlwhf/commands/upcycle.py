@@ -1,0 +1,66 @@
+"""``rlwhf upcycle``: a dense model (a folder, a run's checkpoint, or a GGUF file such as the SmolLM2
+that ``make setup`` installs) made into a Mixtral-architecture MoE whose experts start as copies of
+its feed-forward blocks (``rlwhf.models.upcycle``), written as a Hugging Face folder that vLLM,
+transformers and ``rlwhf train`` load. Written into ``OUT.tmp`` and renamed into place."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from rlwhf.checkpoints import commit_directory, resolve_model
+from rlwhf.commands.export import check_out_folder
+from rlwhf.models.upcycle import upcycle
+
+
+def upcycle_model(
+    source: str | Path,
+    out: Path,
+    *,
+    experts: int,
+    top_k: int,
+    router_init: str = "normal",
+    router_std: float = 0.02,
+    noise: float = 0.0,
+    reinit_fraction: float = 0.0,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> list[str]:
+    """Upcycle ``source`` into ``out``; returns what to print (what was made, its parameters, how to use it)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    src = resolve_model(source)
+    check_out_folder(out, src, overwrite)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        made = upcycle(
+            src,
+            tmp,
+            experts=experts,
+            top_k=top_k,
+            router_init=router_init,
+            router_std=router_std,
+            noise=noise,
+            reinit_fraction=reinit_fraction,
+            seed=seed,
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder the user made for it
+    commit_directory(tmp, out)
+    exact = noise == 0 and reinit_fraction == 0
+    return [
+        f"upcycled {src} ({made.dense_params:,} parameters) into {out}: a Mixtral-architecture MoE with "
+        f"{experts} experts per layer, top-{top_k}",
+        f"parameters: {made.total_params:,} in all, {made.active_params:,} active per token",
+        "it computes what the dense model computed (its experts are copies; the router starts "
+        + ("at random)" if router_init == "normal" else "at zero)")
+        if exact
+        else f"its experts are perturbed copies (noise {noise}, re-initialised share {reinit_fraction})",
+        f"train it: set model.path: {out} in a recipe (recipes/smollm2-moe-arithmetic.yaml does)",
+    ]
