@@ -44,6 +44,24 @@ class RunConfig(Section):
         return Path(self.output_dir) / self.name
 
 
+class UpcycleSpec(Section):
+    experts: int = Field(8, ge=2, description="Experts per layer, each starting as a copy of the dense block.")
+    top_k: int = Field(2, ge=1, description="Experts each token is routed to.")
+    router_init: Literal["normal", "zeros"] = Field("normal", description="The router's start: small random, or zero.")
+    router_std: float = Field(0.02, gt=0, description="The random router's standard deviation.")
+    noise: float = Field(0.0, ge=0, description="Perturb each copy by this times each weight's std (0: exact start).")
+    reinit_fraction: float = Field(
+        0.0, ge=0, le=1, description="Drop-upcycling: re-draw this share of each copy's hidden neurons."
+    )
+    seed: int = Field(0, description="Seed of the router and of any perturbation.")
+
+    @model_validator(mode="after")
+    def _check(self) -> UpcycleSpec:
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k ({self.top_k}) must be at most experts ({self.experts})")
+        return self
+
+
 class ModelConfig(Section):
     path: str = Field(
         "tiny",
@@ -57,6 +75,17 @@ class ModelConfig(Section):
         description="Compute dtype of the trainer (autocast; "
         "its weights and optimizer state stay float32) and of vLLM.",
     )
+    upcycle: UpcycleSpec | None = Field(
+        None,
+        description="Start from model.path (a dense Llama-architecture model) made into a Mixtral-architecture "
+        "MoE by sparse upcycling (as `rlwhf upcycle` does; cached), e.g. {experts: 4, top_k: 2}.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.upcycle is not None and self.path == "tiny":
+            raise ValueError("upcycle: the 'tiny' model is an MoE already; upcycle a dense model (model.path)")
+        return self
 
 
 class GymDatasetSpec(Section):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from rlwhf.models.gguf import local_model_path
 from rlwhf.models.tiny import build_tiny_moe
+from rlwhf.models.upcycle import policy_path
 from rlwhf.workers import ProgressBoard, cold_start_sft_task, remote
 
 # Part of the SFT cache key: raise it when a change makes the same settings train a different model
@@ -38,7 +38,7 @@ def sft_cache_dir(recipe) -> Path:
 
 def prepare_policy(recipe, run_dir: Path, train_rows: list[dict], say: Callable[[str], None] = print) -> str:
     """The starting policy's directory: build the tiny model if asked, then the cold-start SFT (cached)."""
-    path = local_model_path(recipe.model.path, say=say)
+    path = policy_path(recipe.model, say=say)
     sft_dir = run_dir / "model" / "sft"
     use_cache = recipe.sft.enabled and recipe.sft.cache and recipe.model.path == "tiny"
     cached = sft_cache_dir(recipe)

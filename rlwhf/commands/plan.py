@@ -41,6 +41,10 @@ def load_model_config(recipe: Recipe):
     from rlwhf.models.gguf import local_model_path
 
     path = local_model_path(recipe.model.path)
+    if recipe.model.upcycle is not None:  # the MoE it will be made into, without making it
+        from rlwhf.models.upcycle import upcycled_config
+
+        return upcycled_config(AutoConfig.from_pretrained(path), recipe.model.upcycle)
     if path == "tiny":
         from rlwhf.models.tiny import build_tokenizer, hf_config
 
@@ -86,7 +90,12 @@ def model_size(config) -> ModelSize:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())
-    experts = int(getattr(config, "num_experts", 0) or getattr(config, "n_routed_experts", 0) or 0)
+    experts = int(
+        getattr(config, "num_experts", 0)  # Qwen-MoE
+        or getattr(config, "n_routed_experts", 0)  # DeepSeek-V3
+        or getattr(config, "num_local_experts", 0)  # Mixtral (and models rlwhf upcycles)
+        or 0
+    )
     k = int(getattr(config, "num_experts_per_tok", 0) or 0)
     expert_params = sum(
         p.numel() for name, p in model.named_parameters() if ".experts." in name and experts and p.shape[0] == experts
@@ -233,7 +242,8 @@ def plan_text(recipe: Recipe, gpu_memory_gib: float = 80.0) -> str:
     n, m = res.policy_workers, res.rollout_engines
     sharding = f"sharded over {n} policy workers (FSDP2)" if n > 1 else "not sharded"
     lines = [
-        f"policy {recipe.model.path}: {_count(size.total)} parameters"
+        f"policy {recipe.model.path}{' upcycled (model.upcycle)' if recipe.model.upcycle else ''}: "
+        f"{_count(size.total)} parameters"
         + (
             f", {_count(size.active)} active per token ({size.experts_per_token} of {size.experts} experts)"
             if size.experts

@@ -24,12 +24,22 @@ Llama and Mistral (no attention or MLP biases) map exactly; other architectures 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from rlwhf.models.gguf import cache_root, file_digest, local_model_path
+
 UPCYCLED_FROM = "upcycle.json"
+# Bumped when the folder written for the same source and settings changes; older ones are then rebuilt.
+UPCYCLE_VERSION = 1
+SETTINGS = ("experts", "top_k", "router_init", "router_std", "noise", "reinit_fraction", "seed")
 SUPPORTED = ("llama", "mistral")
 
 
@@ -189,3 +199,51 @@ def _card(info: dict) -> str:
         f"Parameters: {info['total_params']:,} in all, {info['active_params']:,} active per token "
         f"(the dense model: {info['dense_params']:,}). Settings: `{UPCYCLED_FROM}`.\n"
     )
+
+
+def _settings(spec) -> dict:
+    return {k: getattr(spec, k) for k in SETTINGS} if not isinstance(spec, dict) else {k: spec[k] for k in SETTINGS}
+
+
+def upcycled_config(dense_config, spec):
+    """The config of the MoE that ``spec`` (``model.upcycle``) makes of a model with ``dense_config``,
+    without making it (``rlwhf plan``)."""
+    return _moe_config(dense_config, spec.experts, spec.top_k)
+
+
+def upcycled_dir(source: str | Path, spec, say: Callable[[str], None] = print) -> Path:
+    """The upcycled MoE of the dense folder ``source`` with ``spec``'s settings (``model.upcycle``),
+    made on first use and cached by the source's weights and the settings."""
+    source, settings = Path(source), _settings(spec)
+    key = hashlib.sha256()
+    for file in sorted(source.glob("*.safetensors")) + [source / "config.json"]:
+        key.update(file_digest(file).encode())
+    key.update(json.dumps([settings, UPCYCLE_VERSION], sort_keys=True).encode())
+    target = cache_root() / "upcycled" / key.hexdigest()[:24]
+    if (target / UPCYCLED_FROM).is_file():
+        return target
+    t0 = time.perf_counter()
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    made = upcycle(source, tmp, **settings)
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process made the same folder first
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(
+        f"model.upcycle: {source} made into a Mixtral-architecture MoE, {made.experts} experts per layer, "
+        f"top-{made.top_k} ({made.total_params:,} parameters, {made.active_params:,} active) in {target} "
+        f"({time.perf_counter() - t0:.0f} s; cached)"
+    )
+    return target
+
+
+def policy_path(model, say: Callable[[str], None] = print) -> str:
+    """A recipe's ``model`` section as the folder (or Hub id, or 'tiny') the trainer and vLLM load: a
+    GGUF file converted, then upcycled when ``model.upcycle`` asks."""
+    path = local_model_path(model.path, say=say)
+    if getattr(model, "upcycle", None) is None:
+        return path
+    return str(upcycled_dir(path, model.upcycle, say=say))
