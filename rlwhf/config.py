@@ -802,6 +802,8 @@ def apply_override(data: dict, override: str) -> dict:
         value: Any = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+        value = raw  # text with a colon in it ("You can: ..."), not a mapping (written {key: value})
     parts = key.strip().split(".")
     node = data
     for part in parts[:-1]:

@@ -193,3 +193,13 @@ def test_a_recipe_that_is_not_yaml_is_named_with_the_place_of_the_mistake(tmp_pa
     message = str(error.value)
     assert message.startswith(f"recipe {recipe}: not valid YAML") and f'"{recipe}", line 3' in message
     assert "<unicode string>" not in message and "\n" not in message
+
+
+def test_an_override_whose_text_has_a_colon_is_text_and_braces_make_a_mapping():
+    from rlwhf.config import load_recipe
+
+    recipe = load_recipe(
+        None, ["data.system_prompt=You can run Python: write it in a block.", "model.tiny={num_layers: 3}"]
+    )
+    assert recipe.data.system_prompt == "You can run Python: write it in a block."
+    assert recipe.model.tiny.num_layers == 3
