@@ -13,20 +13,10 @@ from rlwhf.commands.export import check_out_folder
 from rlwhf.models.upcycle import upcycle
 
 
-def upcycle_model(
-    source: str | Path,
-    out: Path,
-    *,
-    experts: int,
-    top_k: int,
-    router_init: str = "normal",
-    router_std: float = 0.02,
-    noise: float = 0.0,
-    reinit_fraction: float = 0.0,
-    seed: int = 0,
-    overwrite: bool = False,
-) -> list[str]:
-    """Upcycle ``source`` into ``out``; returns what to print (what was made, its parameters, how to use it)."""
+def upcycle_model(source: str | Path, out: Path, *, overwrite: bool = False, **settings) -> list[str]:
+    """Upcycle ``source`` into ``out`` with ``settings`` (``rlwhf.models.upcycle.upcycle``'s: experts,
+    top_k, router_init, router_std, noise, reinit_fraction, seed); returns what to print (what was
+    made, its parameters, how to use it)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -36,31 +26,22 @@ def upcycle_model(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        made = upcycle(
-            src,
-            tmp,
-            experts=experts,
-            top_k=top_k,
-            router_init=router_init,
-            router_std=router_std,
-            noise=noise,
-            reinit_fraction=reinit_fraction,
-            seed=seed,
-        )
+        made = upcycle(src, tmp, **settings)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists() and not any(out.iterdir()):
         out.rmdir()  # an empty folder the user made for it
     commit_directory(tmp, out)
-    exact = noise == 0 and reinit_fraction == 0
+    noise, reinit = settings.get("noise", 0.0), settings.get("reinit_fraction", 0.0)
     return [
         f"upcycled {src} ({made.dense_params:,} parameters) into {out}: a Mixtral-architecture MoE with "
-        f"{experts} experts per layer, top-{top_k}",
+        f"{made.experts} experts per layer, top-{made.top_k}",
         f"parameters: {made.total_params:,} in all, {made.active_params:,} active per token",
         "it computes what the dense model computed (its experts are copies; the router starts "
-        + ("at random)" if router_init == "normal" else "at zero)")
-        if exact
-        else f"its experts are perturbed copies (noise {noise}, re-initialised share {reinit_fraction})",
-        f"train it: set model.path: {out} in a recipe (recipes/smollm2-moe-arithmetic.yaml does)",
+        + ("at zero)" if settings.get("router_init") == "zeros" else "at random)")
+        if noise == 0 and reinit == 0
+        else f"its experts are perturbed copies (noise {noise}, re-initialised share {reinit})",
+        f"train it: model.path: {out} in a recipe (or model.upcycle in a recipe makes it on first use, as "
+        "recipes/smollm2-moe-arithmetic.yaml does)",
     ]
