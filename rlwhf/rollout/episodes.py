@@ -19,8 +19,8 @@ next assistant turn: end of message, the tool's turn, the opening of the next as
 for a text prompt, a tool's result in an output fence (`` ```output\\n...\\n```\\n``) and an
 environment's reply as a line of its own.
 
-Limits: ``max_turns`` model turns (a tool call in the last one is not run: the episode is cut,
-``cut="max_turns"``); ``max_total_tokens`` over the whole episode, observations included (a turn's
+Limits: ``max_turns`` model turns (the environment still answers the last one, so a game can end and
+pay there, but nothing more is appended: a tool call in it is cut, ``cut="max_turns"``); ``max_total_tokens`` over the whole episode, observations included (a turn's
 budget is the smaller of ``max_new_tokens`` and what is left; an observation that leaves no room for
 the model to answer ends the episode before it is appended, ``cut="max_total_tokens"``). An episode
 always ends with the model's turn, so a reward never reads a tool's output as the model's answer.
@@ -197,16 +197,13 @@ class EpisodeRunner:
                 ep.append(Turn("user", tok.decode(ids), ids), None)
         stop = [*(getattr(episodes[0].env, "stop", None) or [] if episodes else []), *opts.turn_stop]
         for turn in range(opts.max_turns):
+            for ep in episodes:
+                if not ep.done and len(ep.ids) >= opts.max_total_tokens:
+                    ep.end("length", "max_total_tokens")
             active = [ep for ep in episodes if not ep.done]
             if not active:
                 break
             budgets = [min(sampling.max_new_tokens, opts.max_total_tokens - len(ep.ids)) for ep in active]
-            for ep, budget in zip(active, budgets):
-                if budget < 1:
-                    ep.end("length", "max_total_tokens")
-            active = [ep for ep, budget in zip(active, budgets) if budget >= 1]
-            if not active:
-                break
             groups = self.engine.generate(
                 [ep.prompt_ids + ep.ids for ep in active],
                 dataclasses.replace(
@@ -214,7 +211,7 @@ class EpisodeRunner:
                     n=1,
                     prompt_seeds=[turn_seed(ep.seed, 0, turn) for ep in active],
                     max_new_tokens=max(budgets),
-                    max_new_tokens_each=[b for b in budgets if b >= 1],
+                    max_new_tokens_each=budgets,
                     stop=stop or None,
                     rows=None,
                 ),
