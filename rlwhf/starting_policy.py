@@ -22,8 +22,9 @@ from rlwhf.workers import ProgressBoard, cold_start_sft_task, remote
 
 # Part of the SFT cache key: raise it when a change makes the same settings train a different model
 # or changes the key's contents (2: the SFT runs on every core, which rounds differently from one;
-# 3: every field of the model, data and SFT sections is in the key, none left out to keep older keys).
-SFT_CACHE_VERSION = 3
+# 3: every field of the model, data and SFT sections is in the key, none left out to keep older keys;
+# 4: model.upcycle and data.operation joined the key).
+SFT_CACHE_VERSION = 4
 
 
 def sft_cache_dir(recipe) -> Path:

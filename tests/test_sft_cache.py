@@ -55,5 +55,5 @@ def test_sft_cache_key_ignores_what_the_sft_does_not_read_and_changes_only_on_pu
     # The demo's key: a change of it makes every user's `make demo` redo its SFT, so it changes only with
     # SFT_CACHE_VERSION (a new recipe field changes it too: then raise the version, and this value).
     assert (
-        sft_cache_dir(load_recipe(ROOT / "recipes" / "tiny.yaml", ["run.output_dir=runs"])).name == "41bf01b138203500"
+        sft_cache_dir(load_recipe(ROOT / "recipes" / "tiny.yaml", ["run.output_dir=runs"])).name == "b497fba3858d8516"
     )
