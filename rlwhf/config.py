@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import rewards
 from rlwhf import tools
@@ -47,6 +47,11 @@ class RunConfig(Section):
 class UpcycleSpec(Section):
     experts: int = Field(8, ge=2, description="Experts per layer, each starting as a copy of the dense block.")
     top_k: int = Field(2, ge=1, description="Experts each token is routed to.")
+    layers: str | list[int] = Field(
+        "all",
+        description="Which layers become MoE: 'all' (a Mixtral), or 'every-other', 'top:N' (the last N) or a "
+        "list of indices (a Qwen2-MoE whose other layers stay dense).",
+    )
     router_init: Literal["normal", "zeros"] = Field("normal", description="The router's start: small random, or zero.")
     router_std: float = Field(0.02, gt=0, description="The random router's standard deviation.")
     noise: float = Field(0.0, ge=0, description="Perturb each copy by this times each weight's std (0: exact start).")
@@ -60,6 +65,14 @@ class UpcycleSpec(Section):
         if self.top_k > self.experts:
             raise ValueError(f"top_k ({self.top_k}) must be at most experts ({self.experts})")
         return self
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_form(cls, layers):
+        from rlwhf.models.upcycle import moe_layers
+
+        moe_layers(layers, 10**6)  # the form only: the model's number of layers is known when it is made
+        return layers
 
 
 class ModelConfig(Section):

@@ -79,6 +79,8 @@ class ModelSize:
     experts: int  # routed experts per layer (0: dense)
     experts_per_token: int
     expert_width: int  # one expert's intermediate size (or the dense MLP's)
+    moe_layers: int = 0  # layers with experts; the others (a Qwen2-MoE's mlp_only_layers, ...) are dense
+    dense_width: int = 0  # the dense layers' MLP intermediate size
 
 
 def model_size(config) -> ModelSize:
@@ -104,6 +106,9 @@ def model_size(config) -> ModelSize:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     width = (getattr(config, "moe_intermediate_size", None) if experts else None) or config.intermediate_size
+    moe_layers = {
+        name.split(".layers.")[1].split(".")[0] for name, _ in model.named_parameters() if ".experts." in name
+    }
     return ModelSize(
         total,
         active,
@@ -115,6 +120,8 @@ def model_size(config) -> ModelSize:
         experts,
         k,
         width,
+        len(moe_layers) if experts else 0,
+        config.intermediate_size,
     )
 
 
@@ -124,11 +131,12 @@ def activation_elements(size: ModelSize) -> int:
     the router's scores, and for each of the token's experts (or the dense MLP) its input, its two
     projections, the activation and the weighted output."""
     attention = 3 * size.hidden + 4 * size.query_width + 4 * size.kv_width
-    if size.experts:
-        mlp = 2 * size.hidden + size.experts + size.experts_per_token * (2 * size.hidden + 4 * size.expert_width)
-    else:
-        mlp = 2 * size.hidden + 4 * size.expert_width
-    return attention + mlp
+    if not size.experts:
+        return attention + 2 * size.hidden + 4 * size.expert_width
+    moe = 2 * size.hidden + size.experts + size.experts_per_token * (2 * size.hidden + 4 * size.expert_width)
+    dense = 2 * size.hidden + 4 * size.dense_width
+    # the mean over the layers, where some stay dense
+    return attention + (size.moe_layers * moe + (size.layers - size.moe_layers) * dense) // size.layers
 
 
 # What a training process holds besides its tensors, measured by benchmarks/trainer_memory.py on the

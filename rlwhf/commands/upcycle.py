@@ -1,6 +1,6 @@
 """``rlwhf upcycle``: a dense model (a folder, a run's checkpoint, or a GGUF file such as the SmolLM2
-that ``make setup`` installs) made into a Mixtral-architecture MoE whose experts start as copies of
-its feed-forward blocks (``rlwhf.models.upcycle``), written as a Hugging Face folder that vLLM,
+that ``make setup`` installs) made into an MoE (Mixtral, or Qwen2-MoE when some layers stay dense)
+whose experts start as copies of its feed-forward blocks (``rlwhf.models.upcycle``), written as a Hugging Face folder that vLLM,
 transformers and ``rlwhf train`` load. Written into ``OUT.tmp`` and renamed into place."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 
 from rlwhf.checkpoints import commit_directory, resolve_model
 from rlwhf.commands.export import check_out_folder
-from rlwhf.models.upcycle import upcycle
+from rlwhf.models.upcycle import describe_layers, upcycle
 
 
 def upcycle_model(source: str | Path, out: Path, *, overwrite: bool = False, **settings) -> list[str]:
     """Upcycle ``source`` into ``out`` with ``settings`` (``rlwhf.models.upcycle.upcycle``'s: experts,
-    top_k, router_init, router_std, noise, reinit_fraction, seed); returns what to print (what was
+    top_k, layers, router_init, router_std, noise, reinit_fraction, seed); returns what to print (what was
     made, its parameters, how to use it)."""
     from transformers.utils import logging as hf_logging
 
@@ -35,8 +35,9 @@ def upcycle_model(source: str | Path, out: Path, *, overwrite: bool = False, **s
     commit_directory(tmp, out)
     noise, reinit = settings.get("noise", 0.0), settings.get("reinit_fraction", 0.0)
     return [
-        f"upcycled {src} ({made.dense_params:,} parameters) into {out}: a Mixtral-architecture MoE with "
-        f"{made.experts} experts per layer, top-{made.top_k}",
+        f"upcycled {src} ({made.dense_params:,} parameters) into {out}: a "
+        f"{made.architecture}-architecture MoE with {made.experts} experts, top-"
+        f"{made.top_k}, in " + describe_layers(made.moe_layers, made.num_layers),
         f"parameters: {made.total_params:,} in all, {made.active_params:,} active per token",
         "it computes what the dense model computed (its experts are copies; the router starts "
         + ("at zero)" if settings.get("router_init") == "zeros" else "at random)")

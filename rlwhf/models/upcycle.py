@@ -1,10 +1,20 @@
-"""Sparse upcycling: a dense Llama-architecture model made into a Mixtral-architecture MoE whose experts
-start as copies of the dense feed-forward block (Komatsuzaki et al., 2022, "Sparse Upcycling").
+"""Sparse upcycling: a dense Llama- or Qwen2-architecture model made into an MoE whose experts start as
+copies of the dense feed-forward block (Komatsuzaki et al., 2022, "Sparse Upcycling").
 
 Mixtral is Llama with each feed-forward block replaced by ``E`` experts of the same shape and a
 linear router whose softmax's top-k weights are renormalised to sum to 1. With every expert equal
 to the dense block, ``sum_k w_k f(x) = f(x)`` whatever the router chooses, so the upcycled model
 computes what the dense one did (to float rounding) and RL starts from its pretrained knowledge.
+
+Which layers (``layers``): every layer of a Llama or Mistral model gives a Mixtral. Mixtral's format
+has no dense layers among its MoE ones, so some of the layers ("every-other", "top:N", or a list),
+and any Qwen2 model (whose attention has biases), give a Qwen2-MoE: Qwen2's attention (a Llama's with
+its biases at zero), MoE blocks with ``norm_topk_prob`` (the same renormalised top-k) and dense
+layers where ``mlp_only_layers`` says. Qwen2-MoE's blocks also hold a shared expert beside the
+routed ones; rlwhf makes it one neuron wide and all zero, which adds nothing to the output, gets no
+gradient (zero is a fixed point of its gradient) and so stays zero; vLLM and transformers both load
+the folder as it is. (A width of zero would be cleaner, but transformers then reports the empty
+tensors as missing and vLLM refuses them if they are saved.)
 
 How the copies may diverge:
 
@@ -27,20 +37,26 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from rlwhf.models.gguf import cache_root, file_digest, local_model_path
+
+if TYPE_CHECKING:
+    import torch
 
 UPCYCLED_FROM = "upcycle.json"
 # Bumped when the folder written for the same source and settings changes; older ones are then rebuilt.
 UPCYCLE_VERSION = 1
-SETTINGS = ("experts", "top_k", "router_init", "router_std", "noise", "reinit_fraction", "seed")
-SUPPORTED = ("llama", "mistral")
+SETTINGS = ("experts", "top_k", "layers", "router_init", "router_std", "noise", "reinit_fraction", "seed")
+SUPPORTED = ("llama", "mistral", "qwen2")
+ARCHITECTURES = {"mixtral": "Mixtral", "qwen2_moe": "Qwen2-MoE"}  # what upcycling makes, by model_type
+SHARED_WIDTH = 1  # Qwen2-MoE's shared expert, kept at zero (module docstring)
+LAYER_CHOICES = "'all', 'every-other' (the 2nd, 4th, ...), 'top:N' (the last N) or a list such as '0,2,5'"
 
 
 @dataclasses.dataclass
@@ -51,22 +67,92 @@ class Upcycled:
     total_params: int
     active_params: int
     dense_params: int
+    moe_layers: list[int]
+    num_layers: int
+    architecture: str
 
 
-def _moe_config(dense, experts: int, top_k: int, router_jitter: float = 0.0):
-    from transformers import MixtralConfig
+def moe_layers(layers: str | list[int], num_layers: int) -> list[int]:
+    """The indices of the layers ``layers`` upcycles (see ``LAYER_CHOICES``) in a model of ``num_layers``."""
+    if isinstance(layers, list | tuple):
+        chosen = [int(i) for i in layers]
+    else:
+        text = str(layers).strip().lower()
+        if text == "all":
+            chosen = list(range(num_layers))
+        elif text == "every-other":
+            chosen = list(range(1, num_layers, 2))
+        elif text.startswith("top:") and text[4:].isdigit():
+            chosen = list(range(num_layers - int(text[4:]), num_layers))
+        elif re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
+            chosen = [int(i) for i in text.split(",")]
+        else:
+            raise ValueError(f"layers {layers!r}: expected {LAYER_CHOICES}")
+    if not chosen or len(set(chosen)) != len(chosen) or not all(0 <= i < num_layers for i in chosen):
+        raise ValueError(
+            f"layers {layers!r} names layers {chosen}: the model has {num_layers} layers (0 to "
+            f"{num_layers - 1}); give at least one, each once"
+        )
+    return sorted(chosen)
+
+
+def describe_layers(chosen: list[int], num_layers: int) -> str:
+    if len(chosen) == num_layers:
+        return f"every one of its {num_layers} layers"
+    return f"layers {', '.join(map(str, chosen))} of {num_layers} (the others stay dense)"
+
+
+def _moe_config(dense, experts: int, top_k: int, layers: str | list[int] = "all"):
+    """Mixtral's config when every layer of a Llama or Mistral is upcycled, else Qwen2-MoE's."""
+    from transformers import MixtralConfig, Qwen2MoeConfig
 
     if dense.model_type not in SUPPORTED:
         raise ValueError(
-            f"upcycle makes Mixtral-architecture MoEs from dense {' or '.join(SUPPORTED)} models, which "
-            f"map exactly; this model is {dense.model_type!r}"
+            f"upcycle makes MoEs from dense {', '.join(SUPPORTED)} models, which map exactly; this model is "
+            f"{dense.model_type!r}"
         )
     for flag in ("attention_bias", "mlp_bias"):
         if getattr(dense, flag, False):
-            raise ValueError(f"this {dense.model_type} model has {flag}=true, which Mixtral's layers do not have")
+            raise ValueError(f"this {dense.model_type} model has {flag}=true, which no MoE layout here has")
     if not 1 <= top_k <= experts:
         raise ValueError(f"--top-k must be between 1 and --experts ({experts}); got {top_k}")
+    chosen = moe_layers(layers, dense.num_hidden_layers)
     rope = getattr(dense, "rope_parameters", None) or {"rope_type": "default", "rope_theta": dense.rope_theta}
+    if dense.model_type == "qwen2" or len(chosen) < dense.num_hidden_layers:
+        if dense.model_type == "mistral" and getattr(dense, "sliding_window", None):
+            raise ValueError("upcycling some layers of a Mistral with a sliding window is not mapped; use --layers all")
+        if getattr(dense, "head_dim", None) not in (None, dense.hidden_size // dense.num_attention_heads):
+            raise ValueError("this model's head_dim is not hidden_size / heads, which vLLM's Qwen2-MoE assumes")
+        windowed = dense.model_type == "qwen2" and getattr(dense, "use_sliding_window", False)
+        return Qwen2MoeConfig(
+            vocab_size=dense.vocab_size,
+            hidden_size=dense.hidden_size,
+            intermediate_size=dense.intermediate_size,  # the dense layers'
+            moe_intermediate_size=dense.intermediate_size,
+            shared_expert_intermediate_size=SHARED_WIDTH,
+            num_hidden_layers=dense.num_hidden_layers,
+            num_attention_heads=dense.num_attention_heads,
+            num_key_value_heads=dense.num_key_value_heads,
+            hidden_act=dense.hidden_act,
+            max_position_embeddings=dense.max_position_embeddings,
+            rms_norm_eps=dense.rms_norm_eps,
+            rope_parameters=dict(rope),
+            tie_word_embeddings=dense.tie_word_embeddings,
+            bos_token_id=dense.bos_token_id,
+            eos_token_id=dense.eos_token_id,
+            pad_token_id=dense.pad_token_id,
+            use_sliding_window=windowed,
+            sliding_window=getattr(dense, "sliding_window", None) if windowed else None,
+            max_window_layers=getattr(dense, "max_window_layers", dense.num_hidden_layers),
+            layer_types=getattr(dense, "layer_types", None) if dense.model_type == "qwen2" else None,
+            qkv_bias=True,
+            num_experts=experts,
+            num_experts_per_tok=top_k,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[i for i in range(dense.num_hidden_layers) if i not in chosen],
+            output_router_logits=False,
+        )
     return MixtralConfig(
         vocab_size=dense.vocab_size,
         hidden_size=dense.hidden_size,
@@ -86,12 +172,13 @@ def _moe_config(dense, experts: int, top_k: int, router_jitter: float = 0.0):
         sliding_window=getattr(dense, "sliding_window", None),
         num_local_experts=experts,
         num_experts_per_tok=top_k,
-        router_jitter_noise=router_jitter,
         output_router_logits=False,
     )
 
 
 def _perturbed(weight: torch.Tensor, noise: float, gen: torch.Generator) -> torch.Tensor:
+    import torch
+
     return weight + noise * weight.std() * torch.randn(weight.shape, generator=gen)
 
 
@@ -101,6 +188,7 @@ def upcycle(
     *,
     experts: int = 8,
     top_k: int = 2,
+    layers: str | list[int] = "all",
     router_init: str = "normal",
     router_std: float = 0.02,
     noise: float = 0.0,
@@ -109,22 +197,33 @@ def upcycle(
 ) -> Upcycled:
     """Write the upcycled MoE of the dense model folder ``source`` to ``out`` (weights, config, the
     tokenizer, generation config, ``upcycle.json`` and a model card); see the module docstring."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, MixtralForCausalLM
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     if router_init not in ("normal", "zeros"):
         raise ValueError(f"--router-init {router_init!r}: expected 'normal' or 'zeros'")
     if noise < 0 or not 0.0 <= reinit_fraction <= 1.0:
         raise ValueError(f"--noise must be >= 0 and --reinit-fraction in [0, 1]; got {noise} and {reinit_fraction}")
     source, out = Path(source), Path(out)
-    config = _moe_config(AutoConfig.from_pretrained(source), experts, top_k)
+    config = _moe_config(AutoConfig.from_pretrained(source), experts, top_k, layers)
+    chosen = moe_layers(layers, config.num_hidden_layers)
     dense = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     weights = dense.state_dict()
     gen = torch.Generator().manual_seed(seed)
     state = {k: v for k, v in weights.items() if ".mlp." not in k}
-    hidden = config.intermediate_size
+    hidden = dense.config.intermediate_size
+    qwen2_moe = config.model_type == "qwen2_moe"
     for layer in range(config.num_hidden_layers):
         prefix = f"model.layers.{layer}.mlp."
         gate, up, down = (weights[f"{prefix}{name}.weight"] for name in ("gate_proj", "up_proj", "down_proj"))
+        if qwen2_moe:
+            for name in ("q_proj", "k_proj", "v_proj"):  # Llama's attention is Qwen2's with zero biases
+                bias = f"model.layers.{layer}.self_attn.{name}.bias"
+                state.setdefault(bias, torch.zeros(weights[bias.replace(".bias", ".weight")].shape[0]))
+        if layer not in chosen:
+            state.update({f"{prefix}gate_proj.weight": gate, f"{prefix}up_proj.weight": up})
+            state[f"{prefix}down_proj.weight"] = down
+            continue
         gate_up, downs = [], []
         for _ in range(experts):
             g, u, d = gate.clone(), up.clone(), down.clone()
@@ -143,8 +242,14 @@ def upcycle(
         if router_init == "normal":
             router = router_std * torch.randn(router.shape, generator=gen)
         state[f"{prefix}gate.weight"] = router
+        if qwen2_moe:  # the shared expert, zero (module docstring)
+            width = config.shared_expert_intermediate_size
+            state[f"{prefix}shared_expert.gate_proj.weight"] = torch.zeros(width, config.hidden_size)
+            state[f"{prefix}shared_expert.up_proj.weight"] = torch.zeros(width, config.hidden_size)
+            state[f"{prefix}shared_expert.down_proj.weight"] = torch.zeros(config.hidden_size, width)
+            state[f"{prefix}shared_expert_gate.weight"] = torch.zeros(1, config.hidden_size)
     with torch.device("meta"):
-        moe = MixtralForCausalLM(config)
+        moe = AutoModelForCausalLM.from_config(config)
     moe.load_state_dict(state, strict=False, assign=True)
     missing = {name for name, p in moe.named_parameters() if p.is_meta}
     if missing:
@@ -163,12 +268,27 @@ def upcycle(
     )  # every expert of every layer
     total = sum(p.numel() for p in moe.parameters())
     active = total - expert_params + expert_params * top_k // experts
-    made = Upcycled(out, experts, top_k, total, active, sum(p.numel() for p in dense.parameters()))
+    dense_params = sum(p.numel() for p in dense.parameters())
+    made = Upcycled(
+        out,
+        experts,
+        top_k,
+        total,
+        active,
+        dense_params,
+        chosen,
+        config.num_hidden_layers,
+        ARCHITECTURES[config.model_type],
+    )
     info = {
         "source": str(source.resolve()),
         "source_model_type": dense.config.model_type,
         "experts": experts,
         "top_k": top_k,
+        "layers": layers if isinstance(layers, str) else list(layers),
+        "moe_layers": chosen,
+        "num_layers": config.num_hidden_layers,
+        "architecture": made.architecture,
         "router_init": router_init,
         "router_std": router_std if router_init == "normal" else None,
         "noise": noise,
@@ -188,8 +308,9 @@ def _card(info: dict) -> str:
     return (
         f"# Upcycled MoE ({info['experts']} experts, top-{info['top_k']})\n\n"
         f"Made by `rlwhf upcycle` from the dense {info['source_model_type']} model at `{info['source']}`: "
-        "a Mixtral-architecture model whose every feed-forward block became "
-        f"{info['experts']} experts, each a copy of the dense block"
+        f"a {info['architecture']}-architecture model whose feed-forward blocks in "
+        f"{describe_layers(info['moe_layers'], info['num_layers'])} became {info['experts']} experts each, "
+        "copies of the dense block"
         + (
             " (no perturbation: it computes what the dense model computed, to float rounding)"
             if exact
@@ -208,7 +329,7 @@ def _settings(spec) -> dict:
 def upcycled_config(dense_config, spec):
     """The config of the MoE that ``spec`` (``model.upcycle``) makes of a model with ``dense_config``,
     without making it (``rlwhf plan``)."""
-    return _moe_config(dense_config, spec.experts, spec.top_k)
+    return _moe_config(dense_config, spec.experts, spec.top_k, spec.layers)
 
 
 def upcycled_dir(source: str | Path, spec, say: Callable[[str], None] = print) -> Path:
@@ -233,7 +354,8 @@ def upcycled_dir(source: str | Path, spec, say: Callable[[str], None] = print) -
     except OSError:  # another process made the same folder first
         shutil.rmtree(tmp, ignore_errors=True)
     say(
-        f"model.upcycle: {source} made into a Mixtral-architecture MoE, {made.experts} experts per layer, "
+        f"model.upcycle: {source} made into a {made.architecture}-architecture MoE, "
+        f"{made.experts} experts in {len(made.moe_layers)} layers, "
         f"top-{made.top_k} ({made.total_params:,} parameters, {made.active_params:,} active) in {target} "
         f"({time.perf_counter() - t0:.0f} s; cached)"
     )
