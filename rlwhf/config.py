@@ -90,8 +90,9 @@ class ModelConfig(Section):
     )
     upcycle: UpcycleSpec | None = Field(
         None,
-        description="Start from model.path (a dense Llama-architecture model) made into a Mixtral-architecture "
-        "MoE by sparse upcycling (as `rlwhf upcycle` does; cached), e.g. {experts: 4, top_k: 2}.",
+        description="Start from model.path (a dense Llama, Mistral or Qwen2 model) made into an MoE by sparse "
+        "upcycling (as `rlwhf upcycle` does; cached), e.g. {experts: 4, top_k: 2} (every layer; layers: top:N, "
+        "every-other or a list keeps the others dense).",
     )
 
     @model_validator(mode="after")

@@ -291,3 +291,16 @@ def test_a_recipes_model_upcycle_is_made_once_and_cached(dense_llama, tmp_path, 
         load_recipe(None, ["model.upcycle={experts: 4, top_k: 2}"])
     with pytest.raises(ConfigError, match=r"top_k \(5\) must be at most experts \(4\)"):
         load_recipe(None, [f"model.path={dense_llama}", "model.upcycle={experts: 4, top_k: 5}"])
+
+
+def test_expert_spread_is_zero_for_copies_and_grows_with_their_differences(dense_llama, tmp_path):
+    from rlwhf.models.upcycle import expert_spread
+
+    upcycle(dense_llama, tmp_path / "copies", experts=4, top_k=2)
+    assert expert_spread(tmp_path / "copies") == [0.0, 0.0]
+    upcycle(dense_llama, tmp_path / "small", experts=4, top_k=2, noise=0.01)
+    upcycle(dense_llama, tmp_path / "large", experts=4, top_k=2, noise=0.1, layers="top:1")
+    small, large = expert_spread(tmp_path / "small"), expert_spread(tmp_path / "large")
+    assert len(small) == 2 and len(large) == 1  # one value per MoE layer
+    # independent noise of 0.01 std per weight on each copy: pairs differ by ~sqrt(2) x 0.01 of a norm
+    assert all(0.01 < v < 0.02 for v in small) and 0.1 < large[0] < 0.2
