@@ -355,6 +355,25 @@ def held_out_accuracy(model: str, s: Settings) -> float:
     return sum(s or 0.0 for s in scores) / len(rows)
 
 
+def own_limit(runs: list[dict], rlwhf_args: list[str]) -> dict:
+    """rlwhf's step against what this machine cannot go below for it: vLLM sampling the step's
+    completions (the step's ``time/rollout``, which runs alone) and the trainer's forward and backward
+    passes (``time/train/forward_backward``, alone too): their sum in the synchronous loop, where one
+    waits for the other, the larger of them with ``train.off_policy_steps=1``, where they overlap.
+    Medians over the steps after warm-up; everything else in the step (rewards, old log-probs, the
+    optimizer, the weight sync, the driver) is what the ratio's excess over 1 measures."""
+    overlap = "train.off_policy_steps=1" in rlwhf_args
+    limits, steps = [], []
+    for run in runs:
+        sample = after_warm_up(run["phases"]["time/rollout"])
+        learn = after_warm_up(run["phases"]["time/train/forward_backward"])
+        limits += [max(a, b) if overlap else a + b for a, b in zip(sample, learn)]
+        steps += after_warm_up(run["step_s"])
+    limit_s = statistics.median(limits)
+    how = "the larger of sampling and forward+backward" if overlap else "sampling + forward+backward, in turn"
+    return {"limit_s": limit_s, "ratio": statistics.median(steps) / limit_s, "how": how}
+
+
 def after_warm_up(values: list[float]) -> list[float]:
     return values[SKIP:] or values
 
@@ -423,6 +442,7 @@ def main() -> None:
         for arm, runs in results.items()
     }
     ratio = table["rlwhf"]["s_per_step"] / table["trl"]["s_per_step"] if len(table) == 2 else None
+    limit = own_limit(results["rlwhf"], args.rlwhf_args) if "rlwhf" in results else None
     label = f"{args.size} tiny" if args.model == "tiny" else args.model
     print(f"\n{label} model, {args.steps} steps x {args.rounds} rounds, median s/step over steps {SKIP + 1}+")
     print(
@@ -433,8 +453,6 @@ def main() -> None:
             f"{arm:8s} {row['s_per_step']:8.2f} {row['train_accuracy_last5']:19.3f} "
             f"{row['held_out_accuracy']:13.3f} {row['startup_s']:11.1f} {row['wall_s']:8.1f}"
         )
-    if ratio is not None:
-        print(f"rlwhf / TRL step time: {ratio:.2f}x")
     for arm, times in phases.items():
         print(f"{arm} phases (median s): " + ", ".join(f"{k.removeprefix('time/')} {v:.3f}" for k, v in times.items()))
     suffix = (f"-{args.size}" if args.size != "demo" else "") if args.model == "tiny" else f"-{args.model}"
@@ -449,6 +467,7 @@ def main() -> None:
                 "rlwhf_args": args.rlwhf_args,
                 "table": table,
                 "ratio": ratio,
+                "own_limit": limit,
                 "phases": phases,
                 "results": results,
             },
@@ -462,6 +481,12 @@ def main() -> None:
             shutil.rmtree(
                 Path(run["model"]).parent.parent if arm == "rlwhf" else Path(run["model"]).parent, ignore_errors=True
             )
+    last = []  # the goal's two ratios (issue 33): against TRL, and against rlwhf's own limit on this machine
+    if ratio is not None:
+        last.append(f"rlwhf / TRL step time: {ratio:.2f}x")
+    if limit is not None:
+        last.append(f"rlwhf step / its limit: {limit['ratio']:.2f}x (limit {limit['limit_s']:.2f} s: {limit['how']})")
+    print("; ".join(last))
 
 
 if __name__ == "__main__":
