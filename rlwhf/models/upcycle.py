@@ -118,6 +118,15 @@ def _moe_config(dense, experts: int, top_k: int, layers: str | list[int] = "all"
         raise ValueError(f"--top-k must be between 1 and --experts ({experts}); got {top_k}")
     chosen = moe_layers(layers, dense.num_hidden_layers)
     rope = getattr(dense, "rope_parameters", None) or {"rope_type": "default", "rope_theta": dense.rope_theta}
+    both = {  # what the dense model's config says and either MoE layout takes as it is
+        name: getattr(dense, name)
+        for name in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+            "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
+        )
+    }  # fmt: skip
+    both.update(rope_parameters=dict(rope), num_experts_per_tok=top_k, output_router_logits=False)
     if dense.model_type == "qwen2" or len(chosen) < dense.num_hidden_layers:
         if dense.model_type == "mistral" and getattr(dense, "sliding_window", None):
             raise ValueError("upcycling some layers of a Mistral with a sliding window is not mapped; use --layers all")
@@ -125,54 +134,24 @@ def _moe_config(dense, experts: int, top_k: int, layers: str | list[int] = "all"
             raise ValueError("this model's head_dim is not hidden_size / heads, which vLLM's Qwen2-MoE assumes")
         windowed = dense.model_type == "qwen2" and getattr(dense, "use_sliding_window", False)
         return Qwen2MoeConfig(
-            vocab_size=dense.vocab_size,
-            hidden_size=dense.hidden_size,
-            intermediate_size=dense.intermediate_size,  # the dense layers'
+            **both,  # its intermediate_size is the dense layers'
             moe_intermediate_size=dense.intermediate_size,
             shared_expert_intermediate_size=SHARED_WIDTH,
-            num_hidden_layers=dense.num_hidden_layers,
-            num_attention_heads=dense.num_attention_heads,
-            num_key_value_heads=dense.num_key_value_heads,
-            hidden_act=dense.hidden_act,
-            max_position_embeddings=dense.max_position_embeddings,
-            rms_norm_eps=dense.rms_norm_eps,
-            rope_parameters=dict(rope),
-            tie_word_embeddings=dense.tie_word_embeddings,
-            bos_token_id=dense.bos_token_id,
-            eos_token_id=dense.eos_token_id,
-            pad_token_id=dense.pad_token_id,
             use_sliding_window=windowed,
             sliding_window=getattr(dense, "sliding_window", None) if windowed else None,
             max_window_layers=getattr(dense, "max_window_layers", dense.num_hidden_layers),
             layer_types=getattr(dense, "layer_types", None) if dense.model_type == "qwen2" else None,
             qkv_bias=True,
             num_experts=experts,
-            num_experts_per_tok=top_k,
             norm_topk_prob=True,
             decoder_sparse_step=1,
             mlp_only_layers=[i for i in range(dense.num_hidden_layers) if i not in chosen],
-            output_router_logits=False,
         )
     return MixtralConfig(
-        vocab_size=dense.vocab_size,
-        hidden_size=dense.hidden_size,
-        intermediate_size=dense.intermediate_size,
-        num_hidden_layers=dense.num_hidden_layers,
-        num_attention_heads=dense.num_attention_heads,
-        num_key_value_heads=dense.num_key_value_heads,
+        **both,
         head_dim=getattr(dense, "head_dim", None),
-        hidden_act=dense.hidden_act,
-        max_position_embeddings=dense.max_position_embeddings,
-        rms_norm_eps=dense.rms_norm_eps,
-        rope_parameters=dict(rope),
-        tie_word_embeddings=dense.tie_word_embeddings,
-        bos_token_id=dense.bos_token_id,
-        eos_token_id=dense.eos_token_id,
-        pad_token_id=dense.pad_token_id,
         sliding_window=getattr(dense, "sliding_window", None),
         num_local_experts=experts,
-        num_experts_per_tok=top_k,
-        output_router_logits=False,
     )
 
 
