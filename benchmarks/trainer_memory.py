@@ -11,6 +11,8 @@ ways of running them.
 
     .venv/bin/python benchmarks/trainer_memory.py                 # three sizes, 64 x 512 tokens
     .venv/bin/python benchmarks/trainer_memory.py --sizes small --completions 16 --length 128
+    .venv/bin/python benchmarks/trainer_memory.py --model runs/smollm2-moe --dtype bfloat16 \
+        --modes micro --completions 64 --length 160 --micro-tokens 2048   # a model folder instead
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def resident_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
 
 
-def one_step(model_dir: str, mode: str, completions: int, length: int, out: str) -> None:
+def one_step(model_dir: str, mode: str, completions: int, length: int, out: str, dtype: str, micro: int) -> None:
     """In this process: one trainer step; writes the peak memory above the baseline, and the parameters."""
     import torch
     import transformers  # noqa: F401 (imported before the baseline, as everything the trainer loads is)
@@ -87,8 +89,8 @@ def one_step(model_dir: str, mode: str, completions: int, length: int, out: str)
     from rlwhf.train.policy import PolicyTrainer
 
     baseline = resident_bytes()  # what the process holds now; the peak later is measured against it
-    train = TrainConfig(learning_rate=1e-5, warmup_steps=0, minibatch_size=completions, **MODES[mode])
-    trainer = PolicyTrainer(model_dir, AlgoConfig(), train, temperature=1.0, max_new_tokens=length)
+    train = TrainConfig(learning_rate=1e-5, warmup_steps=0, minibatch_size=completions, **modes(micro)[mode])
+    trainer = PolicyTrainer(model_dir, AlgoConfig(), train, temperature=1.0, max_new_tokens=length, dtype=dtype)
     g = torch.Generator().manual_seed(0)
     prompt = length // 16
     for _ in range(2):  # the second step is a run's steady state: AdamW's moments exist from the first
@@ -105,15 +107,18 @@ def one_step(model_dir: str, mode: str, completions: int, length: int, out: str)
     Path(out).write_text(json.dumps({"peak": peak_bytes() - baseline}))
 
 
-def measure(model_dir: str, mode: str, completions: int, length: int, work: Path) -> tuple[int, Path]:
+def modes(micro: int) -> dict:
+    return {k: {**v, "micro_batch_tokens": micro} if "micro_batch_tokens" in v else v for k, v in MODES.items()}
+
+
+def measure(model_dir, mode, completions, length, work: Path, dtype: str, micro: int) -> tuple[int, Path]:
     out = work / f"{Path(model_dir).name}-{mode}.json"
-    subprocess.run(
-        [sys.executable, __file__, "--one-step", model_dir, mode, str(completions), str(length), str(out)], check=True
-    )
+    args = [model_dir, mode, str(completions), str(length), str(out), dtype, str(micro)]
+    subprocess.run([sys.executable, __file__, "--one-step", *args], check=True)
     return json.loads(out.read_text())["peak"], Path(str(out) + ".pt")
 
 
-def estimate(model_dir: str, mode: str, completions: int, length: int) -> float:
+def estimate(model_dir: str, mode: str, completions: int, length: int, dtype: str, micro: int) -> float:
     from rlwhf.commands.plan import load_model_config, model_size, trainer_memory
     from rlwhf.config import load_recipe
 
@@ -125,8 +130,9 @@ def estimate(model_dir: str, mode: str, completions: int, length: int) -> float:
         f"rollout.max_prompt_tokens={length // 16}",
         f"rollout.max_new_tokens={length - length // 16}",
         "sft.enabled=false",
+        f"model.dtype={dtype}",
     ]
-    overrides += [f"train.{k}={v}" for k, v in MODES[mode].items()]
+    overrides += [f"train.{k}={v}" for k, v in modes(micro)[mode].items()]
     recipe = load_recipe(None, overrides)
     return trainer_memory(recipe, model_size(load_model_config(recipe))).total
 
@@ -138,6 +144,9 @@ def main() -> None:
     parser.add_argument("--completions", type=int, default=64)
     parser.add_argument("--length", type=int, default=512, help="tokens per sequence, prompt included")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--model", help="a local Hugging Face model folder to measure instead of the tiny sizes")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    parser.add_argument("--micro-tokens", type=int, default=4096, help="micro_batch_tokens of the micro modes")
     args = parser.parse_args()
 
     import torch
@@ -147,13 +156,17 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name in args.sizes:
-            model_dir = str(build_tiny_moe(work / name, TinyMoEConfig(**SIZES[name], max_position_embeddings=4096)))
+        for name in [Path(args.model).name] if args.model else args.sizes:
+            model_dir = args.model or str(
+                build_tiny_moe(work / name, TinyMoEConfig(**SIZES[name], max_position_embeddings=4096))
+            )
             params = {}
             for mode in args.modes:
-                peak, weights = measure(model_dir, mode, args.completions, args.length, work)
+                peak, weights = measure(
+                    model_dir, mode, args.completions, args.length, work, args.dtype, args.micro_tokens
+                )
                 params[mode] = torch.load(weights)
-                guess = estimate(model_dir, mode, args.completions, args.length)
+                guess = estimate(model_dir, mode, args.completions, args.length, args.dtype, args.micro_tokens)
                 total = sum(v.numel() for v in params[mode].values())
                 drift = max((params[mode][k] - params[args.modes[0]][k]).abs().max().item() for k in params[mode])
                 rows.append(
@@ -188,6 +201,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one-step":
-        one_step(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+        one_step(
+            sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7], int(sys.argv[8])
+        )
     else:
         main()

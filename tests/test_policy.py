@@ -156,6 +156,30 @@ def test_chunked_logprobs_equal_the_plain_pass_in_value_and_gradient(tiny_model)
         assert torch.allclose(plain, chunked, atol=1e-5), (plain - chunked).abs().max()
 
 
+def test_the_entropy_metric_is_the_same_without_a_gradient_and_in_blocks(tiny_model, monkeypatch):
+    """Without an entropy bonus the entropy is a metric: taken outside the autograd graph, a few rows
+    at a time, it equals the graph's, and the log-probs' gradient is unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    import rlwhf.train.logprobs as logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    batch = uneven_batch(n=5)
+    monkeypatch.setattr(logprobs, "ENTROPY_BLOCK_BYTES", 3 * 4 * model.config.vocab_size)  # 3 rows a block
+    results = []
+    for chunk, entropy_grad in ((0, True), (0, False), (7, False)):
+        model.zero_grad()
+        logp, entropy = token_logprobs(
+            model, batch.input_ids, batch.attention_mask, 0.7, True, chunk, entropy_grad=entropy_grad
+        )
+        assert entropy.requires_grad == entropy_grad
+        (logp * batch.mask).sum().backward()
+        results.append((logp.detach(), entropy.detach(), model.lm_head.weight.grad.clone()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
 def test_learning_rate_warms_up_then_follows_its_schedule():
     assert [lr_multiplier(s, 2, 10, "constant", 0.0) for s in (0, 1, 5, 9)] == [0.5, 1.0, 1.0, 1.0]
     assert lr_multiplier(6, 2, 10, "linear", 0.0) == pytest.approx(0.5)

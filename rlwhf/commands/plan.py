@@ -133,10 +133,20 @@ def activation_elements(size: ModelSize) -> int:
     attention = 3 * size.hidden + 4 * size.query_width + 4 * size.kv_width
     if not size.experts:
         return attention + 2 * size.hidden + 4 * size.expert_width
-    moe = 2 * size.hidden + size.experts + size.experts_per_token * (2 * size.hidden + 4 * size.expert_width)
+    moe = 2 * size.hidden + size.experts + expert_activation_elements(size) * size.layers // size.moe_layers
     dense = 2 * size.hidden + 4 * size.dense_width
     # the mean over the layers, where some stay dense
     return attention + (size.moe_layers * moe + (size.layers - size.moe_layers) * dense) // size.layers
+
+
+def expert_activation_elements(size: ModelSize) -> int:
+    """Of ``activation_elements``, the routed experts' part (a mean over the layers). transformers runs
+    the experts in their weights' dtype, float32 here, even under bfloat16 autocast (its grouped
+    matmul casts the input to the weights' dtype), so these elements take 4 bytes whatever the
+    compute dtype."""
+    if not size.experts:
+        return 0
+    return size.moe_layers * size.experts_per_token * (2 * size.hidden + 4 * size.expert_width) // size.layers
 
 
 # What a training process holds besides its tensors, measured by benchmarks/trainer_memory.py on the
@@ -182,13 +192,15 @@ def trainer_memory(
     longest = recipe.rollout.max_prompt_tokens + recipe.rollout.completion_tokens
     tokens = max(budget, longest) if budget else (train.minibatch_size or 1) * longest
     compute = 2 if recipe.model.dtype == "bfloat16" else 4
-    per_layer = activation_elements(size) * compute
+    per_layer = activation_elements(size) * compute + expert_activation_elements(size) * (4 - compute)
     if checkpointing:  # each layer's input kept; one layer's activations alive while it is recomputed
         activations = tokens * (size.layers * size.hidden * compute + per_layer)
     else:
         activations = tokens * size.layers * per_layer
     chunk = max(1, train.logits_chunk_mib * 2**20 // (4 * size.vocab))
-    logits = min(tokens, chunk) * size.vocab * 4 * 3  # float32 logits, their log-softmax, their gradient
+    # float32 logits, their log-softmax and gradients: 3.2-3.5x one chunk's float32 logits at the
+    # peak, measured on the CPU at SmolLM2's 49k vocabulary (the entropy metric taken in blocks)
+    logits = min(tokens, chunk) * size.vocab * 4 * 3.5
     reference = size.total * compute if recipe.algo.kl_coef > 0 else 0
     gathered = 4 * size.total / size.layers if workers > 1 else 0  # about one layer, gathered for its pass
     on_cpu = getattr(getattr(recipe, "resources", None), "gpus_per_policy_worker", 0) == 0

@@ -14,6 +14,8 @@ from torch.utils.checkpoint import checkpoint
 
 from rlwhf.algo import entropy_from_logits
 
+ENTROPY_BLOCK_BYTES = 64 * 2**20  # float32 logits per block of the entropy metric
+
 
 def _head_and_decoder(model):
     """The LM head and the decoder stack of an HF causal LM, where its logits are a plain linear map of
@@ -29,13 +31,25 @@ def _head_and_decoder(model):
     return head, decoder
 
 
-def _chunk_logprobs(head, hidden, targets, temperature: float, with_entropy: bool):
+def _entropy(logits: torch.Tensor, with_grad: bool) -> torch.Tensor:
+    """Each position's entropy; as a metric only (``with_grad`` False) outside the autograd graph,
+    which would otherwise keep about three more logits-sized tensors alive until the backward pass."""
+    if with_grad:
+        return entropy_from_logits(logits)
+    with torch.no_grad():  # a few rows at a time: its temporaries are four logits-sized tensors
+        flat = logits.detach().reshape(-1, logits.shape[-1])
+        rows = max(1, ENTROPY_BLOCK_BYTES // (4 * flat.shape[1]))
+        parts = [entropy_from_logits(flat[i : i + rows]) for i in range(0, len(flat), rows)]
+        return torch.cat(parts).reshape(logits.shape[:-1])
+
+
+def _chunk_logprobs(head, hidden, targets, temperature: float, with_entropy: bool, entropy_grad: bool = True):
     logits = head(hidden).float()
     if temperature > 0:
         logits = logits / temperature
     logp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     if with_entropy:
-        return logp, entropy_from_logits(logits)
+        return logp, _entropy(logits, entropy_grad)
     return logp, torch.zeros_like(logp)
 
 
@@ -47,6 +61,7 @@ def token_logprobs(
     with_entropy: bool = False,
     chunk_tokens: int = 0,
     num_chunks: int | None = None,
+    entropy_grad: bool = True,
 ):
     """Log-prob of each next token, ``[N, L-1]`` (position ``t`` scores token ``t+1``), and optionally
     each position's entropy (else None), both float32.
@@ -57,7 +72,8 @@ def token_logprobs(
 
     ``num_chunks`` instead runs the decoder, then the head exactly that many times (some chunks
     empty when there are fewer positions): a sharded model's ranks must call each sharded module
-    equally often, whatever their batch's shape.
+    equally often, whatever their batch's shape. ``entropy_grad`` False: the entropy is a metric, with
+    no gradient (an entropy bonus needs it True).
     """
     targets = input_ids[:, 1:]
     n, positions = targets.shape
@@ -72,14 +88,21 @@ def token_logprobs(
         if temperature > 0:
             logits = logits / temperature
         logp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return (logp, entropy_from_logits(logits)) if with_entropy else (logp, None)
+        return (logp, _entropy(logits, entropy_grad)) if with_entropy else (logp, None)
     head, decoder = parts
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask)[0][:, :-1]
     width = max(1, -(-positions // num_chunks)) if num_chunks else max(1, chunk_tokens // n)
     starts = [i * width for i in range(num_chunks)] if num_chunks else range(0, positions, width)
     logps, entropies = [], []
     for start in starts:
-        args = (head, hidden[:, start : start + width], targets[:, start : start + width], temperature, with_entropy)
+        args = (
+            head,
+            hidden[:, start : start + width],
+            targets[:, start : start + width],
+            temperature,
+            with_entropy,
+            entropy_grad,
+        )
         if torch.is_grad_enabled():
             logp, entropy = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:

@@ -204,6 +204,7 @@ class PolicyTrainer:
                 with_entropy,
                 chunk_tokens=chunk if self.chunkable else 0,
                 num_chunks=chunks,
+                entropy_grad=bool(self.algo.entropy_coef),  # else a metric: no gradient, nothing kept for one
             )
 
     # -- weights ---------------------------------------------------------------------------
