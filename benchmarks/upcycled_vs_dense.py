@@ -55,7 +55,8 @@ def loads(m: dict, side: str) -> dict[tuple[int, int], float]:
 
 
 def describe(run: Path, steps: int) -> dict:
-    from rlwhf.models.upcycle import expert_spread
+    from rlwhf.config import load_recipe
+    from rlwhf.models.upcycle import expert_spread, expert_weights, policy_path
 
     summary = json.loads((run / "summary.json").read_text())
     trained = [m for m in steps_of(run) if "loss" in m and m["step"] <= steps]
@@ -85,10 +86,17 @@ def describe(run: Path, steps: int) -> dict:
             statistics.mean(s[e] for s in shares) for e in range(experts)
         ]
         row["last step share, min/max over layers"] = (min(min(s) for s in shares), max(max(s) for s in shares))
-        row["spread"] = {}
+        row["spread"], row["moved"] = {}, {}
+        start = dict(expert_weights(policy_path(load_recipe(run / "config.yaml").model, say=lambda _: None)))
         for checkpoint in sorted((run / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:])):
             spread = expert_spread(checkpoint)
             row["spread"][checkpoint.name] = (statistics.mean(spread), max(spread))
+            # how far each expert moved from its start, over its norm: the scale the spread is read on
+            moved = [
+                float(((w - start[layer]).norm(dim=1) / start[layer].norm(dim=1)).mean())
+                for layer, w in expert_weights(checkpoint)
+            ]
+            row["moved"][checkpoint.name] = statistics.mean(moved)
     return row
 
 

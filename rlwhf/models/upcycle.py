@@ -282,25 +282,21 @@ def upcycle(
     return made
 
 
-def expert_spread(model_dir: str | Path) -> list[float]:
-    """How far the experts of each MoE layer of the model in ``model_dir`` are from each other: the mean
-    over pairs of experts of the distance between their weights (gate, up and down together) over the
-    mean norm of one expert's. 0 for the exact copies upcycling makes; it grows as training sets them
-    apart. Read from the safetensors files, one layer at a time."""
+def expert_weights(model_dir: str | Path):
+    """Each MoE layer's experts as rows of one matrix, ``(layer, [experts, weights])`` in layer order
+    (gate, up and down flattened together), read from the safetensors files one layer at a time.
+    transformers saves Mixtral and Qwen2-MoE experts one by one ("...experts.E.<proj>.weight");
+    fused ones ("...experts.gate_up_proj", ``[experts, ...]``) are read too."""
     import torch
     from safetensors import safe_open
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
     where = {}
-    for file in files:
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(file, "pt") as f:
             where.update({name: file for name in f.keys() if ".experts." in name})
-    # saved per expert ("...layers.L.<block>.experts.E.<proj>.weight", as transformers writes Mixtral and
-    # Qwen2-MoE) or fused ("...experts.gate_up_proj" [experts, ...])
     by_layer: dict[int, list[str]] = {}
     for name in where:
         by_layer.setdefault(int(name.split(".layers.")[1].split(".")[0]), []).append(name)
-    spread = []
     for layer in sorted(by_layer):
         per_expert: dict[int, list[torch.Tensor]] = {}
         for name in sorted(by_layer[layer]):
@@ -312,9 +308,16 @@ def expert_spread(model_dir: str | Path) -> list[float]:
             else:
                 for e, part in enumerate(tensor):
                     per_expert.setdefault(e, []).append(part.flatten())
-        experts = torch.stack([torch.cat(per_expert[e]) for e in sorted(per_expert)])
-        spread.append(float(torch.pdist(experts).mean() / experts.norm(dim=1).mean()))
-    return spread
+        yield layer, torch.stack([torch.cat(per_expert[e]) for e in sorted(per_expert)])
+
+
+def expert_spread(model_dir: str | Path) -> list[float]:
+    """How far the experts of each MoE layer are from each other: the mean over pairs of experts of
+    the distance between their weights over the mean norm of one expert's. 0 for the exact copies
+    upcycling makes; it grows as training sets them apart."""
+    import torch
+
+    return [float(torch.pdist(w).mean() / w.norm(dim=1).mean()) for _, w in expert_weights(model_dir)]
 
 
 def _card(info: dict) -> str:
