@@ -8,6 +8,10 @@ import torch
 
 from rlwhf.models.upcycle import upcycle
 
+# the small dense models' shape; head_dim 32: vLLM's CPU attention has no kernel for 16
+SHAPE = dict(
+    hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512
+)
 TEXT = "The quick brown fox jumps over the lazy dog. Q: 347+586=?\n<think>7+6=13\n</think>"
 
 
@@ -21,13 +25,9 @@ def dense_llama(tmp_path_factory):
     tok = build_tokenizer("plain")
     torch.manual_seed(0)
     config = LlamaConfig(
+        **SHAPE,
         vocab_size=len(tok),
-        hidden_size=128,  # head_dim 32: vLLM's CPU attention has no kernel for 16
-        intermediate_size=256,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -74,16 +74,7 @@ def test_a_dense_qwen2_with_attention_biases_upcycles_exactly_into_a_qwen2_moe(t
 
     tok = build_tokenizer("plain")
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
+    config = Qwen2Config(**SHAPE, vocab_size=len(tok), num_hidden_layers=3, tie_word_embeddings=False)
     dense = Qwen2ForCausalLM(config)
     with torch.no_grad():  # biases far from zero, so a lost bias would show
         for layer in dense.model.layers:
