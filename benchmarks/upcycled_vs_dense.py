@@ -19,6 +19,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,9 +60,11 @@ def describe(run: Path, steps: int) -> dict:
     from rlwhf.models.upcycle import expert_spread, expert_weights, policy_path
 
     summary = json.loads((run / "summary.json").read_text())
+    steps = min(steps, summary["steps"])  # a shorter run is described at its own end
     trained = [m for m in steps_of(run) if "loss" in m and m["step"] <= steps]
     row = {
         "run": run.name,
+        "steps": steps,
         "before": (summary["accuracy_before_rl"], summary["sampled_accuracy_before_rl"]),
         "after": held_out_after(run, steps),
         "s/step median": statistics.median(m["time/step"] for m in trained),
@@ -105,14 +108,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--dense", type=Path, help="a dense run already made (else one is run)")
     parser.add_argument("--report-only", nargs="*", type=Path, help="MoE runs already made (else two are run)")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     dense = args.dense or train("recipes/smollm2-arithmetic.yaml", "dense-bench", args.steps, [])
     moes = args.report_only or [
         train("recipes/smollm2-moe-arithmetic.yaml", f"moe-{balance}", args.steps, [f"moe.balance={balance}"])
         for balance in ("none", "aux_free")
     ]
-    for run in [dense, *moes]:
-        print(json.dumps(describe(run, args.steps), indent=1))
+    rows = [describe(run, args.steps) for run in [dense, *moes]]
+    print(json.dumps(rows, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
