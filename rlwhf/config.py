@@ -24,6 +24,7 @@ import rewards
 from rlwhf import tools
 from rlwhf.models.gguf import PACKAGE_PREFIX, is_gguf, locate
 from rlwhf.models.tiny import TinyMoEConfig
+from rlwhf.models.upcycle import moe_layers
 
 # A data.dataset ending in one of these is a local file; anything else is a Hugging Face data set name.
 DATA_FILE_SUFFIXES = ("json", "jsonl", "csv", "parquet")
@@ -69,8 +70,6 @@ class UpcycleSpec(Section):
     @field_validator("layers")
     @classmethod
     def _layers_form(cls, layers):
-        from rlwhf.models.upcycle import moe_layers
-
         moe_layers(layers, 10**6)  # the form only: the model's number of layers is known when it is made
         return layers
 

@@ -64,4 +64,6 @@ def test_the_comparison_with_trl_runs_both_tools_and_writes_its_table(tmp_path):
         assert len(result["results"][arm][0]["step_s"]) == 2
     assert result["phases"]["rlwhf"]["time/rollout"] > 0 and "time/train/forward_backward" in result["phases"]["rlwhf"]
     assert result["phases"]["trl"]["time/generate"] > 0
-    assert "rlwhf / TRL step time" in proc.stdout
+    last = proc.stdout.strip().splitlines()[-1]  # issue 33's two ratios, on the benchmark's last line
+    assert "rlwhf / TRL step time" in last and "rlwhf step / its limit" in last, last
+    assert result["own_limit"]["ratio"] > 0 and result["own_limit"]["limit_s"] > 0
