@@ -57,7 +57,7 @@ def loads(m: dict, side: str) -> dict[tuple[int, int], float]:
 
 def describe(run: Path, steps: int) -> dict:
     from rlwhf.config import load_recipe
-    from rlwhf.models.upcycle import expert_spread, expert_weights, policy_path
+    from rlwhf.models.upcycle import expert_weights, policy_path, spread_of
 
     summary = json.loads((run / "summary.json").read_text())
     steps = min(steps, summary["steps"])  # a shorter run is described at its own end
@@ -92,13 +92,12 @@ def describe(run: Path, steps: int) -> dict:
         row["spread"], row["moved"] = {}, {}
         start = dict(expert_weights(policy_path(load_recipe(run / "config.yaml").model, say=lambda _: None)))
         for checkpoint in sorted((run / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:])):
-            spread = expert_spread(checkpoint)
+            spread, moved = [], []  # each layer's experts read once for both
+            for layer, w in expert_weights(checkpoint):
+                spread.append(spread_of(w))
+                # how far each expert moved from its start, over its norm: the scale the spread is read on
+                moved.append(float(((w - start[layer]).norm(dim=1) / start[layer].norm(dim=1)).mean()))
             row["spread"][checkpoint.name] = (statistics.mean(spread), max(spread))
-            # how far each expert moved from its start, over its norm: the scale the spread is read on
-            moved = [
-                float(((w - start[layer]).norm(dim=1) / start[layer].norm(dim=1)).mean())
-                for layer, w in expert_weights(checkpoint)
-            ]
             row["moved"][checkpoint.name] = statistics.mean(moved)
     return row
 

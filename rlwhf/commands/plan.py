@@ -133,7 +133,7 @@ def activation_elements(size: ModelSize) -> int:
     attention = 3 * size.hidden + 4 * size.query_width + 4 * size.kv_width
     if not size.experts:
         return attention + 2 * size.hidden + 4 * size.expert_width
-    moe = 2 * size.hidden + size.experts + expert_activation_elements(size) * size.layers // size.moe_layers
+    moe = 2 * size.hidden + size.experts + _experts_elements(size)
     dense = 2 * size.hidden + 4 * size.dense_width
     # the mean over the layers, where some stay dense
     return attention + (size.moe_layers * moe + (size.layers - size.moe_layers) * dense) // size.layers
@@ -146,7 +146,13 @@ def expert_activation_elements(size: ModelSize) -> int:
     compute dtype."""
     if not size.experts:
         return 0
-    return size.moe_layers * size.experts_per_token * (2 * size.hidden + 4 * size.expert_width) // size.layers
+    return size.moe_layers * _experts_elements(size) // size.layers
+
+
+def _experts_elements(size: ModelSize) -> int:
+    """One MoE layer's routed experts, per token: each chosen expert's input, two projections, the
+    activation and the weighted output."""
+    return size.experts_per_token * (2 * size.hidden + 4 * size.expert_width)
 
 
 # What a training process holds besides its tensors, measured by benchmarks/trainer_memory.py on the

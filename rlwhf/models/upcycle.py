@@ -315,9 +315,14 @@ def expert_spread(model_dir: str | Path) -> list[float]:
     """How far the experts of each MoE layer are from each other: the mean over pairs of experts of
     the distance between their weights over the mean norm of one expert's. 0 for the exact copies
     upcycling makes; it grows as training sets them apart."""
+    return [spread_of(w) for _, w in expert_weights(model_dir)]
+
+
+def spread_of(experts: torch.Tensor) -> float:
+    """``expert_spread`` of one layer's ``[experts, weights]``."""
     import torch
 
-    return [float(torch.pdist(w).mean() / w.norm(dim=1).mean()) for _, w in expert_weights(model_dir)]
+    return float(torch.pdist(experts).mean() / experts.norm(dim=1).mean())
 
 
 def _card(info: dict) -> str:
